@@ -8,7 +8,7 @@
 //! | tag | 1 byte | high nibble: frame format version (1); low nibble: [`Codec`] |
 //! | plain_len | varint | length of the plaintext |
 //! | crc | 4 bytes | CRC-32 (IEEE) of the plaintext |
-//! | payload | rest | codec specific; raw: the plaintext; zstd: one zstd frame; LLM: see [`crate::codec::llm_frame`] |
+//! | payload | rest | codec specific; raw: the plaintext; zstd: one zstd frame; LLM: see [`crate::codec::segment`] |
 //!
 //! The model fingerprint of LLM frames is not repeated per frame: the container header
 //! and the filesystem superblock record it once, and both refuse a different model
@@ -54,16 +54,22 @@ impl Codec {
 pub enum FrameError {
     #[error("frame is truncated")]
     Truncated,
-    #[error("frame format version {0} is not supported (this build reads version {FRAME_VERSION})")]
+    #[error(
+        "frame format version {0} is not supported (this build reads version {FRAME_VERSION})"
+    )]
     UnsupportedVersion(u8),
     #[error("unknown codec {0} in frame")]
     UnknownCodec(u8),
     #[error("frame payload is corrupted: {0}")]
     Corrupt(String),
-    #[error("checksum mismatch: decoded {got_len} bytes with CRC {got:08x}, frame says CRC {want:08x}")]
+    #[error(
+        "checksum mismatch: decoded {got_len} bytes with CRC {got:08x}, frame says CRC {want:08x}"
+    )]
     Checksum { want: u32, got: u32, got_len: usize },
     #[error("frame is LLM-coded and no model is loaded to decode it")]
     NeedsModel,
+    #[error("the language model failed: {0}")]
+    Model(String),
 }
 
 /// The fixed part of a frame, parsed without touching the payload.
@@ -78,7 +84,11 @@ pub struct FrameHeader {
 
 /// A decoder for LLM payloads; the frame layer only dispatches to it.
 pub trait LlmPayloadDecoder {
-    fn decode_llm_payload(&mut self, payload: &[u8], plain_len: usize) -> Result<Vec<u8>, FrameError>;
+    fn decode_llm_payload(
+        &mut self,
+        payload: &[u8],
+        plain_len: usize,
+    ) -> Result<Vec<u8>, FrameError>;
 }
 
 pub fn crc(data: &[u8]) -> u32 {
@@ -128,19 +138,30 @@ pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, FrameError> {
     let plain_len = varint::get(frame, &mut pos).ok_or(FrameError::Truncated)?;
     let crc_bytes = frame.get(pos..pos + 4).ok_or(FrameError::Truncated)?;
     let crc = u32::from_le_bytes(crc_bytes.try_into().expect("4 bytes"));
-    Ok(FrameHeader { codec, plain_len, crc, header_len: pos + 4 })
+    Ok(FrameHeader {
+        codec,
+        plain_len,
+        crc,
+        header_len: pos + 4,
+    })
 }
 
 /// Decodes a frame and checks its CRC. `llm` is needed only for LLM frames.
-pub fn decode(frame: &[u8], llm: Option<&mut dyn LlmPayloadDecoder>) -> Result<Vec<u8>, FrameError> {
+pub fn decode(
+    frame: &[u8],
+    llm: Option<&mut dyn LlmPayloadDecoder>,
+) -> Result<Vec<u8>, FrameError> {
     let header = parse_header(frame)?;
     let payload = &frame[header.header_len..];
-    let plain_len = usize::try_from(header.plain_len)
-        .map_err(|_| FrameError::Corrupt(format!("plaintext length {} too large", header.plain_len)))?;
+    let plain_len = usize::try_from(header.plain_len).map_err(|_| {
+        FrameError::Corrupt(format!("plaintext length {} too large", header.plain_len))
+    })?;
     let plain = match header.codec {
         Codec::Raw => payload.to_vec(),
         Codec::Zstd => decode_zstd(payload, plain_len)?,
-        Codec::Llm => llm.ok_or(FrameError::NeedsModel)?.decode_llm_payload(payload, plain_len)?,
+        Codec::Llm => llm
+            .ok_or(FrameError::NeedsModel)?
+            .decode_llm_payload(payload, plain_len)?,
     };
     verify(&header, &plain)?;
     Ok(plain)
@@ -150,7 +171,11 @@ pub fn decode(frame: &[u8], llm: Option<&mut dyn LlmPayloadDecoder>) -> Result<V
 pub fn verify(header: &FrameHeader, plain: &[u8]) -> Result<(), FrameError> {
     let got = crc(plain);
     if plain.len() as u64 != header.plain_len || got != header.crc {
-        return Err(FrameError::Checksum { want: header.crc, got, got_len: plain.len() });
+        return Err(FrameError::Checksum {
+            want: header.crc,
+            got,
+            got_len: plain.len(),
+        });
     }
     Ok(())
 }
@@ -209,9 +234,14 @@ mod tests {
         assert!(f.len() < text.len() / 5);
         assert_eq!(decode(&f, None).unwrap(), text);
 
-        let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let random: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let f = encode_fast(&random);
-        assert!(f.len() <= random.len() + 6, "raw fallback grows by the header only");
+        assert!(
+            f.len() <= random.len() + 6,
+            "raw fallback grows by the header only"
+        );
         assert_eq!(decode(&f, None).unwrap(), random);
 
         let f = encode_fast(b"");
@@ -227,7 +257,10 @@ mod tests {
                 let mut bad = f.clone();
                 bad[i] ^= bit;
                 if let Ok(out) = decode(&bad, None) {
-                    assert_eq!(out, text, "a decode that succeeds must give the original bytes");
+                    assert_eq!(
+                        out, text,
+                        "a decode that succeeds must give the original bytes"
+                    );
                 }
             }
         }

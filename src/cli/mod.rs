@@ -3,10 +3,17 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod compress;
+mod model;
 mod mount;
 
 #[derive(Parser)]
-#[command(name = "llmfs", version, about = "A transparent compressed filesystem whose compressor is a language model")]
+#[command(
+    name = "llmfs",
+    version,
+    about = "A transparent compressed filesystem whose compressor is a language model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,6 +23,12 @@ struct Cli {
 enum Command {
     /// Mount a store (created on first use) at MOUNTPOINT, in the foreground.
     Mount(mount::MountArgs),
+    /// Compress a file with the language model into a .llz container.
+    Compress(compress::CompressArgs),
+    /// Decompress a .llz container.
+    Decompress(compress::DecompressArgs),
+    /// Measure ratio and speed against gzip, xz and zstd; prints markdown tables.
+    Bench(bench::BenchArgs),
 }
 
 const SUBCOMMANDS: &[&str] = &["mount", "compress", "decompress", "bench", "help"];
@@ -42,6 +55,9 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Mount(args) => mount::run(args),
+        Command::Compress(args) => compress::run_compress(args),
+        Command::Decompress(args) => compress::run_decompress(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => 0,

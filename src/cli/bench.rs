@@ -1,0 +1,230 @@
+//! `llmfs bench`: compression ratio and speed of the LLM codec against gzip, xz and zstd,
+//! printed as markdown tables. Every ratio is measured in-process on the given files;
+//! every LLM result is decoded again and compared before it is reported.
+
+use super::model::{parse_size, ModelArgs};
+use anyhow::{ensure, Context};
+use clap::Args;
+use llmfs::codec::container::{self, Container};
+use llmfs::codec::segment::SegmentCoder;
+use llmfs::frame::Codec;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Segment sizes to measure, comma separated (e.g. 1K,4K,16K).
+    #[arg(long, default_value = "4K", value_delimiter = ',', value_parser = parse_size)]
+    segment_size: Vec<usize>,
+    /// Files to compress.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// One file at one segment size.
+#[derive(Default, Clone)]
+struct Row {
+    name: String,
+    segment_size: usize,
+    plain: usize,
+    packed: usize,
+    header: usize,
+    gzip: usize,
+    xz: usize,
+    zstd: usize,
+    segments: [usize; 3],
+    tokens: u64,
+    ce_bits: f64,
+    code_bits: f64,
+    enc: Duration,
+    enc_llama: Duration,
+    enc_steps: u64,
+    dec: Duration,
+    dec_llama: Duration,
+    dec_tokens: u64,
+}
+
+impl Row {
+    fn add(&mut self, o: &Row) {
+        self.plain += o.plain;
+        self.packed += o.packed;
+        self.header += o.header;
+        self.gzip += o.gzip;
+        self.xz += o.xz;
+        self.zstd += o.zstd;
+        for i in 0..3 {
+            self.segments[i] += o.segments[i];
+        }
+        self.tokens += o.tokens;
+        self.ce_bits += o.ce_bits;
+        self.code_bits += o.code_bits;
+        self.enc += o.enc;
+        self.enc_llama += o.enc_llama;
+        self.enc_steps += o.enc_steps;
+        self.dec += o.dec;
+        self.dec_llama += o.dec_llama;
+        self.dec_tokens += o.dec_tokens;
+    }
+}
+
+fn ratio(plain: usize, packed: usize) -> f64 {
+    plain as f64 / packed.max(1) as f64
+}
+
+fn per_sec(n: f64, d: Duration) -> f64 {
+    n / d.as_secs_f64().max(1e-9)
+}
+
+fn gzip9(data: &[u8]) -> usize {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).expect("in-memory write");
+    e.finish().expect("in-memory write").len()
+}
+
+fn xz9(data: &[u8]) -> usize {
+    let mut e = xz2::write::XzEncoder::new(Vec::new(), 9);
+    e.write_all(data).expect("in-memory write");
+    e.finish().expect("in-memory write").len()
+}
+
+fn zstd19(data: &[u8]) -> usize {
+    zstd::bulk::compress(data, 19).map_or(data.len(), |v| v.len())
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    eprintln!(
+        "model: {} ({}), fingerprint {}, backend {}, {} GPU layers",
+        model.name(),
+        args.model.config().path.display(),
+        &model.fingerprint().to_string()[..16],
+        model.backend().name(),
+        model.gpu_layers()
+    );
+    let mut rows = Vec::new();
+    for path in &args.files {
+        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
+        let (gzip, xz, zstd) = (gzip9(&data), xz9(&data), zstd19(&data));
+        for &seg in &args.segment_size {
+            let mut coder = SegmentCoder::new(model.session(seg)?, false);
+            let t0 = Instant::now();
+            let (packed, reports) = container::compress(&data, seg, &mut coder, |_, _| {})?;
+            let enc = t0.elapsed();
+            let enc_llama = coder.session().stats.llama_time;
+            let c = Container::parse(&packed)?;
+            c.check_model(Some(&coder))?;
+            let (llama_before, steps_before) = (
+                coder.session().stats.llama_time,
+                coder.session().stats.steps,
+            );
+            let t1 = Instant::now();
+            let plain = c.read_range(0, c.plain_len, Some(&mut coder))?;
+            let dec = t1.elapsed();
+            ensure!(
+                plain == data,
+                "{name}: decoding did not give back the original bytes"
+            );
+            let mut row = Row {
+                name: name.clone(),
+                segment_size: seg,
+                plain: data.len(),
+                packed: packed.len(),
+                header: c.header_len(),
+                gzip,
+                xz,
+                zstd,
+                enc,
+                enc_llama,
+                enc_steps: steps_before,
+                dec,
+                dec_llama: coder.session().stats.llama_time - llama_before,
+                dec_tokens: coder.session().stats.steps - steps_before,
+                ..Default::default()
+            };
+            for r in &reports {
+                let i = match r.codec {
+                    Some(Codec::Llm) => 0,
+                    Some(Codec::Zstd) => 1,
+                    _ => 2,
+                };
+                row.segments[i] += 1;
+                row.tokens += r.tokens as u64;
+                row.ce_bits += r.cross_entropy_bits;
+                row.code_bits += (r.code_len * 8) as f64;
+            }
+            eprintln!(
+                "{name} @ {seg} B segments: {:.2}x",
+                ratio(row.plain, row.packed)
+            );
+            rows.push(row);
+        }
+    }
+    print_tables(&rows, &args.segment_size);
+    Ok(())
+}
+
+fn print_tables(rows: &[Row], sizes: &[usize]) {
+    let mut all = rows.to_vec();
+    for &seg in sizes {
+        let mut total = Row {
+            name: "**total**".into(),
+            segment_size: seg,
+            ..Default::default()
+        };
+        for r in rows.iter().filter(|r| r.segment_size == seg) {
+            total.add(r);
+        }
+        all.push(total);
+    }
+    println!("\n### Compression ratio\n");
+    println!("| file | bytes | segment | llmfs | gzip -9 | xz -9 | zstd -19 | bits/byte | segments llm/zstd/raw | container header+table |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &all {
+        println!(
+            "| {} | {} | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.3} | {}/{}/{} | {} B |",
+            r.name,
+            r.plain,
+            r.segment_size,
+            ratio(r.plain, r.packed),
+            ratio(r.plain, r.gzip),
+            ratio(r.plain, r.xz),
+            ratio(r.plain, r.zstd),
+            (r.packed * 8) as f64 / r.plain.max(1) as f64,
+            r.segments[0],
+            r.segments[1],
+            r.segments[2],
+            r.header,
+        );
+    }
+    println!("\n### Coding cost and speed\n");
+    println!("Cross-entropy: the model's own bits for the LLM-coded tokens; spent: the range coder's output for them.\n");
+    println!("| file | segment | tokens | cross-entropy bits | bits spent | over | encode tok/s | encode B/s | decode tok/s | decode B/s | llama.cpp tok/s | llama.cpp share of encode / decode |");
+    println!(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for r in &all {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:+.2}% | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1}% / {:.1}% |",
+            r.name,
+            r.segment_size,
+            r.tokens,
+            r.ce_bits,
+            r.code_bits,
+            100.0 * (r.code_bits / r.ce_bits.max(1e-9) - 1.0),
+            per_sec(r.tokens as f64, r.enc),
+            per_sec(r.plain as f64, r.enc),
+            per_sec(r.dec_tokens as f64, r.dec),
+            per_sec(r.plain as f64, r.dec),
+            per_sec((r.enc_steps + r.dec_tokens) as f64, r.enc_llama + r.dec_llama),
+            100.0 * r.enc_llama.as_secs_f64() / r.enc.as_secs_f64().max(1e-9),
+            100.0 * r.dec_llama.as_secs_f64() / r.dec.as_secs_f64().max(1e-9),
+        );
+    }
+}

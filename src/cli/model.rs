@@ -1,0 +1,116 @@
+//! Which model to load: `--model`, else `$LLMFS_MODEL`, else the default location that
+//! `scripts/fetch-model.sh` installs to.
+
+use clap::Args;
+use llmfs::codec::llm::{LlmModel, ModelConfig};
+use std::path::PathBuf;
+
+/// File name of the default model, SmolLM2-135M-Instruct Q4_1.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// GGUF model file [default: $LLMFS_MODEL, else ~/.local/share/llmfs/models/SmolLM2-135M-Instruct.Q4_1.gguf]
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Model layers to offload to the GPU (needs a build with --features cuda, metal or vulkan).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub gpu_layers: u32,
+    /// llama.cpp threads [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+}
+
+/// The default model path: `$XDG_DATA_HOME/llmfs/models/…`, else `~/.local/share/…`,
+/// else (no home, e.g. a bare service) `/var/lib/llmfs/models/…`.
+pub fn default_model_path() -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/share"))
+        });
+    match data {
+        Some(d) => d.join("llmfs/models").join(DEFAULT_MODEL_FILE),
+        None => PathBuf::from("/var/lib/llmfs/models").join(DEFAULT_MODEL_FILE),
+    }
+}
+
+impl ModelArgs {
+    pub fn config(&self) -> ModelConfig {
+        let path = self
+            .model
+            .clone()
+            .or_else(|| {
+                std::env::var_os("LLMFS_MODEL")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(default_model_path);
+        ModelConfig {
+            path,
+            gpu_layers: self.gpu_layers,
+            threads: self.threads,
+        }
+    }
+
+    pub fn load(&self) -> anyhow::Result<LlmModel> {
+        let config = self.config();
+        if config.gpu_layers > 0
+            && !cfg!(any(feature = "cuda", feature = "metal", feature = "vulkan"))
+        {
+            anyhow::bail!("--gpu-layers needs a build with GPU support (cargo build --features cuda, metal or vulkan)");
+        }
+        let model = LlmModel::load(&config)?;
+        log::debug!(
+            "loaded {} ({}) fingerprint {}",
+            config.path.display(),
+            model.name(),
+            model.fingerprint()
+        );
+        Ok(model)
+    }
+}
+
+/// Parses sizes like `4096`, `4K`, `16KiB`, `1M`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 4096, 4K, 1M)"))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit `{unit}` (use K, M or G)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("`{s}` is not a positive size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("16KiB"), Ok(16384));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("4Q").is_err());
+        assert!(parse_size("K").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+}
