@@ -114,7 +114,11 @@ fn invalid_utf8_empty_and_one_byte() {
     assert_ne!(codecs, vec![Codec::Llm]);
     let (packed, codecs) = round_trip(b"", 4096);
     assert!(codecs.is_empty());
-    assert!(packed.len() < 8);
+    assert!(
+        packed.len() <= 8,
+        "{} bytes for an empty file",
+        packed.len()
+    );
     round_trip(b"x", 4096);
     round_trip(b"\n", 4096);
 }
@@ -175,7 +179,8 @@ fn corrupted_container_fails_cleanly() {
             );
         }
     }
-    for cut in 0..packed.len() {
+    // Every cut inside the header; a sample of cuts inside the frame (each costs a model run).
+    for cut in (0..packed.len()).filter(|&c| c < 24 || c % 5 == 0) {
         assert!(Container::parse(&packed[..cut])
             .and_then(|c| c.read_range(0, u64::MAX, Some(&mut dec)))
             .is_err());

@@ -31,7 +31,7 @@ struct Row {
     segment_size: usize,
     plain: usize,
     packed: usize,
-    header: usize,
+    data: usize,
     gzip: usize,
     xz: usize,
     zstd: usize,
@@ -51,7 +51,7 @@ impl Row {
     fn add(&mut self, o: &Row) {
         self.plain += o.plain;
         self.packed += o.packed;
-        self.header += o.header;
+        self.data += o.data;
         self.gzip += o.gzip;
         self.xz += o.xz;
         self.zstd += o.zstd;
@@ -136,7 +136,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 segment_size: seg,
                 plain: data.len(),
                 packed: packed.len(),
-                header: c.header_len(),
                 gzip,
                 xz,
                 zstd,
@@ -155,6 +154,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     _ => 2,
                 };
                 row.segments[i] += 1;
+                row.data += r.data_len;
                 row.tokens += r.tokens as u64;
                 row.ce_bits += r.cross_entropy_bits;
                 row.code_bits += (r.code_len * 8) as f64;
@@ -184,11 +184,11 @@ fn print_tables(rows: &[Row], sizes: &[usize]) {
         all.push(total);
     }
     println!("\n### Compression ratio\n");
-    println!("| file | bytes | segment | llmfs | gzip -9 | xz -9 | zstd -19 | bits/byte | segments llm/zstd/raw | container header+table |");
+    println!("| file | bytes | segment | llmfs | gzip -9 | xz -9 | zstd -19 | bits/byte | segments llm/zstd/raw | format overhead |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &all {
         println!(
-            "| {} | {} | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.3} | {}/{}/{} | {} B |",
+            "| {} | {} | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.3} | {}/{}/{} | {} B ({:.1}%) |",
             r.name,
             r.plain,
             r.segment_size,
@@ -200,9 +200,11 @@ fn print_tables(rows: &[Row], sizes: &[usize]) {
             r.segments[0],
             r.segments[1],
             r.segments[2],
-            r.header,
+            r.packed - r.data,
+            100.0 * (r.packed - r.data) as f64 / r.packed.max(1) as f64,
         );
     }
+    println!("\nFormat overhead: every byte of the container that is not coded data (header, segment table, frame headers with their CRCs, UTF-8 edge bytes).");
     println!("\n### Coding cost and speed\n");
     println!("Cross-entropy: the model's own bits for the LLM-coded tokens; spent: the range coder's output for them.\n");
     println!("| file | segment | tokens | cross-entropy bits | bits spent | over | encode tok/s | encode B/s | decode tok/s | decode B/s | llama.cpp tok/s | llama.cpp share of encode / decode |");

@@ -28,6 +28,9 @@ pub struct SegmentReport {
     pub tokens: usize,
     /// Bytes of range-coded tokens (the LLM payload's `code` field).
     pub code_len: usize,
+    /// Bytes of coded data in the chosen frame (range code, zstd stream or raw bytes):
+    /// the frame length less every header and edge byte.
+    pub data_len: usize,
     /// The model's cross-entropy of those tokens, in bits.
     pub cross_entropy_bits: f64,
     /// Whether an LLM encoding was discarded because decoding it gave other bytes.
@@ -101,8 +104,13 @@ impl<'m> SegmentCoder<'m> {
             }
             _ => fast,
         };
-        report.codec = Some(frame::parse_header(&chosen)?.codec);
+        let header = frame::parse_header(&chosen)?;
+        report.codec = Some(header.codec);
         report.frame_len = chosen.len();
+        report.data_len = match header.codec {
+            Codec::Llm => report.code_len,
+            _ => chosen.len() - header.header_len,
+        };
         Ok((chosen, report))
     }
 
