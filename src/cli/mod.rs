@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod mount;
+mod stats;
 
 #[derive(Parser)]
 #[command(name = "llmfs", version, about = "A transparent compressed filesystem whose compressor is a language model")]
@@ -16,9 +17,11 @@ struct Cli {
 enum Command {
     /// Mount a store (created on first use) at MOUNTPOINT, in the foreground.
     Mount(mount::MountArgs),
+    /// Print what an unmounted store holds: logical bytes, chunk bytes per codec, disk use.
+    Stats(stats::StatsArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "compress", "decompress", "bench", "help"];
+const SUBCOMMANDS: &[&str] = &["mount", "stats", "compress", "decompress", "bench", "help"];
 
 /// `mount -t fuse.llmfs STORE DIR -o OPTS` runs `llmfs STORE DIR -o OPTS` through
 /// mount.fuse3: a first argument that is not a subcommand or a flag means `mount`.
@@ -41,7 +44,14 @@ pub fn main() -> i32 {
         }
     };
     let result = match cli.command {
-        Command::Mount(args) => mount::run(args),
+        Command::Mount(args) => match mount::parse(args) {
+            Ok(cfg) => mount::run(cfg),
+            Err(usage) => {
+                eprintln!("llmfs: usage error: {usage}");
+                return 2;
+            }
+        },
+        Command::Stats(args) => stats::run(args),
     };
     match result {
         Ok(()) => 0,
