@@ -44,8 +44,24 @@ pub struct MountConfig {
 /// Options mount(8), mount.fuse3 and systemd pass along that mean nothing to a FUSE
 /// daemon.
 fn ignored(opt: &str) -> bool {
-    matches!(opt, "" | "_netdev" | "nofail" | "noauto" | "auto" | "user" | "nouser" | "users" | "defaults" | "owner" | "group" | "relatime" | "norelatime" | "strictatime" | "lazytime" | "nolazytime")
-        || opt.starts_with("x-")
+    matches!(
+        opt,
+        "" | "_netdev"
+            | "nofail"
+            | "noauto"
+            | "auto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "defaults"
+            | "owner"
+            | "group"
+            | "relatime"
+            | "norelatime"
+            | "strictatime"
+            | "lazytime"
+            | "nolazytime"
+    ) || opt.starts_with("x-")
         || opt.starts_with("comment=")
 }
 
@@ -53,7 +69,10 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
     let mut cfg = MountConfig {
         store: args.store,
         mountpoint: args.mountpoint,
-        fuse_options: vec![MountOption::FSName("llmfs".into()), MountOption::Subtype("llmfs".into())],
+        fuse_options: vec![
+            MountOption::FSName("llmfs".into()),
+            MountOption::Subtype("llmfs".into()),
+        ],
         acl: SessionACL::Owner,
         threads: 4,
         core: CoreConfig::default(),
@@ -103,9 +122,13 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
             ("chunk_size", v) => {
                 let n = parse_size(key, need(key, v)?)?;
                 if !n.is_power_of_two() || !(1024..=(1 << 20)).contains(&n) {
-                    return Err(UsageError(format!("chunk_size={n}: must be a power of two from 1K to 1M")));
+                    return Err(UsageError(format!(
+                        "chunk_size={n}: must be a power of two from 1K to 1M"
+                    )));
                 }
-                cfg.core.create = CreateOptions { chunk_size: n as u32 };
+                cfg.core.create = CreateOptions {
+                    chunk_size: n as u32,
+                };
                 continue;
             }
             ("threads", v) => {
@@ -119,7 +142,9 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
             _ => return Err(UsageError(format!("unknown mount option '{opt}'"))),
         };
         // A later option of a pair wins (ro after rw, ...), as with mount(8).
-        cfg.fuse_options.retain(|o| std::mem::discriminant(o) != std::mem::discriminant(&fuse) && !conflicts(o, &fuse));
+        cfg.fuse_options.retain(|o| {
+            std::mem::discriminant(o) != std::mem::discriminant(&fuse) && !conflicts(o, &fuse)
+        });
         cfg.fuse_options.push(fuse);
     }
     Ok(cfg)
@@ -127,8 +152,17 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
 
 fn conflicts(a: &MountOption, b: &MountOption) -> bool {
     use MountOption::*;
-    let pairs = [(RO, RW), (Dev, NoDev), (Suid, NoSuid), (Exec, NoExec), (Atime, NoAtime), (Sync, Async)];
-    pairs.iter().any(|(x, y)| (a == x && b == y) || (a == y && b == x))
+    let pairs = [
+        (RO, RW),
+        (Dev, NoDev),
+        (Suid, NoSuid),
+        (Exec, NoExec),
+        (Atime, NoAtime),
+        (Sync, Async),
+    ];
+    pairs
+        .iter()
+        .any(|(x, y)| (a == x && b == y) || (a == y && b == x))
 }
 
 fn need<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> {
@@ -137,14 +171,22 @@ fn need<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> {
 
 /// `64M`, `4K`, `1G`, or bytes.
 fn parse_size(key: &str, v: &str) -> Result<u64, UsageError> {
-    let bad = || UsageError(format!("{key}={v}: expected a size such as 4096, 4K, 64M or 1G"));
+    let bad = || {
+        UsageError(format!(
+            "{key}={v}: expected a size such as 4096, 4K, 64M or 1G"
+        ))
+    };
     let (digits, mult) = match v.char_indices().last() {
         Some((i, 'k' | 'K')) => (&v[..i], 1u64 << 10),
         Some((i, 'm' | 'M')) => (&v[..i], 1 << 20),
         Some((i, 'g' | 'G')) => (&v[..i], 1 << 30),
         _ => (v, 1),
     };
-    digits.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
 }
 
 pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
@@ -156,11 +198,15 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     }
     signals.thread_block().context("blocking signals")?;
 
-    std::fs::create_dir_all(&cfg.store).with_context(|| format!("creating store directory {}", cfg.store.display()))?;
+    std::fs::create_dir_all(&cfg.store)
+        .with_context(|| format!("creating store directory {}", cfg.store.display()))?;
     let core = Arc::new(
-        Core::load(&cfg.store, cfg.core.clone()).map_err(|e| anyhow::anyhow!("opening store {}: {e}", cfg.store.display()))?,
+        Core::load(&cfg.store, cfg.core.clone())
+            .map_err(|e| anyhow::anyhow!("opening store {}: {e}", cfg.store.display()))?,
     );
-    let flusher = core.spawn_flusher().context("starting the flusher thread")?;
+    let flusher = core
+        .spawn_flusher()
+        .context("starting the flusher thread")?;
 
     let fuse_config = {
         let mut c = fuser::Config::default();
@@ -170,8 +216,12 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         c.clone_fd = true;
         c
     };
-    let mut session = fuser::Session::new(FuseFs::new(core.clone(), &cfg.store), &cfg.mountpoint, &fuse_config)
-        .with_context(|| format!("mounting at {}", cfg.mountpoint.display()))?;
+    let mut session = fuser::Session::new(
+        FuseFs::new(core.clone(), &cfg.store),
+        &cfg.mountpoint,
+        &fuse_config,
+    )
+    .with_context(|| format!("mounting at {}", cfg.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("llmfs-signals".into())
@@ -184,10 +234,15 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
             }
         })
         .context("starting the signal thread")?;
-    log::info!("llmfs mounted {} at {}", cfg.store.display(), cfg.mountpoint.display());
+    log::info!(
+        "llmfs mounted {} at {}",
+        cfg.store.display(),
+        cfg.mountpoint.display()
+    );
     let served = session.run();
     // Whatever ended the session, every acknowledged write is made durable.
-    core.shutdown().map_err(|e| anyhow::anyhow!("flushing the store: {e}"))?;
+    core.shutdown()
+        .map_err(|e| anyhow::anyhow!("flushing the store: {e}"))?;
     if flusher.join().is_err() {
         log::error!("the flusher thread panicked");
     }
@@ -201,7 +256,11 @@ mod tests {
     use super::*;
 
     fn opts(o: &str) -> Result<MountConfig, UsageError> {
-        parse(MountArgs { store: "s".into(), mountpoint: "m".into(), options: vec![o.into()] })
+        parse(MountArgs {
+            store: "s".into(),
+            mountpoint: "m".into(),
+            options: vec![o.into()],
+        })
     }
 
     #[test]
@@ -211,11 +270,20 @@ mod tests {
         assert_eq!(c.acl, SessionACL::All);
         assert_eq!(c.core.cache_bytes, 16 << 20);
         assert_eq!(c.threads, 8);
-        assert!(opts("rw,ro").unwrap().fuse_options.contains(&MountOption::RO));
-        assert!(!opts("rw,ro").unwrap().fuse_options.contains(&MountOption::RW));
+        assert!(opts("rw,ro")
+            .unwrap()
+            .fuse_options
+            .contains(&MountOption::RO));
+        assert!(!opts("rw,ro")
+            .unwrap()
+            .fuse_options
+            .contains(&MountOption::RW));
         let e = opts("rw,bogus").err().unwrap();
         assert!(e.to_string().contains("bogus"));
         assert!(opts("chunk_size=3000").is_err());
-        assert_eq!(opts("chunk_size=16K").unwrap().core.create.chunk_size, 16384);
+        assert_eq!(
+            opts("chunk_size=16K").unwrap().core.create.chunk_size,
+            16384
+        );
     }
 }

@@ -13,8 +13,12 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     if !args.store.join("conf").exists() && !args.store.join("db").exists() {
         anyhow::bail!("{} is not an llmfs store", args.store.display());
     }
-    let st = llmfs::store::stats::collect(&args.store)
-        .map_err(|e| anyhow::anyhow!("reading store {} (is it mounted?): {e}", args.store.display()))?;
+    let st = llmfs::store::stats::collect(&args.store).map_err(|e| {
+        anyhow::anyhow!(
+            "reading store {} (is it mounted?): {e}",
+            args.store.display()
+        )
+    })?;
     println!("{:<24} {:>16}", "files", st.files);
     println!("{:<24} {:>16}", "directories", st.dirs);
     println!("{:<24} {:>16}", "logical_bytes", st.logical_bytes);
@@ -29,7 +33,11 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     }
     println!("{:<24} {:>16}", "disk_bytes", st.disk_bytes);
     if st.chunk_bytes > 0 {
-        println!("{:<24} {:>16.2}", "space_amplification", st.disk_bytes as f64 / st.chunk_bytes as f64);
+        println!(
+            "{:<24} {:>16.2}",
+            "space_amplification",
+            st.disk_bytes as f64 / st.chunk_bytes as f64
+        );
     }
     Ok(())
 }

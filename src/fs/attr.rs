@@ -36,7 +36,10 @@ impl Core {
             let gid = set.gid.unwrap_or(inode.gid);
             if !caller.is_root() {
                 // Only root gives files away; an owner may pick one of their groups.
-                if uid != inode.uid || caller.uid != inode.uid || (gid != inode.gid && !caller.in_group(gid)) {
+                if uid != inode.uid
+                    || caller.uid != inode.uid
+                    || (gid != inode.gid && !caller.in_group(gid))
+                {
                     return Err(FsError::Perm);
                 }
             }
@@ -49,7 +52,8 @@ impl Core {
         }
         if let Some(mode) = set.mode {
             let mut bits = mode & 0o7777;
-            let only_drops_suid = bits == inode.mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID) && bits != inode.mode & 0o7777;
+            let only_drops_suid = bits == inode.mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID)
+                && bits != inode.mode & 0o7777;
             if !perm::is_owner(&g.inode, caller) && !only_drops_suid {
                 return Err(FsError::Perm);
             }
@@ -60,7 +64,8 @@ impl Core {
             inode.ctime = now;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let explicit = matches!(set.atime, Some(SetTime::At(_))) || matches!(set.mtime, Some(SetTime::At(_)));
+            let explicit = matches!(set.atime, Some(SetTime::At(_)))
+                || matches!(set.mtime, Some(SetTime::At(_)));
             if !perm::is_owner(&g.inode, caller) {
                 if explicit {
                     return Err(FsError::Perm);
@@ -91,15 +96,25 @@ impl Core {
             if !caller.is_root() && size != inode.size {
                 clear_suid(&mut inode.mode);
             }
-            inode.mtime = if set.mtime.is_some() { inode.mtime } else { now };
+            inode.mtime = if set.mtime.is_some() {
+                inode.mtime
+            } else {
+                now
+            };
             inode.ctime = now;
             g.inode = inode;
             self.truncate_locked(ino, &mut g, size)?;
-            return Ok(Entry { ino, inode: g.inode.clone() });
+            return Ok(Entry {
+                ino,
+                inode: g.inode.clone(),
+            });
         }
         g.inode = inode;
         self.persist(ino, &mut g)?;
-        Ok(Entry { ino, inode: g.inode.clone() })
+        Ok(Entry {
+            ino,
+            inode: g.inode.clone(),
+        })
     }
 
     /// access(2): `mask` of R/W/X, 0 for existence only.
@@ -123,26 +138,106 @@ mod tests {
     fn chown_rules_and_suid_clearing() {
         let (_d, core) = core();
         let root = Caller::root();
-        let f = core.create_node(&root, ROOT_INO, b"f", NewNode::File { mode: libc::S_IFREG | 0o6755, rdev: 0 }, false).unwrap();
-        core.setattr(&root, f.ino, &SetAttr { uid: Some(1000), gid: Some(1000), ..Default::default() }).unwrap();
-        let e = core.setattr(&root, f.ino, &SetAttr { mode: Some(0o6755), ..Default::default() }).unwrap();
+        let f = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"f",
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o6755,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap();
+        core.setattr(
+            &root,
+            f.ino,
+            &SetAttr {
+                uid: Some(1000),
+                gid: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let e = core
+            .setattr(
+                &root,
+                f.ino,
+                &SetAttr {
+                    mode: Some(0o6755),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(e.inode.mode & 0o7777, 0o6755);
         let alice = Caller::with_groups(1000, 1000, vec![50]);
-        assert!(matches!(core.setattr(&alice, f.ino, &SetAttr { uid: Some(0), ..Default::default() }), Err(FsError::Perm)));
-        assert!(matches!(core.setattr(&alice, f.ino, &SetAttr { gid: Some(51), ..Default::default() }), Err(FsError::Perm)));
-        let e = core.setattr(&alice, f.ino, &SetAttr { gid: Some(50), ..Default::default() }).unwrap();
-        assert_eq!(e.inode.mode & 0o7777, 0o755, "chown clears setuid and setgid");
+        assert!(matches!(
+            core.setattr(
+                &alice,
+                f.ino,
+                &SetAttr {
+                    uid: Some(0),
+                    ..Default::default()
+                }
+            ),
+            Err(FsError::Perm)
+        ));
+        assert!(matches!(
+            core.setattr(
+                &alice,
+                f.ino,
+                &SetAttr {
+                    gid: Some(51),
+                    ..Default::default()
+                }
+            ),
+            Err(FsError::Perm)
+        ));
+        let e = core
+            .setattr(
+                &alice,
+                f.ino,
+                &SetAttr {
+                    gid: Some(50),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            e.inode.mode & 0o7777,
+            0o755,
+            "chown clears setuid and setgid"
+        );
     }
 
     #[test]
     fn utimens_now_needs_write_access_explicit_needs_ownership() {
         let (_d, core) = core();
         let root = Caller::root();
-        let f = core.create_node(&root, ROOT_INO, b"f", NewNode::File { mode: libc::S_IFREG | 0o666, rdev: 0 }, false).unwrap();
+        let f = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"f",
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o666,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap();
         let bob = Caller::with_groups(1001, 1001, vec![]);
-        let now = SetAttr { atime: Some(SetTime::Now), mtime: Some(SetTime::Now), ..Default::default() };
+        let now = SetAttr {
+            atime: Some(SetTime::Now),
+            mtime: Some(SetTime::Now),
+            ..Default::default()
+        };
         core.setattr(&bob, f.ino, &now).unwrap();
-        let at = SetAttr { mtime: Some(SetTime::At(Time { secs: 5, nsecs: 0 })), ..Default::default() };
+        let at = SetAttr {
+            mtime: Some(SetTime::At(Time { secs: 5, nsecs: 0 })),
+            ..Default::default()
+        };
         assert!(matches!(core.setattr(&bob, f.ino, &at), Err(FsError::Perm)));
         let e = core.setattr(&root, f.ino, &at).unwrap();
         assert_eq!(e.inode.mtime.secs, 5);

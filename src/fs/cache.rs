@@ -18,7 +18,13 @@ struct Inner {
 
 impl ChunkCache {
     pub fn new(capacity_bytes: usize) -> ChunkCache {
-        ChunkCache { inner: Mutex::new(Inner { lru: lru::LruCache::unbounded(), bytes: 0 }), capacity: capacity_bytes }
+        ChunkCache {
+            inner: Mutex::new(Inner {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity: capacity_bytes,
+        }
     }
 
     pub fn get(&self, ino: u64, index: u64) -> Option<Arc<Vec<u8>>> {

@@ -174,7 +174,13 @@ impl Core {
 
     /// The dirty buffer of chunk `idx`, loaded from the store first if needed (not when
     /// the caller overwrites all of it: `whole`).
-    fn dirty_chunk<'a>(&self, ino: u64, g: &'a mut Node, idx: u64, whole: bool) -> FsResult<&'a mut Vec<u8>> {
+    fn dirty_chunk<'a>(
+        &self,
+        ino: u64,
+        g: &'a mut Node,
+        idx: u64,
+        whole: bool,
+    ) -> FsResult<&'a mut Vec<u8>> {
         let cs = self.chunk_size() as usize;
         if !g.dirty.contains_key(&idx) {
             let mut buf = vec![0u8; cs];
@@ -188,7 +194,10 @@ impl Core {
             g.dirty_bytes += cs;
             self.dirty_total.fetch_add(cs, Ordering::Relaxed);
         }
-        let buf = g.dirty.get_mut(&idx).ok_or_else(|| FsError::Io("dirty chunk vanished".into()))?;
+        let buf = g
+            .dirty
+            .get_mut(&idx)
+            .ok_or_else(|| FsError::Io("dirty chunk vanished".into()))?;
         if buf.len() < cs {
             // An empty buffer stands for zeros (punched); make it real.
             let added = cs - buf.len();
@@ -196,13 +205,17 @@ impl Core {
             g.dirty_bytes += added;
             self.dirty_total.fetch_add(added, Ordering::Relaxed);
         }
-        g.dirty.get_mut(&idx).ok_or_else(|| FsError::Io("dirty chunk vanished".into()))
+        g.dirty
+            .get_mut(&idx)
+            .ok_or_else(|| FsError::Io("dirty chunk vanished".into()))
     }
 
     /// Writes `data` at `offset`; `kill_suid` asks to drop setuid/setgid (a write by
     /// anyone but root).
     pub fn write(&self, ino: u64, offset: u64, data: &[u8], kill_suid: bool) -> FsResult<u32> {
-        let end = offset.checked_add(data.len() as u64).ok_or(FsError::FileTooBig)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
@@ -241,6 +254,21 @@ impl Core {
         }
         g.gen += 1;
         Ok(())
+    }
+
+    /// copy_file_range(2): up to 1 MiB per call, through the read and write paths.
+    pub fn copy_range(
+        &self,
+        from: (u64, u64),
+        to: (u64, u64),
+        len: u64,
+        kill_suid: bool,
+    ) -> FsResult<u32> {
+        let data = self.read(from.0, from.1, len.min(1 << 20) as u32)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.write(to.0, to.1, &data, kill_suid)
     }
 
     /// Persists the dirty chunks and record of a node in one batch (plus `extra`).
@@ -375,8 +403,17 @@ impl Core {
             let zeros = vec![0u8; (end - last_whole * cs) as usize];
             self.write_locked(ino, g, last_whole * cs, &zeros)?;
         }
-        let dirty: Vec<u64> = g.dirty.range(first_whole..last_whole).map(|(k, _)| *k).collect();
-        let stored: Vec<u64> = self.store.chunks_in(ino, first_whole, last_whole)?.into_iter().map(|c| c.0).collect();
+        let dirty: Vec<u64> = g
+            .dirty
+            .range(first_whole..last_whole)
+            .map(|(k, _)| *k)
+            .collect();
+        let stored: Vec<u64> = self
+            .store
+            .chunks_in(ino, first_whole, last_whole)?
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
         for idx in dirty.into_iter().chain(stored) {
             if let Some(old) = g.dirty.insert(idx, Vec::new()) {
                 g.dirty_bytes -= old.len();
@@ -432,12 +469,19 @@ mod tests {
     use crate::store::ROOT_INO;
 
     fn new_file(core: &Core, name: &[u8]) -> u64 {
-        let what = NewNode::File { mode: libc::S_IFREG | 0o644, rdev: 0 };
-        core.create_node(&Caller::root(), ROOT_INO, name, what, true).unwrap().ino
+        let what = NewNode::File {
+            mode: libc::S_IFREG | 0o644,
+            rdev: 0,
+        };
+        core.create_node(&Caller::root(), ROOT_INO, name, what, true)
+            .unwrap()
+            .ino
     }
 
     fn pattern(len: usize, seed: u32) -> Vec<u8> {
-        (0..len as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 11) as u8).collect()
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 11) as u8)
+            .collect()
     }
 
     #[test]
@@ -468,7 +512,10 @@ mod tests {
             core.fsync(f).unwrap();
             let e = core.getattr(f).unwrap();
             assert_eq!(e.inode.size, (5 << 32) + 10_000);
-            assert!(e.inode.stored < 12_000, "only the written chunks are stored");
+            assert!(
+                e.inode.stored < 12_000,
+                "only the written chunks are stored"
+            );
         }
         let core = Core::load(&path, CoreConfig::default()).unwrap();
         assert_eq!(core.read(f, 5 << 32, 20_000).unwrap(), data);
@@ -498,7 +545,8 @@ mod tests {
         core.write(f, 0, &pattern(40_000, 4), false).unwrap();
         core.flush(f).unwrap();
         let before = core.getattr(f).unwrap().inode.stored;
-        core.fallocate(f, 100, 30_000, Fallocate::PunchHole).unwrap();
+        core.fallocate(f, 100, 30_000, Fallocate::PunchHole)
+            .unwrap();
         let got = core.read(f, 0, 40_000).unwrap();
         assert_eq!(got.len(), 40_000);
         assert!(got[100..30_100].iter().all(|&b| b == 0));
@@ -550,7 +598,11 @@ mod tests {
 
     #[test]
     fn dirty_memory_stays_bounded_without_close() {
-        let cfg = CoreConfig { dirty_file_limit: 64 << 10, dirty_total_limit: 128 << 10, ..CoreConfig::default() };
+        let cfg = CoreConfig {
+            dirty_file_limit: 64 << 10,
+            dirty_total_limit: 128 << 10,
+            ..CoreConfig::default()
+        };
         let (_d, core) = core_with(cfg);
         let f = new_file(&core, b"log");
         let rec = b"{\"role\":\"assistant\",\"content\":\"hello\"}\n";

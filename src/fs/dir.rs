@@ -42,7 +42,14 @@ impl Core {
 
     /// Creates a file, special file, directory or symlink; with `open`, the new file
     /// starts with one open handle (create(2) with O_CREAT).
-    pub fn create_node(&self, caller: &Caller, parent: u64, name: &[u8], what: NewNode<'_>, open: bool) -> FsResult<Entry> {
+    pub fn create_node(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        what: NewNode<'_>,
+        open: bool,
+    ) -> FsResult<Entry> {
         check_name(name)?;
         let _ns = self.ns.lock();
         let pn = self.node(parent)?;
@@ -74,7 +81,11 @@ impl Core {
                 mode |= libc::S_ISGID;
             }
         }
-        if mode & libc::S_IFMT != libc::S_IFDIR && mode & libc::S_ISGID != 0 && !caller.is_root() && !caller.in_group(gid) {
+        if mode & libc::S_IFMT != libc::S_IFDIR
+            && mode & libc::S_ISGID != 0
+            && !caller.is_root()
+            && !caller.in_group(gid)
+        {
             mode &= !libc::S_ISGID;
         }
         let ino = self.store.alloc_ino()?;
@@ -113,7 +124,13 @@ impl Core {
         Ok(inode.target)
     }
 
-    pub fn link(&self, caller: &Caller, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Entry> {
+    pub fn link(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &[u8],
+    ) -> FsResult<Entry> {
         check_name(newname)?;
         let _ns = self.ns.lock();
         let pn = self.node(newparent)?;
@@ -147,9 +164,15 @@ impl Core {
         let mut b = Batch::default();
         Store::put_inode(&mut b, ino, &c.inode);
         Store::put_inode(&mut b, newparent, &p.inode);
-        b.insert(keys::dirent(newparent, newname), encode_dirent(ino, c.inode.kind()));
+        b.insert(
+            keys::dirent(newparent, newname),
+            encode_dirent(ino, c.inode.kind()),
+        );
         self.store.apply(b)?;
-        Ok(Entry { ino, inode: c.inode.clone() })
+        Ok(Entry {
+            ino,
+            inode: c.inode.clone(),
+        })
     }
 
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
@@ -206,8 +229,18 @@ impl Core {
     /// Adds to `b` the loss of one name of `c` (two for a directory: its `.` too).
     /// Returns whether the inode is deleted by `b` (then call [`Core::finish_delete`]
     /// after applying it); an inode still open becomes an orphan instead.
-    pub(super) fn drop_link(&self, b: &mut Batch, ino: u64, c: &mut Node, now: Time) -> FsResult<bool> {
-        c.inode.nlink = if c.inode.is_dir() { 0 } else { c.inode.nlink.saturating_sub(1) };
+    pub(super) fn drop_link(
+        &self,
+        b: &mut Batch,
+        ino: u64,
+        c: &mut Node,
+        now: Time,
+    ) -> FsResult<bool> {
+        c.inode.nlink = if c.inode.is_dir() {
+            0
+        } else {
+            c.inode.nlink.saturating_sub(1)
+        };
         c.inode.ctime = now;
         if c.inode.nlink > 0 {
             Store::put_inode(b, ino, &c.inode);
@@ -239,7 +272,13 @@ impl Core {
         }
         perm::check(&inode, caller, want & (R | W | X))?;
         let fh = self.new_fh();
-        self.dirs.lock().insert(fh, DirHandle { ino, names: Vec::new() });
+        self.dirs.lock().insert(
+            fh,
+            DirHandle {
+                ino,
+                names: Vec::new(),
+            },
+        );
         Ok(fh)
     }
 
@@ -249,7 +288,12 @@ impl Core {
 
     /// Lists entries after cookie `offset`, calling `add(ino, cookie, kind, name)` for
     /// each until it returns true (reply buffer full).
-    pub fn readdir(&self, fh: u64, offset: u64, mut add: impl FnMut(u64, u64, Kind, &[u8]) -> bool) -> FsResult<()> {
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, Kind, &[u8]) -> bool,
+    ) -> FsResult<()> {
         let mut dirs = self.dirs.lock();
         let h = dirs.get_mut(&fh).ok_or(FsError::BadHandle)?;
         let ino = h.ino;
@@ -307,14 +351,28 @@ mod tests {
     fn create_lookup_unlink() {
         let (_d, core) = core();
         let root = Caller::root();
-        let e = core.create_node(&root, ROOT_INO, b"a", NewNode::File { mode: libc::S_IFREG | 0o644, rdev: 0 }, false).unwrap();
+        let e = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"a",
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o644,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap();
         assert_eq!(core.lookup(&root, ROOT_INO, b"a").unwrap().ino, e.ino);
         assert!(matches!(
             core.create_node(&root, ROOT_INO, b"a", NewNode::Dir { mode: 0o755 }, false),
             Err(FsError::Exists)
         ));
         core.unlink(&root, ROOT_INO, b"a").unwrap();
-        assert!(matches!(core.lookup(&root, ROOT_INO, b"a"), Err(FsError::NotFound)));
+        assert!(matches!(
+            core.lookup(&root, ROOT_INO, b"a"),
+            Err(FsError::NotFound)
+        ));
         assert!(matches!(core.getattr(e.ino), Err(FsError::NotFound)));
     }
 
@@ -322,10 +380,25 @@ mod tests {
     fn rmdir_refuses_non_empty_and_fixes_link_counts() {
         let (_d, core) = core();
         let root = Caller::root();
-        let d = core.create_node(&root, ROOT_INO, b"d", NewNode::Dir { mode: 0o755 }, false).unwrap();
+        let d = core
+            .create_node(&root, ROOT_INO, b"d", NewNode::Dir { mode: 0o755 }, false)
+            .unwrap();
         assert_eq!(core.getattr(ROOT_INO).unwrap().inode.nlink, 3);
-        core.create_node(&root, d.ino, b"f", NewNode::File { mode: libc::S_IFREG | 0o644, rdev: 0 }, false).unwrap();
-        assert!(matches!(core.rmdir(&root, ROOT_INO, b"d"), Err(FsError::NotEmpty)));
+        core.create_node(
+            &root,
+            d.ino,
+            b"f",
+            NewNode::File {
+                mode: libc::S_IFREG | 0o644,
+                rdev: 0,
+            },
+            false,
+        )
+        .unwrap();
+        assert!(matches!(
+            core.rmdir(&root, ROOT_INO, b"d"),
+            Err(FsError::NotEmpty)
+        ));
         core.unlink(&root, d.ino, b"f").unwrap();
         core.rmdir(&root, ROOT_INO, b"d").unwrap();
         assert_eq!(core.getattr(ROOT_INO).unwrap().inode.nlink, 2);
@@ -336,28 +409,62 @@ mod tests {
         let (_d, core) = core();
         let root = Caller::root();
         for n in ["a", "b", "c", "d"] {
-            core.create_node(&root, ROOT_INO, n.as_bytes(), NewNode::File { mode: libc::S_IFREG | 0o644, rdev: 0 }, false)
-                .unwrap();
+            core.create_node(
+                &root,
+                ROOT_INO,
+                n.as_bytes(),
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o644,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap();
         }
         let fh = core.opendir(&root, ROOT_INO, 0).unwrap();
         let first = list(&core, fh, 0, 3);
-        assert_eq!(first.iter().map(|e| e.1.clone()).collect::<Vec<_>>(), [b".".to_vec(), b"..".to_vec(), b"a".to_vec()]);
+        assert_eq!(
+            first.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+            [b".".to_vec(), b"..".to_vec(), b"a".to_vec()]
+        );
         // "a" (already returned) and "b" (not yet) go away; "bb" appears.
         core.unlink(&root, ROOT_INO, b"a").unwrap();
         core.unlink(&root, ROOT_INO, b"b").unwrap();
-        core.create_node(&root, ROOT_INO, b"bb", NewNode::Dir { mode: 0o755 }, false).unwrap();
+        core.create_node(&root, ROOT_INO, b"bb", NewNode::Dir { mode: 0o755 }, false)
+            .unwrap();
         let rest = list(&core, fh, first[2].0, 100);
-        assert_eq!(rest.iter().map(|e| e.1.clone()).collect::<Vec<_>>(), [b"bb".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+        assert_eq!(
+            rest.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+            [b"bb".to_vec(), b"c".to_vec(), b"d".to_vec()]
+        );
     }
 
     #[test]
     fn sticky_directory_protects_other_users_files() {
         let (_d, core) = core();
         let root = Caller::root();
-        let t = core.create_node(&root, ROOT_INO, b"tmp", NewNode::Dir { mode: 0o1777 }, false).unwrap();
+        let t = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"tmp",
+                NewNode::Dir { mode: 0o1777 },
+                false,
+            )
+            .unwrap();
         let alice = Caller::with_groups(1000, 1000, vec![]);
         let bob = Caller::with_groups(1001, 1001, vec![]);
-        core.create_node(&alice, t.ino, b"x", NewNode::File { mode: libc::S_IFREG | 0o666, rdev: 0 }, false).unwrap();
+        core.create_node(
+            &alice,
+            t.ino,
+            b"x",
+            NewNode::File {
+                mode: libc::S_IFREG | 0o666,
+                rdev: 0,
+            },
+            false,
+        )
+        .unwrap();
         assert!(matches!(core.unlink(&bob, t.ino, b"x"), Err(FsError::Perm)));
         core.unlink(&alice, t.ino, b"x").unwrap();
     }

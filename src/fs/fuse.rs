@@ -10,9 +10,10 @@ use super::xattr::SetXattr;
 use super::{Caller, Core, Entry, FsError};
 use crate::store::records::{Kind, Time};
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -31,7 +32,10 @@ pub struct FuseFs {
 
 impl FuseFs {
     pub fn new(core: Arc<Core>, store_path: &Path) -> FuseFs {
-        FuseFs { core, store_path: store_path.to_path_buf() }
+        FuseFs {
+            core,
+            store_path: store_path.to_path_buf(),
+        }
     }
 
     fn attr(&self, e: &Entry) -> FileAttr {
@@ -120,7 +124,10 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(self.core.lookup(&caller(req), parent.0, name.as_bytes()), reply);
+        self.reply_entry(
+            self.core.lookup(&caller(req), parent.0, name.as_bytes()),
+            reply,
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -170,27 +177,71 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let what = NewNode::File { mode, rdev };
-        self.reply_entry(self.core.create_node(&caller(req), parent.0, name.as_bytes(), what, false), reply);
+        self.reply_entry(
+            self.core
+                .create_node(&caller(req), parent.0, name.as_bytes(), what, false),
+            reply,
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         let what = NewNode::Dir { mode };
-        self.reply_entry(self.core.create_node(&caller(req), parent.0, name.as_bytes(), what, false), reply);
+        self.reply_entry(
+            self.core
+                .create_node(&caller(req), parent.0, name.as_bytes(), what, false),
+            reply,
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.unlink(&caller(req), parent.0, name.as_bytes()), reply);
+        reply_empty(
+            self.core.unlink(&caller(req), parent.0, name.as_bytes()),
+            reply,
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.rmdir(&caller(req), parent.0, name.as_bytes()), reply);
+        reply_empty(
+            self.core.rmdir(&caller(req), parent.0, name.as_bytes()),
+            reply,
+        );
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let what = NewNode::Symlink { target: target.as_os_str().as_bytes() };
-        self.reply_entry(self.core.create_node(&caller(req), parent.0, link_name.as_bytes(), what, false), reply);
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let what = NewNode::Symlink {
+            target: target.as_os_str().as_bytes(),
+        };
+        self.reply_entry(
+            self.core
+                .create_node(&caller(req), parent.0, link_name.as_bytes(), what, false),
+            reply,
+        );
     }
 
     fn rename(
@@ -212,16 +263,37 @@ impl Filesystem for FuseFs {
         } else {
             return reply.error(Errno::EINVAL);
         };
-        let r = self.core.rename(&caller(req), parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode);
+        let r = self.core.rename(
+            &caller(req),
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            mode,
+        );
         reply_empty(r, reply);
     }
 
-    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(self.core.link(&caller(req), ino.0, newparent.0, newname.as_bytes()), reply);
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            self.core
+                .link(&caller(req), ino.0, newparent.0, newname.as_bytes()),
+            reply,
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.open(&caller(req), ino.0, want_from_flags(flags.0)) {
+        match self
+            .core
+            .open(&caller(req), ino.0, want_from_flags(flags.0))
+        {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -263,7 +335,14 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.core.flush(ino.0), reply);
     }
 
@@ -280,7 +359,14 @@ impl Filesystem for FuseFs {
         reply_empty(self.core.release(ino.0), reply);
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.core.fsync(ino.0), reply);
     }
 
@@ -291,9 +377,21 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let r = self.core.readdir(fh.0, offset, |ino, cookie, kind, name| {
-            reply.add(INodeNo(ino), cookie, file_type(kind), OsStr::from_bytes(name))
+            reply.add(
+                INodeNo(ino),
+                cookie,
+                file_type(kind),
+                OsStr::from_bytes(name),
+            )
         });
         match r {
             Ok(()) => reply.ok(),
@@ -301,12 +399,26 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.core.store().flush().map_err(FsError::from), reply);
     }
 
@@ -349,11 +461,19 @@ impl Filesystem for FuseFs {
             libc::XATTR_REPLACE => SetXattr::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
-        reply_empty(self.core.setxattr(&caller(req), ino.0, name.as_bytes(), value, how), reply);
+        reply_empty(
+            self.core
+                .setxattr(&caller(req), ino.0, name.as_bytes(), value, how),
+            reply,
+        );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.core.getxattr(&caller(req), ino.0, name.as_bytes()), size, reply);
+        reply_xattr(
+            self.core.getxattr(&caller(req), ino.0, name.as_bytes()),
+            size,
+            reply,
+        );
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -361,22 +481,93 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.removexattr(&caller(req), ino.0, name.as_bytes()), reply);
+        reply_empty(
+            self.core.removexattr(&caller(req), ino.0, name.as_bytes()),
+            reply,
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        reply_empty(self.core.access(&caller(req), ino.0, mask.bits() as u32 & 7), reply);
+        reply_empty(
+            self.core
+                .access(&caller(req), ino.0, mask.bits() as u32 & 7),
+            reply,
+        );
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         let what = NewNode::File { mode, rdev: 0 };
-        match self.core.create_node(&caller(req), parent.0, name.as_bytes(), what, true) {
-            Ok(e) => reply.created(&TTL, &self.attr(&e), Generation(0), FileHandle(0), FopenFlags::empty()),
+        match self
+            .core
+            .create_node(&caller(req), parent.0, name.as_bytes(), what, true)
+        {
+            Ok(e) => reply.created(
+                &TTL,
+                &self.attr(&e),
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.core.copy_range(
+            (ino_in.0, offset_in),
+            (ino_out.0, offset_out),
+            len,
+            req.uid() != 0,
+        ) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // SEEK_DATA/SEEK_HOLE: the kernel's generic answer (all data) is correct.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let how = match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => Fallocate::Allocate { keep_size },

@@ -53,7 +53,9 @@ impl Default for CoreConfig {
             dirty_file_limit: 8 << 20,
             dirty_total_limit: 64 << 20,
             flush_interval: Duration::from_secs(5),
-            create: CreateOptions { chunk_size: data::DEFAULT_CHUNK_SIZE },
+            create: CreateOptions {
+                chunk_size: data::DEFAULT_CHUNK_SIZE,
+            },
         }
     }
 }
@@ -84,7 +86,15 @@ pub struct Node {
 
 impl Node {
     fn new(inode: Inode) -> Node {
-        Node { inode, open: 0, dirty: BTreeMap::new(), dirty_bytes: 0, meta_dirty: false, gen: 0, deleted: false }
+        Node {
+            inode,
+            open: 0,
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+            meta_dirty: false,
+            gen: 0,
+            deleted: false,
+        }
     }
 
     fn idle(&self) -> bool {
@@ -133,10 +143,14 @@ impl Core {
             core.store.apply(b)?;
         }
         if !orphans.is_empty() {
-            log::info!("deleted {} files that were unlinked while open before the last stop", orphans.len());
+            log::info!(
+                "deleted {} files that were unlinked while open before the last stop",
+                orphans.len()
+            );
             core.store.flush()?;
         }
-        core.inode_count.store(core.store.count_inodes()?, Ordering::Relaxed);
+        core.inode_count
+            .store(core.store.count_inodes()?, Ordering::Relaxed);
         Ok(core)
     }
 
@@ -189,7 +203,12 @@ impl Core {
 
     /// Persists every dirty node (the background flusher and unmount).
     pub fn persist_all(&self) -> FsResult<()> {
-        let nodes: Vec<(u64, NodeRef)> = self.nodes.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let nodes: Vec<(u64, NodeRef)> = self
+            .nodes
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         let mut result = Ok(());
         for (ino, n) in nodes {
             let mut g = n.lock();
@@ -218,20 +237,22 @@ impl Core {
     /// stay open are persisted every `flush_interval`, so little is lost on a crash.
     pub fn spawn_flusher(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let core = Arc::clone(self);
-        std::thread::Builder::new().name("llmfs-flusher".into()).spawn(move || loop {
-            {
-                let mut stop = core.shutdown.0.lock();
-                if !*stop {
-                    core.shutdown.1.wait_for(&mut stop, core.cfg.flush_interval);
+        std::thread::Builder::new()
+            .name("llmfs-flusher".into())
+            .spawn(move || loop {
+                {
+                    let mut stop = core.shutdown.0.lock();
+                    if !*stop {
+                        core.shutdown.1.wait_for(&mut stop, core.cfg.flush_interval);
+                    }
+                    if *stop {
+                        return;
+                    }
                 }
-                if *stop {
-                    return;
+                if let Err(e) = core.persist_all() {
+                    log::error!("background flush failed: {e}");
                 }
-            }
-            if let Err(e) = core.persist_all() {
-                log::error!("background flush failed: {e}");
-            }
-        })
+            })
     }
 
     /// (blocks used, inodes used) for statfs.

@@ -20,7 +20,12 @@ pub struct Caller {
 
 impl Caller {
     pub fn new(uid: u32, gid: u32, pid: u32) -> Caller {
-        Caller { uid, gid, pid, groups: OnceLock::new() }
+        Caller {
+            uid,
+            gid,
+            pid,
+            groups: OnceLock::new(),
+        }
     }
 
     /// The daemon itself (internal operations, tests).
@@ -44,7 +49,11 @@ impl Caller {
     /// requests carry only the primary gid, so the others are read from
     /// `/proc/PID/status`, and only when a check needs them.
     pub fn in_group(&self, gid: u32) -> bool {
-        gid == self.gid || self.groups.get_or_init(|| proc_groups(self.pid)).contains(&gid)
+        gid == self.gid
+            || self
+                .groups
+                .get_or_init(|| proc_groups(self.pid))
+                .contains(&gid)
     }
 }
 
@@ -55,7 +64,11 @@ fn proc_groups(pid: u32) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -86,7 +99,11 @@ pub fn check(inode: &Inode, caller: &Caller, mask: u32) -> FsResult<()> {
 /// directory, and the sticky-bit rule.)
 pub fn may_delete(dir: &Inode, victim: &Inode, caller: &Caller) -> FsResult<()> {
     check(dir, caller, W | X)?;
-    if dir.mode & libc::S_ISVTX != 0 && !caller.is_root() && caller.uid != dir.uid && caller.uid != victim.uid {
+    if dir.mode & libc::S_ISVTX != 0
+        && !caller.is_root()
+        && caller.uid != dir.uid
+        && caller.uid != victim.uid
+    {
         return Err(FsError::Perm);
     }
     Ok(())
@@ -109,7 +126,10 @@ mod tests {
         assert!(check(&f, &Caller::with_groups(11, 99, vec![20]), R).is_ok());
         assert!(check(&f, &Caller::with_groups(11, 99, vec![20]), W).is_err());
         assert!(check(&f, &Caller::with_groups(11, 99, vec![]), R).is_err());
-        assert!(check(&f, &Caller::root(), X).is_err(), "root needs some x bit to execute");
+        assert!(
+            check(&f, &Caller::root(), X).is_err(),
+            "root needs some x bit to execute"
+        );
     }
 
     #[test]
@@ -117,6 +137,9 @@ mod tests {
         let d = Inode::new(libc::S_IFDIR | 0o1777, 1, 1, Time::default());
         let f = Inode::new(libc::S_IFREG | 0o644, 2, 2, Time::default());
         assert!(may_delete(&d, &f, &Caller::with_groups(2, 2, vec![])).is_ok());
-        assert!(matches!(may_delete(&d, &f, &Caller::with_groups(3, 3, vec![])), Err(FsError::Perm)));
+        assert!(matches!(
+            may_delete(&d, &f, &Caller::with_groups(3, 3, vec![])),
+            Err(FsError::Perm)
+        ));
     }
 }

@@ -60,7 +60,10 @@ impl Core {
         }
         inos.sort_unstable();
         inos.dedup();
-        let refs = inos.iter().map(|&i| self.node(i)).collect::<FsResult<Vec<_>>>()?;
+        let refs = inos
+            .iter()
+            .map(|&i| self.node(i))
+            .collect::<FsResult<Vec<_>>>()?;
         let mut guards = refs.iter().map(live).collect::<FsResult<Vec<_>>>()?;
         let at = |i: u64| inos.iter().position(|&x| x == i).unwrap_or(0);
         let (ip, inp, is) = (at(parent), at(newparent), at(src));
@@ -84,7 +87,10 @@ impl Core {
             None => {
                 perm::check(&guards[inp].inode, caller, W | perm::X)?;
                 b.remove(keys::dirent(parent, name));
-                b.insert(keys::dirent(newparent, newname), encode_dirent(src, src_kind));
+                b.insert(
+                    keys::dirent(newparent, newname),
+                    encode_dirent(src, src_kind),
+                );
                 if moves_dir_across {
                     guards[ip].inode.nlink = guards[ip].inode.nlink.saturating_sub(1);
                     guards[inp].inode.nlink += 1;
@@ -99,12 +105,17 @@ impl Core {
                         perm::check(&guards[id].inode, caller, W)?;
                     }
                     b.insert(keys::dirent(parent, name), encode_dirent(d, d_kind));
-                    b.insert(keys::dirent(newparent, newname), encode_dirent(src, src_kind));
+                    b.insert(
+                        keys::dirent(newparent, newname),
+                        encode_dirent(src, src_kind),
+                    );
                     if parent != newparent {
                         let delta = |k: Kind| i64::from(k == Kind::Dir);
                         let (ds, dd) = (delta(src_kind), delta(d_kind));
-                        guards[ip].inode.nlink = (i64::from(guards[ip].inode.nlink) - ds + dd) as u32;
-                        guards[inp].inode.nlink = (i64::from(guards[inp].inode.nlink) + ds - dd) as u32;
+                        guards[ip].inode.nlink =
+                            (i64::from(guards[ip].inode.nlink) - ds + dd) as u32;
+                        guards[inp].inode.nlink =
+                            (i64::from(guards[inp].inode.nlink) + ds - dd) as u32;
                         if src_kind == Kind::Dir {
                             guards[is].inode.parent = newparent;
                         }
@@ -117,11 +128,16 @@ impl Core {
                     match (src_kind == Kind::Dir, d_kind == Kind::Dir) {
                         (true, false) => return Err(FsError::NotDir),
                         (false, true) => return Err(FsError::IsDir),
-                        (true, true) if !self.store.dir_is_empty(d)? => return Err(FsError::NotEmpty),
+                        (true, true) if !self.store.dir_is_empty(d)? => {
+                            return Err(FsError::NotEmpty)
+                        }
                         _ => {}
                     }
                     b.remove(keys::dirent(parent, name));
-                    b.insert(keys::dirent(newparent, newname), encode_dirent(src, src_kind));
+                    b.insert(
+                        keys::dirent(newparent, newname),
+                        encode_dirent(src, src_kind),
+                    );
                     if src_kind == Kind::Dir {
                         // The replaced directory's ".." link to newparent goes away.
                         guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_sub(1);
@@ -176,9 +192,18 @@ mod tests {
     use super::*;
 
     fn file(core: &Core, parent: u64, name: &[u8]) -> u64 {
-        core.create_node(&Caller::root(), parent, name, NewNode::File { mode: libc::S_IFREG | 0o644, rdev: 0 }, false)
-            .unwrap()
-            .ino
+        core.create_node(
+            &Caller::root(),
+            parent,
+            name,
+            NewNode::File {
+                mode: libc::S_IFREG | 0o644,
+                rdev: 0,
+            },
+            false,
+        )
+        .unwrap()
+        .ino
     }
 
     #[test]
@@ -187,10 +212,15 @@ mod tests {
         let r = Caller::root();
         let a = file(&core, ROOT_INO, b"a");
         let b = file(&core, ROOT_INO, b"b");
-        assert!(matches!(core.rename(&r, ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::NoReplace), Err(FsError::Exists)));
-        core.rename(&r, ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::Exchange).unwrap();
+        assert!(matches!(
+            core.rename(&r, ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::NoReplace),
+            Err(FsError::Exists)
+        ));
+        core.rename(&r, ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::Exchange)
+            .unwrap();
         assert_eq!(core.lookup(&r, ROOT_INO, b"a").unwrap().ino, b);
-        core.rename(&r, ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::Replace).unwrap();
+        core.rename(&r, ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::Replace)
+            .unwrap();
         assert_eq!(core.lookup(&r, ROOT_INO, b"b").unwrap().ino, b);
         assert!(core.getattr(a).is_err(), "the replaced file is gone");
     }
@@ -199,16 +229,30 @@ mod tests {
     fn directories_move_with_link_counts_and_not_into_themselves() {
         let (_d, core) = core();
         let r = Caller::root();
-        let d1 = core.create_node(&r, ROOT_INO, b"d1", NewNode::Dir { mode: 0o755 }, false).unwrap().ino;
-        let d2 = core.create_node(&r, ROOT_INO, b"d2", NewNode::Dir { mode: 0o755 }, false).unwrap().ino;
-        let sub = core.create_node(&r, d1, b"sub", NewNode::Dir { mode: 0o755 }, false).unwrap().ino;
-        assert!(matches!(core.rename(&r, ROOT_INO, b"d1", sub, b"x", RenameMode::Replace), Err(FsError::Invalid)));
-        core.rename(&r, d1, b"sub", d2, b"sub", RenameMode::Replace).unwrap();
+        let d1 = core
+            .create_node(&r, ROOT_INO, b"d1", NewNode::Dir { mode: 0o755 }, false)
+            .unwrap()
+            .ino;
+        let d2 = core
+            .create_node(&r, ROOT_INO, b"d2", NewNode::Dir { mode: 0o755 }, false)
+            .unwrap()
+            .ino;
+        let sub = core
+            .create_node(&r, d1, b"sub", NewNode::Dir { mode: 0o755 }, false)
+            .unwrap()
+            .ino;
+        assert!(matches!(
+            core.rename(&r, ROOT_INO, b"d1", sub, b"x", RenameMode::Replace),
+            Err(FsError::Invalid)
+        ));
+        core.rename(&r, d1, b"sub", d2, b"sub", RenameMode::Replace)
+            .unwrap();
         assert_eq!(core.getattr(d1).unwrap().inode.nlink, 2);
         assert_eq!(core.getattr(d2).unwrap().inode.nlink, 3);
         assert_eq!(core.getattr(sub).unwrap().inode.parent, d2);
         // Over an empty directory.
-        core.rename(&r, d2, b"sub", ROOT_INO, b"d1", RenameMode::Replace).unwrap();
+        core.rename(&r, d2, b"sub", ROOT_INO, b"d1", RenameMode::Replace)
+            .unwrap();
         assert!(core.getattr(d1).is_err());
         assert_eq!(core.getattr(ROOT_INO).unwrap().inode.nlink, 4);
     }

@@ -19,7 +19,12 @@ pub enum SetXattr {
 }
 
 /// Who may read/write an attribute of `name` on a file of `kind`.
-fn check_access(caller: &Caller, inode: &crate::store::records::Inode, name: &[u8], mask: u32) -> FsResult<()> {
+fn check_access(
+    caller: &Caller,
+    inode: &crate::store::records::Inode,
+    name: &[u8],
+    mask: u32,
+) -> FsResult<()> {
     if name.is_empty() {
         return Err(FsError::Range);
     }
@@ -29,18 +34,38 @@ fn check_access(caller: &Caller, inode: &crate::store::records::Inode, name: &[u
     if name.starts_with(b"user.") {
         // user.* is only for regular files and directories, with their permissions.
         if !matches!(inode.kind(), Kind::File | Kind::Dir) {
-            return Err(if mask == R { FsError::NoAttr } else { FsError::Perm });
+            return Err(if mask == R {
+                FsError::NoAttr
+            } else {
+                FsError::Perm
+            });
         }
-        if inode.is_dir() && inode.mode & libc::S_ISVTX != 0 && mask == W && !perm::is_owner(inode, caller) {
+        if inode.is_dir()
+            && inode.mode & libc::S_ISVTX != 0
+            && mask == W
+            && !perm::is_owner(inode, caller)
+        {
             return Err(FsError::Perm);
         }
         return perm::check(inode, caller, mask);
     }
     if name.starts_with(b"trusted.") {
-        return if caller.is_root() { Ok(()) } else { Err(if mask == R { FsError::NoAttr } else { FsError::Perm }) };
+        return if caller.is_root() {
+            Ok(())
+        } else {
+            Err(if mask == R {
+                FsError::NoAttr
+            } else {
+                FsError::Perm
+            })
+        };
     }
     if name.starts_with(b"security.") || name.starts_with(b"system.") {
-        return if mask == R || caller.is_root() || perm::is_owner(inode, caller) { Ok(()) } else { Err(FsError::Perm) };
+        return if mask == R || caller.is_root() || perm::is_owner(inode, caller) {
+            Ok(())
+        } else {
+            Err(FsError::Perm)
+        };
     }
     Err(FsError::NotSupported)
 }
@@ -49,10 +74,21 @@ impl Core {
     pub fn getxattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         let inode = self.getattr(ino)?.inode;
         check_access(caller, &inode, name, R)?;
-        Ok(self.store.get_xattr(ino, name)?.ok_or(FsError::NoAttr)?.to_vec())
+        Ok(self
+            .store
+            .get_xattr(ino, name)?
+            .ok_or(FsError::NoAttr)?
+            .to_vec())
     }
 
-    pub fn setxattr(&self, caller: &Caller, ino: u64, name: &[u8], value: &[u8], how: SetXattr) -> FsResult<()> {
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        how: SetXattr,
+    ) -> FsResult<()> {
         if value.len() > VALUE_MAX {
             return Err(FsError::TooBig);
         }
@@ -114,15 +150,38 @@ mod tests {
     fn create_replace_list_remove() {
         let (_d, core) = core();
         let r = Caller::root();
-        let f = core.create_node(&r, ROOT_INO, b"f", NewNode::File { mode: libc::S_IFREG | 0o644, rdev: 0 }, false).unwrap().ino;
-        assert!(matches!(core.setxattr(&r, f, b"user.a", b"1", SetXattr::Replace), Err(FsError::NoAttr)));
-        core.setxattr(&r, f, b"user.a", b"1", SetXattr::Create).unwrap();
-        assert!(matches!(core.setxattr(&r, f, b"user.a", b"2", SetXattr::Create), Err(FsError::Exists)));
-        core.setxattr(&r, f, b"user.a", b"2", SetXattr::Replace).unwrap();
+        let f = core
+            .create_node(
+                &r,
+                ROOT_INO,
+                b"f",
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o644,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap()
+            .ino;
+        assert!(matches!(
+            core.setxattr(&r, f, b"user.a", b"1", SetXattr::Replace),
+            Err(FsError::NoAttr)
+        ));
+        core.setxattr(&r, f, b"user.a", b"1", SetXattr::Create)
+            .unwrap();
+        assert!(matches!(
+            core.setxattr(&r, f, b"user.a", b"2", SetXattr::Create),
+            Err(FsError::Exists)
+        ));
+        core.setxattr(&r, f, b"user.a", b"2", SetXattr::Replace)
+            .unwrap();
         core.setxattr(&r, f, b"user.b", b"", SetXattr::Any).unwrap();
         assert_eq!(core.getxattr(&r, f, b"user.a").unwrap(), b"2");
         assert_eq!(core.listxattr(&r, f).unwrap(), b"user.a\0user.b\0");
         core.removexattr(&r, f, b"user.a").unwrap();
-        assert!(matches!(core.getxattr(&r, f, b"user.a"), Err(FsError::NoAttr)));
+        assert!(matches!(
+            core.getxattr(&r, f, b"user.a"),
+            Err(FsError::NoAttr)
+        ));
     }
 }

@@ -66,14 +66,25 @@ impl Store {
                 b.insert(keys::inode(ROOT_INO), root.encode());
                 tree.apply_batch(b)?;
                 db.flush()?;
-                log::info!("created store at {} (chunk size {} bytes)", path.display(), sb.chunk_size);
+                log::info!(
+                    "created store at {} (chunk size {} bytes)",
+                    path.display(),
+                    sb.chunk_size
+                );
                 sb
             }
         };
         if !(512..=(1 << 24)).contains(&superblock.chunk_size) {
-            return Err(StoreError::Corrupt(format!("chunk size {} out of range", superblock.chunk_size)));
+            return Err(StoreError::Corrupt(format!(
+                "chunk size {} out of range",
+                superblock.chunk_size
+            )));
         }
-        Ok(Store { db, tree, superblock })
+        Ok(Store {
+            db,
+            tree,
+            superblock,
+        })
     }
 
     pub fn superblock(&self) -> &Superblock {
@@ -118,7 +129,12 @@ impl Store {
     }
 
     pub fn dir_is_empty(&self, dir: u64) -> Result<bool, StoreError> {
-        Ok(self.tree.scan_prefix(keys::dirent_prefix(dir)).next().transpose()?.is_none())
+        Ok(self
+            .tree
+            .scan_prefix(keys::dirent_prefix(dir))
+            .next()
+            .transpose()?
+            .is_none())
     }
 
     /// Up to `limit` entries of `dir` whose names sort strictly after `after`.
@@ -160,7 +176,10 @@ impl Store {
         if from >= to {
             return Ok(out);
         }
-        for item in self.tree.range(keys::chunk(ino, from)..keys::chunk(ino, to)) {
+        for item in self
+            .tree
+            .range(keys::chunk(ino, from)..keys::chunk(ino, to))
+        {
             let (k, v) = item?;
             if let Some(idx) = keys::chunk_index(&k) {
                 out.push((idx, v.len()));
@@ -221,7 +240,12 @@ impl Store {
             let (parent, name) = self.tree.scan_prefix([b'D']).find_map(|item| {
                 let (k, v) = item.ok()?;
                 let (child, _) = records::decode_dirent(&v).ok()?;
-                (child == cur).then(|| (keys::u64_at(&k, 1).unwrap_or(ROOT_INO), keys::dirent_name(&k).to_vec()))
+                (child == cur).then(|| {
+                    (
+                        keys::u64_at(&k, 1).unwrap_or(ROOT_INO),
+                        keys::dirent_name(&k).to_vec(),
+                    )
+                })
             })?;
             parts.push(String::from_utf8_lossy(&name).into_owned());
             cur = parent;
@@ -257,11 +281,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path(), &CreateOptions { chunk_size: 4096 }).unwrap();
-            let sb = Superblock { format_version: 42, ..s.superblock().clone() };
+            let sb = Superblock {
+                format_version: 42,
+                ..s.superblock().clone()
+            };
             s.tree.insert(keys::SUPERBLOCK, sb.encode()).unwrap();
             s.flush().unwrap();
         }
-        let err = Store::open(dir.path(), &CreateOptions { chunk_size: 4096 }).err().unwrap();
+        let err = Store::open(dir.path(), &CreateOptions { chunk_size: 4096 })
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("version 42"), "{err}");
     }
 }

@@ -51,10 +51,18 @@ impl Superblock {
             0 => None,
             _ => {
                 let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-                Some(r.bytes(n).ok_or_else(|| bad("truncated fingerprint"))?.to_vec())
+                Some(
+                    r.bytes(n)
+                        .ok_or_else(|| bad("truncated fingerprint"))?
+                        .to_vec(),
+                )
             }
         };
-        Ok(Superblock { format_version, chunk_size, model_fingerprint })
+        Ok(Superblock {
+            format_version,
+            chunk_size,
+            model_fingerprint,
+        })
     }
 }
 
@@ -72,13 +80,22 @@ impl Time {
 
     pub fn from_system(t: SystemTime) -> Time {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Time { secs: d.as_secs() as i64, nsecs: d.subsec_nanos() },
+            Ok(d) => Time {
+                secs: d.as_secs() as i64,
+                nsecs: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 if d.subsec_nanos() == 0 {
-                    Time { secs: -(d.as_secs() as i64), nsecs: 0 }
+                    Time {
+                        secs: -(d.as_secs() as i64),
+                        nsecs: 0,
+                    }
                 } else {
-                    Time { secs: -(d.as_secs() as i64) - 1, nsecs: 1_000_000_000 - d.subsec_nanos() }
+                    Time {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nsecs: 1_000_000_000 - d.subsec_nanos(),
+                    }
                 }
             }
         }
@@ -88,7 +105,8 @@ impl Time {
         if self.secs >= 0 {
             UNIX_EPOCH + Duration::new(self.secs as u64, self.nsecs)
         } else {
-            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs()) + Duration::from_nanos(u64::from(self.nsecs))
+            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs())
+                + Duration::from_nanos(u64::from(self.nsecs))
         }
     }
 }
@@ -124,9 +142,17 @@ impl Kind {
     }
 
     pub fn from_byte(b: u8) -> Option<Kind> {
-        [Kind::File, Kind::Dir, Kind::Symlink, Kind::Fifo, Kind::Socket, Kind::CharDev, Kind::BlockDev]
-            .get(usize::from(b))
-            .copied()
+        [
+            Kind::File,
+            Kind::Dir,
+            Kind::Symlink,
+            Kind::Fifo,
+            Kind::Socket,
+            Kind::CharDev,
+            Kind::BlockDev,
+        ]
+        .get(usize::from(b))
+        .copied()
     }
 }
 
@@ -200,7 +226,9 @@ impl Inode {
         let mut r = Reader { b, pos: 0 };
         let version = r.u8().ok_or_else(bad)?;
         if version != INODE_VERSION {
-            return Err(StoreError::Corrupt(format!("inode record version {version}")));
+            return Err(StoreError::Corrupt(format!(
+                "inode record version {version}"
+            )));
         }
         let mode = r.u32().ok_or_else(bad)?;
         let uid = r.u32().ok_or_else(bad)?;
@@ -218,7 +246,20 @@ impl Inode {
         let parent = r.u64().ok_or_else(bad)?;
         let target = b.get(r.pos..).unwrap_or(&[]).to_vec();
         let [atime, mtime, ctime] = times;
-        Ok(Inode { mode, uid, gid, nlink, size, stored, atime, mtime, ctime, rdev, parent, target })
+        Ok(Inode {
+            mode,
+            uid,
+            gid,
+            nlink,
+            size,
+            stored,
+            atime,
+            mtime,
+            ctime,
+            rdev,
+            parent,
+            target,
+        })
     }
 }
 
@@ -252,10 +293,14 @@ impl Reader<'_> {
         self.bytes(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.bytes(4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)
+        self.bytes(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
     }
     fn u64(&mut self) -> Option<u64> {
-        self.bytes(8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+        self.bytes(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
     }
 }
 
@@ -265,7 +310,12 @@ mod tests {
 
     #[test]
     fn inode_round_trip() {
-        let mut i = Inode::new(libc::S_IFLNK | 0o777, 1000, 100, Time { secs: -5, nsecs: 7 });
+        let mut i = Inode::new(
+            libc::S_IFLNK | 0o777,
+            1000,
+            100,
+            Time { secs: -5, nsecs: 7 },
+        );
         i.size = 5 << 32;
         i.target = b"/some/where".to_vec();
         assert_eq!(Inode::decode(&i.encode()).unwrap(), i);
@@ -274,15 +324,28 @@ mod tests {
 
     #[test]
     fn superblock_round_trip_and_version_refusal() {
-        let s = Superblock { format_version: FORMAT_VERSION, chunk_size: 4096, model_fingerprint: Some(b"abc".to_vec()) };
+        let s = Superblock {
+            format_version: FORMAT_VERSION,
+            chunk_size: 4096,
+            model_fingerprint: Some(b"abc".to_vec()),
+        };
         assert_eq!(Superblock::decode(&s.encode()).unwrap(), s);
-        let newer = Superblock { format_version: 99, ..s };
-        assert!(matches!(Superblock::decode(&newer.encode()), Err(StoreError::UnsupportedVersion(99))));
+        let newer = Superblock {
+            format_version: 99,
+            ..s
+        };
+        assert!(matches!(
+            Superblock::decode(&newer.encode()),
+            Err(StoreError::UnsupportedVersion(99))
+        ));
     }
 
     #[test]
     fn negative_times_round_trip() {
-        let t = Time { secs: -3, nsecs: 500 };
+        let t = Time {
+            secs: -3,
+            nsecs: 500,
+        };
         assert_eq!(Time::from_system(t.to_system()), t);
     }
 }

@@ -50,7 +50,11 @@ pub fn collect(path: &Path) -> Result<StoreStats, StoreError> {
             Err(_) => st.bad_chunks += 1,
         }
     }
-    st.per_codec = codecs.iter().zip(counts).map(|(c, (n, b, p))| (c.name(), n, b, p)).collect();
+    st.per_codec = codecs
+        .iter()
+        .zip(counts)
+        .map(|(c, (n, b, p))| (c.name(), n, b, p))
+        .collect();
     drop(store);
     st.disk_bytes = disk_usage(path);
     Ok(st)
@@ -59,7 +63,9 @@ pub fn collect(path: &Path) -> Result<StoreStats, StoreError> {
 /// Allocated bytes of every file under `path` (what `du` reports).
 fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
     let mut total = meta.blocks() * 512;
     if meta.is_dir() {
         if let Ok(rd) = std::fs::read_dir(path) {
