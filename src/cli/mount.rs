@@ -223,14 +223,32 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     )
     .with_context(|| format!("mounting at {}", cfg.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let (signal_core, mountpoint) = (core.clone(), cfg.mountpoint.clone());
     std::thread::Builder::new()
         .name("llmfs-signals".into())
         .spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                log::info!("{sig}: unmounting");
-                if let Err(e) = unmounter.unmount() {
-                    log::error!("unmount after {sig} failed: {e}");
-                }
+            let Ok(sig) = signals.wait() else { return };
+            log::info!("{sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                // Busy (files still open): a supervisor's stop must still stop. Detach
+                // the mount, make every acknowledged write durable, and exit; files
+                // still open see ENOTCONN from now on.
+                log::warn!(
+                    "{} is busy ({e}): detaching it lazily and stopping",
+                    mountpoint.display()
+                );
+                let _ = std::process::Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&mountpoint)
+                    .status();
+                let code = match signal_core.shutdown() {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        log::error!("flushing the store: {e}");
+                        1
+                    }
+                };
+                std::process::exit(code);
             }
         })
         .context("starting the signal thread")?;

@@ -164,6 +164,10 @@ impl Core {
 
     /// The node of `ino`, loaded from the store if not in memory.
     fn node(&self, ino: u64) -> FsResult<NodeRef> {
+        if *self.shutdown.0.lock() {
+            // After the final flush nothing may be acknowledged that would be lost.
+            return Err(FsError::Io("the filesystem is being unmounted".into()));
+        }
         let mut map = self.nodes.lock();
         if let Some(n) = map.get(&ino) {
             return Ok(n.clone());
