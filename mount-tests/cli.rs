@@ -16,8 +16,15 @@ fn unknown_mount_option_is_a_usage_error() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "exit status for an unknown option; stderr:\n{stderr}");
-    assert!(stderr.contains("bogus_opt_xyz"), "message must name the option:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit status for an unknown option; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("bogus_opt_xyz"),
+        "message must name the option:\n{stderr}"
+    );
     assert!(!is_mounted(&m.mnt), "nothing may be mounted");
 }
 
@@ -31,7 +38,11 @@ fn sigterm_and_sigint_unmount_cleanly_with_data_on_disk() {
         f.write_all(b"acknowledged").unwrap();
         drop(f);
         let status = m.signal(sig);
-        assert!(status.success(), "daemon exit status after signal {sig}: {status}\n{}", m.log());
+        assert!(
+            status.success(),
+            "daemon exit status after signal {sig}: {status}\n{}",
+            m.log()
+        );
         assert!(!m.is_mounted(), "still mounted after signal {sig}");
         m.start();
         assert_eq!(fs::read(&p).unwrap(), b"acknowledged", "after signal {sig}");
@@ -82,6 +93,66 @@ fn read_only_mount_refuses_writes() {
     assert_eq!(fs::read(ro.path("f")).unwrap(), b"data");
     let err = fs::write(ro.path("g"), b"x").expect_err("create on a ro mount");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    let err = fs::OpenOptions::new().write(true).open(ro.path("f")).expect_err("open for write on ro");
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(ro.path("f"))
+        .expect_err("open for write on ro");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+}
+
+/// scripts/mount.fuse.llmfs, what `mount -t fuse.llmfs` and fstab run: it must return
+/// once the mount is live, leave the daemon running, and report a daemon error.
+#[test]
+fn mount_helper_backgrounds_the_daemon_and_reports_errors() {
+    let m = Mount::unmounted(&[]);
+    let helper = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mount.fuse.llmfs");
+    let logdir = m.scratch("helper-logs");
+    let run = |opts: &str| {
+        Command::new("sh")
+            .arg(helper)
+            .arg(&m.store)
+            .arg(&m.mnt)
+            .args(["-o", opts])
+            .env("LLMFS_BIN", llmfs_bin())
+            .env("LLMFS_LOG_DIR", &logdir)
+            .output()
+            .unwrap()
+    };
+    let out = run("rw,nofail,_netdev,x-systemd.automount,noatime,defaults");
+    assert!(
+        out.status.success(),
+        "helper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&m.mnt), "helper returned but nothing is mounted");
+    fs::write(m.path("via-helper"), b"ok").unwrap();
+    assert!(crate::harness::fusermount(&["-u"], &m.mnt));
+    let log_file = fs::read_dir(&logdir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !fs::read_to_string(&log_file).unwrap().contains("unmounted") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not log its unmount:\n{}",
+            fs::read_to_string(&log_file).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let out = run("rw,no_such_option");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(32),
+        "helper status for a bad option: {stderr}"
+    );
+    assert!(
+        stderr.contains("no_such_option"),
+        "helper must pass on the daemon's message: {stderr}"
+    );
+    assert!(!is_mounted(&m.mnt));
 }

@@ -25,8 +25,14 @@ fn block(index: u64, generation: u64) -> Vec<u8> {
 fn check_block(b: &[u8], index: u64) -> u64 {
     let got_index = u64::from_le_bytes(b[..8].try_into().unwrap());
     let generation = u64::from_le_bytes(b[8..16].try_into().unwrap());
-    assert_eq!(got_index, index, "block {index} holds block {got_index}'s data");
-    assert!(b == block(index, generation), "block {index} generation {generation} is torn");
+    assert_eq!(
+        got_index, index,
+        "block {index} holds block {got_index}'s data"
+    );
+    assert!(
+        b == block(index, generation),
+        "block {index} generation {generation} is torn"
+    );
     generation
 }
 
@@ -48,15 +54,24 @@ fn concurrent_readers_and_writers_on_one_file() {
     for w in 0..WRITERS {
         let path = path.clone();
         threads.push(std::thread::spawn(move || {
-            let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
             let mut last = vec![0u64; BLOCKS as usize];
             for generation in 1..=30u64 {
                 for i in (w..BLOCKS).step_by(WRITERS as usize) {
-                    f.write_all_at(&block(i, generation), i * BLOCK as u64).unwrap();
+                    f.write_all_at(&block(i, generation), i * BLOCK as u64)
+                        .unwrap();
                     last[i as usize] = generation;
                     let mut b = vec![0u8; BLOCK];
                     f.read_exact_at(&mut b, i * BLOCK as u64).unwrap();
-                    assert_eq!(check_block(&b, i), generation, "read-after-write of block {i}");
+                    assert_eq!(
+                        check_block(&b, i),
+                        generation,
+                        "read-after-write of block {i}"
+                    );
                 }
                 if generation % 10 == 0 {
                     f.sync_data().unwrap();
@@ -88,17 +103,29 @@ fn concurrent_readers_and_writers_on_one_file() {
                     f.read_exact_at(&mut b, i * BLOCK as u64).unwrap();
                     let g = check_block(&b, i);
                     // One writer writes a block in increasing generations.
-                    assert!(g >= seen[i as usize], "block {i} went back from {} to {g}", seen[i as usize]);
+                    assert!(
+                        g >= seen[i as usize],
+                        "block {i} went back from {} to {g}",
+                        seen[i as usize]
+                    );
                     seen[i as usize] = g;
                 }
                 reads.fetch_add(1, Ordering::Relaxed);
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 11;
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407)
+                    >> 11;
             }
         }));
     }
     let mut last = vec![0u64; BLOCKS as usize];
     for t in threads {
-        for (i, g) in t.join().expect("writer thread panicked").into_iter().enumerate() {
+        for (i, g) in t
+            .join()
+            .expect("writer thread panicked")
+            .into_iter()
+            .enumerate()
+        {
             last[i] = last[i].max(g);
         }
     }
@@ -111,7 +138,11 @@ fn concurrent_readers_and_writers_on_one_file() {
     let check_final = |what: &str| {
         let all = fs::read(&path).unwrap();
         for (i, b) in all.chunks(BLOCK).enumerate() {
-            assert_eq!(check_block(b, i as u64), last[i], "{what}: final generation of block {i}");
+            assert_eq!(
+                check_block(b, i as u64),
+                last[i],
+                "{what}: final generation of block {i}"
+            );
         }
     };
     check_final("before remount");
@@ -128,21 +159,31 @@ fn rename_over_open_file_keeps_old_data_for_open_handle() {
     let new = pseudo_random(150_000, 2);
     fs::write(&target, &old).unwrap();
     let reader = File::open(&target).unwrap();
-    let mut writer = OpenOptions::new().read(true).write(true).open(&target).unwrap();
+    let mut writer = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&target)
+        .unwrap();
     let old_ino = reader.metadata().unwrap().ino();
 
     fs::write(m.path("current.tmp"), &new).unwrap();
     fs::rename(m.path("current.tmp"), &target).unwrap();
 
     // The path now names the new file; the open handles still see the replaced one.
-    assert!(fs::read(&target).unwrap() == new, "path must show the new content");
+    assert!(
+        fs::read(&target).unwrap() == new,
+        "path must show the new content"
+    );
     assert_ne!(fs::metadata(&target).unwrap().ino(), old_ino);
     let md = reader.metadata().unwrap();
     assert_eq!(md.nlink(), 0, "the replaced file has no names left");
     assert_eq!(md.len(), old.len() as u64);
     let mut buf = vec![0u8; old.len()];
     reader.read_exact_at(&mut buf, 0).unwrap();
-    assert!(buf == old, "open handle must keep reading the replaced file's data");
+    assert!(
+        buf == old,
+        "open handle must keep reading the replaced file's data"
+    );
 
     // The unlinked file stays writable until the last close.
     writer.write_all(b"still here").unwrap();
@@ -150,9 +191,15 @@ fn rename_over_open_file_keeps_old_data_for_open_handle() {
     let mut head = [0u8; 10];
     reader.read_exact_at(&mut head, 0).unwrap();
     assert_eq!(&head, b"still here");
-    assert!(fs::read(&target).unwrap() == new, "writes to the orphan must not touch the new file");
+    assert!(
+        fs::read(&target).unwrap() == new,
+        "writes to the orphan must not touch the new file"
+    );
 
-    let names: Vec<_> = fs::read_dir(&m.mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec!["current"], "directory listing");
     drop(reader);
     drop(writer);
@@ -160,7 +207,10 @@ fn rename_over_open_file_keeps_old_data_for_open_handle() {
     m.stop();
     m.start();
     assert!(fs::read(&target).unwrap() == new, "after remount");
-    let names: Vec<_> = fs::read_dir(&m.mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec!["current"], "directory listing after remount");
 }
 
@@ -183,7 +233,11 @@ fn unlinked_open_file_lives_until_last_close() {
     drop(f);
     m.stop();
     m.start();
-    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0, "orphan must be gone after remount");
+    assert_eq!(
+        fs::read_dir(&m.mnt).unwrap().count(),
+        0,
+        "orphan must be gone after remount"
+    );
 }
 
 /// A reader of one file must not wait for a slow operation on another: here a large
@@ -218,5 +272,8 @@ fn small_reads_progress_during_large_fsync() {
     }
     writer.join().unwrap();
     assert!(n > 0);
-    assert!(worst < Duration::from_secs(2), "a 5-byte read took {worst:?} during a big write");
+    assert!(
+        worst < Duration::from_secs(2),
+        "a 5-byte read took {worst:?} during a big write"
+    );
 }

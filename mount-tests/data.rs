@@ -16,15 +16,25 @@ fn make_tree(root: &Path) {
     fs::create_dir_all(root.join("empty-dir")).unwrap();
     fs::write(root.join("empty"), b"").unwrap();
     fs::write(root.join("one"), b"1").unwrap();
-    for (i, len) in [4095usize, 4096, 4097, 65535, 65536, 65537, 131072 + 7].iter().enumerate() {
-        fs::write(root.join(format!("a/edge-{len}")), pseudo_random(*len, i as u64)).unwrap();
+    for (i, len) in [4095usize, 4096, 4097, 65535, 65536, 65537, 131072 + 7]
+        .iter()
+        .enumerate()
+    {
+        fs::write(
+            root.join(format!("a/edge-{len}")),
+            pseudo_random(*len, i as u64),
+        )
+        .unwrap();
     }
     fs::write(root.join("a/b/random-3M"), pseudo_random(3 << 20, 99)).unwrap();
     let text: String = (0..20_000).map(text_record).collect();
     fs::write(root.join("a/b/c/log.jsonl"), text).unwrap();
     std::os::unix::fs::symlink("b/c/log.jsonl", root.join("a/link-to-log")).unwrap();
     fs::hard_link(root.join("one"), root.join("a/one-hardlink")).unwrap();
-    sh(&format!("chmod 640 {0}/one; chmod 700 {0}/a/b", root.display()));
+    sh(&format!(
+        "chmod 640 {0}/one; chmod 700 {0}/a/b",
+        root.display()
+    ));
 }
 
 /// One line per entry: path, mode, type, mtime (ns); for non-directories also size,
@@ -45,13 +55,25 @@ fn copy_tree_in_then_diff_and_remount() {
     make_tree(&src);
     let dst = m.path("tree");
     sh(&format!("cp -a {} {}", src.display(), dst.display()));
-    sh(&format!("diff -r --no-dereference {} {}", src.display(), dst.display()));
+    sh(&format!(
+        "diff -r --no-dereference {} {}",
+        src.display(),
+        dst.display()
+    ));
     assert_eq!(listing(&src), listing(&dst), "metadata differs after cp -a");
 
     m.stop();
     m.start();
-    sh(&format!("diff -r --no-dereference {} {}", src.display(), dst.display()));
-    assert_eq!(listing(&src), listing(&dst), "metadata differs after remount");
+    sh(&format!(
+        "diff -r --no-dereference {} {}",
+        src.display(),
+        dst.display()
+    ));
+    assert_eq!(
+        listing(&src),
+        listing(&dst),
+        "metadata differs after remount"
+    );
 }
 
 #[test]
@@ -59,7 +81,11 @@ fn jsonl_append_with_fsync_survives_remount() {
     let mut m = Mount::new();
     let path = m.path("completions.jsonl");
     let mut expected = Vec::new();
-    let mut f = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
     for i in 0..3000 {
         let rec = text_record(i);
         f.write_all(rec.as_bytes()).unwrap();
@@ -69,7 +95,12 @@ fn jsonl_append_with_fsync_survives_remount() {
         }
         if i % 500 == 499 {
             // A reader opening the log mid-stream sees exactly what was appended so far.
-            assert_eq!(fs::read(&path).unwrap(), expected, "content after {} records", i + 1);
+            assert_eq!(
+                fs::read(&path).unwrap(),
+                expected,
+                "content after {} records",
+                i + 1
+            );
         }
     }
     f.sync_all().unwrap();
@@ -97,7 +128,11 @@ fn truncate_and_extend_shows_zeros() {
     let data = pseudo_random(300_000, 7);
     fs::write(&path, &data).unwrap();
 
-    let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     // Shrink into the middle of a chunk, then grow past the old end: the old bytes must
     // not come back.
     f.set_len(10_000).unwrap();
@@ -114,14 +149,20 @@ fn truncate_and_extend_shows_zeros() {
     assert_eq!(f.metadata().unwrap().len(), 500_004);
     let mut hole = vec![0xAAu8; 100_000];
     f.read_exact_at(&mut hole, 400_000).unwrap();
-    assert!(hole.iter().all(|&b| b == 0), "hole before a write past EOF reads as zeros");
+    assert!(
+        hole.iter().all(|&b| b == 0),
+        "hole before a write past EOF reads as zeros"
+    );
 
     // Truncate to zero and extend: nothing of the old file may reappear.
     f.set_len(0).unwrap();
     f.set_len(300_000).unwrap();
     let mut all = vec![0xAAu8; 300_000];
     f.read_exact_at(&mut all, 0).unwrap();
-    assert!(all.iter().all(|&b| b == 0), "truncate to 0 then extend must read as zeros");
+    assert!(
+        all.iter().all(|&b| b == 0),
+        "truncate to 0 then extend must read as zeros"
+    );
     f.write_all_at(b"x", 12_345).unwrap();
     f.sync_all().unwrap();
     drop(f);
@@ -131,7 +172,11 @@ fn truncate_and_extend_shows_zeros() {
     let got = fs::read(&path).unwrap();
     assert_eq!(got.len(), 300_000);
     assert_eq!(got[12_345], b'x');
-    assert_eq!(got.iter().filter(|&&b| b != 0).count(), 1, "only the one byte written is non-zero");
+    assert_eq!(
+        got.iter().filter(|&&b| b != 0).count(),
+        1,
+        "only the one byte written is non-zero"
+    );
 
     // truncate(2) by path, not only ftruncate.
     sh(&format!("truncate -s 1 {}", path.display()));
@@ -143,7 +188,12 @@ fn sparse_file_past_4_gib() {
     const GIB: u64 = 1 << 30;
     let mut m = Mount::new();
     let path = m.path("sparse");
-    let f = OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+    let f = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     f.write_all_at(b"five", 5 * GIB).unwrap();
     // Exactly at 4 GiB: a 32-bit offset anywhere on the path would land this at 0.
     f.write_all_at(b"four", 4 * GIB).unwrap();
@@ -178,7 +228,10 @@ fn check_sparse(f: &File, five: u64) {
     for off in [four - 65536, four + 4, five - 65536, 2 * (1 << 30)] {
         let mut hole = vec![0xAAu8; 65536];
         f.read_exact_at(&mut hole, off).unwrap();
-        assert!(hole.iter().all(|&b| b == 0), "hole at offset {off} is not zeros");
+        assert!(
+            hole.iter().all(|&b| b == 0),
+            "hole at offset {off} is not zeros"
+        );
     }
 }
 
@@ -189,7 +242,10 @@ fn du_shows_compressed_size() {
     let text: String = (0..100_000).map(text_record).collect();
     let text_path = m.path("text.jsonl");
     let random_path = m.path("random.bin");
-    for (p, bytes) in [(&text_path, text.as_bytes().to_vec()), (&random_path, pseudo_random(4 << 20, 3))] {
+    for (p, bytes) in [
+        (&text_path, text.as_bytes().to_vec()),
+        (&random_path, pseudo_random(4 << 20, 3)),
+    ] {
         let mut f = File::create(p).unwrap();
         f.write_all(&bytes).unwrap();
         f.sync_all().unwrap();

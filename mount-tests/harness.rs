@@ -34,7 +34,10 @@ pub fn require_fuse() {
         .stderr(Stdio::null())
         .status()
         .is_ok();
-    assert!(found, "fusermount3 is missing: install the Debian package fuse3");
+    assert!(
+        found,
+        "fusermount3 is missing: install the Debian package fuse3"
+    );
 }
 
 pub struct Mount {
@@ -159,7 +162,12 @@ impl Mount {
     /// exit successfully (a clean unmount is part of what is tested).
     pub fn stop(&mut self) {
         let ok = fusermount(&["-u"], &self.mnt);
-        assert!(ok, "fusermount3 -u {} failed\n{}", self.mnt.display(), self.log());
+        assert!(
+            ok,
+            "fusermount3 -u {} failed\n{}",
+            self.mnt.display(),
+            self.log()
+        );
         let status = self.wait_exit();
         assert!(
             status.success(),
@@ -184,7 +192,10 @@ impl Mount {
             // After SIGKILL the connection is aborted; a lazy unmount always succeeds.
             fusermount(&["-uz"], &self.mnt);
         }
-        assert!(!is_mounted(&self.mnt), "mount still present after kill -9 and fusermount3 -uz");
+        assert!(
+            !is_mounted(&self.mnt),
+            "mount still present after kill -9 and fusermount3 -uz"
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -241,7 +252,11 @@ impl Drop for Mount {
             fusermount(&["-uz"], &self.mnt);
         }
         if std::thread::panicking() {
-            eprintln!("--- llmfs daemon log ({}) ---\n{}", self.mnt.display(), self.log());
+            eprintln!(
+                "--- llmfs daemon log ({}) ---\n{}",
+                self.mnt.display(),
+                self.log()
+            );
         }
     }
 }
