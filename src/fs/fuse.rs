@@ -25,6 +25,12 @@ use std::time::{Duration, SystemTime};
 /// itself on changes it makes; other changes go through this mount too.
 const TTL: Duration = Duration::from_secs(1);
 
+/// Every change goes through this mount, so the kernel's page cache stays coherent and
+/// is kept across opens. Without it each open() drops the file's pages, and a page the
+/// kernel dropped while a WRITE of it was in flight can be read back stale by a
+/// concurrent readahead (the kernel unlocks full pages before the WRITE is answered).
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+
 pub struct FuseFs {
     core: Arc<Core>,
     store_path: PathBuf,
@@ -294,7 +300,7 @@ impl Filesystem for FuseFs {
             .core
             .open(&caller(req), ino.0, want_from_flags(flags.0))
         {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), OPEN_FLAGS),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -515,7 +521,7 @@ impl Filesystem for FuseFs {
                 &self.attr(&e),
                 Generation(0),
                 FileHandle(0),
-                FopenFlags::empty(),
+                OPEN_FLAGS,
             ),
             Err(e) => reply.error(errno(&e)),
         }
