@@ -277,3 +277,87 @@ fn small_reads_progress_during_large_fsync() {
         "a 5-byte read took {worst:?} during a big write"
     );
 }
+
+/// readdir must be stable under concurrent changes: every name that exists for the whole
+/// listing appears exactly once, even while other names come and go.
+#[test]
+fn readdir_is_stable_under_concurrent_creates_and_unlinks() {
+    let m = Mount::new();
+    let dir = m.path("d");
+    fs::create_dir(&dir).unwrap();
+    let stable: Vec<String> = (0..1500).map(|i| format!("stable-{i:04}")).collect();
+    for n in &stable {
+        File::create(dir.join(n)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Names that sort before, between and after the stable ones.
+                for prefix in ["a", "stable-0500x", "z"] {
+                    let p = dir.join(format!("{prefix}-churn-{}", i % 200));
+                    if i % 2 == 0 {
+                        let _ = File::create(&p);
+                    } else {
+                        let _ = fs::remove_file(&p);
+                    }
+                }
+                i += 1;
+            }
+        })
+    };
+    for round in 0..15 {
+        let mut counts = std::collections::HashMap::<String, u32>::new();
+        for e in fs::read_dir(&dir).unwrap() {
+            *counts
+                .entry(e.unwrap().file_name().into_string().unwrap())
+                .or_default() += 1;
+        }
+        for n in &stable {
+            assert_eq!(
+                counts.get(n).copied(),
+                Some(1),
+                "round {round}: {n} seen {:?} times",
+                counts.get(n)
+            );
+        }
+        if let Some((n, c)) = counts.iter().find(|(_, &c)| c > 1) {
+            panic!("round {round}: {n} listed {c} times");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+}
+
+/// A writer that never closes its file: the daemon's memory must stay bounded by its
+/// dirty limit and caches, not grow with the data written.
+#[test]
+fn memory_stays_bounded_under_a_writer_that_never_closes() {
+    let m = Mount::with_options(&["dirty_limit=32M", "cache_size=32M"]);
+    let mut f = File::create(m.path("endless")).unwrap();
+    let mut buf = pseudo_random(1 << 20, 77);
+    for i in 0..512u64 {
+        buf[..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&buf).unwrap();
+    }
+    let status = fs::read_to_string(format!("/proc/{}/status", m.pid())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    eprintln!(
+        "daemon peak RSS after 512 MiB written without close: {} MiB",
+        hwm_kib >> 10
+    );
+    assert!(
+        hwm_kib < 320 << 10,
+        "daemon peak RSS {} MiB after 512 MiB written to a file never closed",
+        hwm_kib >> 10
+    );
+    f.sync_all().unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 512 << 20);
+}

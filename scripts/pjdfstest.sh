@@ -8,15 +8,15 @@
 #
 # Environment: LLMFS_BIN (default target/release/llmfs), PJDFSTEST_MOUNT_OPTS (default
 # allow_other,default_permissions: pjdfstest switches to unprivileged users, which a FUSE
-# mount refuses without allow_other), PJDFSTEST_MIN_PASS (default 345, what native ext4
-# passed with the suite's default configuration), KEEP_TMP=1 keeps store, log and output.
+# mount refuses without allow_other), PJDFSTEST_MIN_PASS (default 383: what native ext4
+# passes here with the same configuration), KEEP_TMP=1 keeps store, log and output.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 CONFIG=$LLMFS_ROOT/mount-tests/pjdfstest.toml
 EXPECTED=$LLMFS_ROOT/mount-tests/pjdfstest-expected-failures.txt
 MOUNT_OPTS=${PJDFSTEST_MOUNT_OPTS-allow_other,default_permissions}
-MIN_PASS=${PJDFSTEST_MIN_PASS:-345}
+MIN_PASS=${PJDFSTEST_MIN_PASS:-383}
 
 [[ $(id -u) -eq 0 ]] || die "pjdfstest needs root (it switches users and creates device nodes)"
 command -v pjdfstest >/dev/null || die "pjdfstest is not installed (cargo install pjdfstest)"
@@ -83,7 +83,7 @@ now_passing=$(awk 'NR == FNR { ok[$1] = 1; next } ok[$1] { print $1 }' \
 missing=$(awk 'NR == FNR { seen[$1] = 1; next } !seen[$1] { print $1 }' \
     "$LLMFS_TMP/results" "$LLMFS_TMP/expected")
 expected_failed=$(awk 'NR == FNR { listed[$1] = $2; next } $2 == "FAILED" && listed[$1] { print listed[$1] }' \
-    "$LLMFS_TMP/expected" "$LLMFS_TMP/results" | sort | uniq -c | awk '{ printf "%s %s, ", $1, $2 }')
+    "$LLMFS_TMP/expected" "$LLMFS_TMP/results" | sort | uniq -c | awk '{ printf "%s%s %s", NR > 1 ? ", " : "", $1, $2 }')
 
 echo
 echo "pjdfstest on llmfs (-o $MOUNT_OPTS): $passed passed, $failed failed (expected: ${expected_failed:-none}), $skipped skipped, $total total"
