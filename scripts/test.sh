@@ -19,20 +19,35 @@ source scripts/lib.sh
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 STAGES=()
+FAILED=()
 T0=$(date +%s)
 
+# stage NAME CMD...: runs and times one stage. A failed check stage is recorded and the
+# later stages still run (so one failing test does not hide pjdfstest's or fsx's
+# verdict); the script exits non-zero at the end. `stage --fatal` stops at once, for
+# stages the rest cannot do without (packages, tools, the build).
 stage() {
+    local fatal=0
+    [[ $1 == --fatal ]] && { fatal=1; shift; }
     local name=$1
     shift
     log "$name"
-    local start rc=0
+    local start rc
     start=$(date +%s)
-    "$@" || rc=$?
+    # A subshell with errexit, not `"$@" || rc=$?`: bash ignores `set -e` inside anything
+    # run as the left side of ||, so a failing first command of a stage would be masked.
+    set +e
+    (set -e; "$@")
+    rc=$?
+    set -e
     local secs=$(($(date +%s) - start))
     STAGES+=("$(printf '| %-28s | %6d s | %s |' "$name" "$secs" "$([[ $rc == 0 ]] && echo ok || echo "FAILED ($rc)")")")
     if ((rc != 0)); then
-        summary
-        die "stage '$name' failed (status $rc)"
+        FAILED+=("$name")
+        if ((fatal)); then
+            summary
+            die "stage '$name' failed (status $rc)"
+        fi
     fi
 }
 
@@ -85,16 +100,17 @@ pjdfstest_suite() { scripts/pjdfstest.sh; }
 fsx_suite() { scripts/fsx.sh -N "${FSX_OPS:-20000}" -S "${FSX_SEED:-1}"; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root: the mount tests and pjdfstest need it (CI runs as root)"
-stage "debian packages" install_debs
-stage "pjdfstest, fsx install" install_tools
+stage --fatal "debian packages" install_debs
+stage --fatal "pjdfstest, fsx install" install_tools
 require_fuse
-stage "fetch model" fetch_model
+stage --fatal "fetch model" fetch_model
 if [[ ${SKIP_LINT:-0} != 1 ]]; then
     stage "fmt + clippy" lint
 fi
-stage "build (release)" cargo build --release --all-targets
+stage --fatal "build (release)" cargo build --release --all-targets
 stage "cargo test (incl. mount)" cargo_tests
 stage "pjdfstest" pjdfstest_suite
 stage "fsx ${FSX_OPS:-20000} ops" fsx_suite
 summary
+((${#FAILED[@]} == 0)) || die "failed stages: ${FAILED[*]}"
 log "all tests passed"
