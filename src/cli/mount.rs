@@ -169,6 +169,19 @@ fn need<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> {
     v.ok_or_else(|| UsageError(format!("mount option '{key}' needs a value")))
 }
 
+/// One glibc malloc arena instead of one per request thread. Measured: after 512 MiB
+/// written to a never-closed file (dirty_limit=32M, cache_size=32M, 4 threads) the
+/// daemon's peak RSS was 800 MiB with the default arenas, 500 MiB with 2, 270 MiB with
+/// one: the chunk buffers move between threads and fragment per-thread arenas. The
+/// daemon waits on FUSE and sled, not on malloc's lock.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; it runs before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// `64M`, `4K`, `1G`, or bytes.
 fn parse_size(key: &str, v: &str) -> Result<u64, UsageError> {
     let bad = || {
@@ -190,6 +203,7 @@ fn parse_size(key: &str, v: &str) -> Result<u64, UsageError> {
 }
 
 pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
+    limit_malloc_arenas();
     // Signals are taken by one named thread (sigwait), so they are blocked in this
     // thread before any other starts and inherit the mask.
     let mut signals = SigSet::empty();

@@ -60,7 +60,16 @@ fn check_access(
             })
         };
     }
-    if name.starts_with(b"security.") || name.starts_with(b"system.") {
+    if name.starts_with(b"system.") {
+        // POSIX ACLs are not supported: saying so makes cp -a and others fall back to
+        // chmod, instead of storing an ACL that would not act on the mode.
+        return Err(if mask == R {
+            FsError::NoAttr
+        } else {
+            FsError::NotSupported
+        });
+    }
+    if name.starts_with(b"security.") {
         return if mask == R || caller.is_root() || perm::is_owner(inode, caller) {
             Ok(())
         } else {
