@@ -147,6 +147,9 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
         });
         cfg.fuse_options.push(fuse);
     }
+    cfg.core.read_only = cfg.fuse_options.contains(&MountOption::RO);
+    cfg.core.update_atime =
+        !cfg.core.read_only && !cfg.fuse_options.contains(&MountOption::NoAtime);
     Ok(cfg)
 }
 
@@ -302,6 +305,7 @@ mod tests {
         assert_eq!(c.acl, SessionACL::All);
         assert_eq!(c.core.cache_bytes, 16 << 20);
         assert_eq!(c.threads, 8);
+        assert!(c.core.read_only && !c.core.update_atime);
         assert!(opts("rw,ro")
             .unwrap()
             .fuse_options

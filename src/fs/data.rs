@@ -155,6 +155,9 @@ impl Core {
     /// relatime: atime moves when it is older than mtime/ctime or a day old; it is
     /// persisted with the next flush rather than costing a write per read.
     fn touch_atime(&self, g: &mut Node) {
+        if !self.cfg.update_atime {
+            return;
+        }
         let now = Time::now();
         let i = &g.inode;
         if i.atime <= i.mtime || i.atime <= i.ctime || now.secs - i.atime.secs >= 86_400 {

@@ -94,7 +94,7 @@ impl Core {
         if inode.is_dir() {
             inode.nlink = 2;
             inode.parent = parent;
-            p.inode.nlink += 1;
+            p.inode.nlink = p.inode.nlink.checked_add(1).ok_or(FsError::TooManyLinks)?;
         }
         if let NewNode::Symlink { target } = what {
             inode.target = target.to_vec();

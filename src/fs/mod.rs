@@ -44,6 +44,10 @@ pub struct CoreConfig {
     pub flush_interval: Duration,
     /// Only used when the store is created.
     pub create: CreateOptions,
+    /// Whether reads update atime (relatime rules), off with `noatime` and `ro`.
+    pub update_atime: bool,
+    /// A read-only mount: nothing is written to the store, not even orphan cleanup.
+    pub read_only: bool,
 }
 
 impl Default for CoreConfig {
@@ -56,6 +60,8 @@ impl Default for CoreConfig {
             create: CreateOptions {
                 chunk_size: data::DEFAULT_CHUNK_SIZE,
             },
+            update_atime: true,
+            read_only: false,
         }
     }
 }
@@ -136,7 +142,11 @@ impl Core {
             inode_count: AtomicU64::new(0),
             shutdown: (Mutex::new(false), Condvar::new()),
         };
-        let orphans = core.store.orphans()?;
+        let orphans = if core.cfg.read_only {
+            Vec::new()
+        } else {
+            core.store.orphans()?
+        };
         for ino in &orphans {
             let mut b = Batch::default();
             core.store.delete_inode(&mut b, *ino)?;

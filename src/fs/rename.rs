@@ -93,7 +93,7 @@ impl Core {
                 );
                 if moves_dir_across {
                     guards[ip].inode.nlink = guards[ip].inode.nlink.saturating_sub(1);
-                    guards[inp].inode.nlink += 1;
+                    guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_add(1);
                     guards[is].inode.parent = newparent;
                 }
             }
@@ -112,10 +112,12 @@ impl Core {
                     if parent != newparent {
                         let delta = |k: Kind| i64::from(k == Kind::Dir);
                         let (ds, dd) = (delta(src_kind), delta(d_kind));
-                        guards[ip].inode.nlink =
-                            (i64::from(guards[ip].inode.nlink) - ds + dd) as u32;
-                        guards[inp].inode.nlink =
-                            (i64::from(guards[inp].inode.nlink) + ds - dd) as u32;
+                        guards[ip].inode.nlink = (i64::from(guards[ip].inode.nlink) - ds + dd)
+                            .clamp(0, i64::from(u32::MAX))
+                            as u32;
+                        guards[inp].inode.nlink = (i64::from(guards[inp].inode.nlink) + ds - dd)
+                            .clamp(0, i64::from(u32::MAX))
+                            as u32;
                         if src_kind == Kind::Dir {
                             guards[is].inode.parent = newparent;
                         }
@@ -143,7 +145,7 @@ impl Core {
                         guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_sub(1);
                         if moves_dir_across {
                             guards[ip].inode.nlink = guards[ip].inode.nlink.saturating_sub(1);
-                            guards[inp].inode.nlink += 1;
+                            guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_add(1);
                             guards[is].inode.parent = newparent;
                         }
                     }
