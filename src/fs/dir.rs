@@ -4,7 +4,9 @@ use super::perm::{self, R, W, X};
 use super::{check_name, live, Caller, Core, Entry, FsError, FsResult, Node};
 use crate::store::records::{encode_dirent, Inode, Kind, Time};
 use crate::store::{keys, Batch, Store};
+use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// What to create.
 pub enum NewNode<'a> {
@@ -272,13 +274,11 @@ impl Core {
         }
         perm::check(&inode, caller, want & (R | W | X))?;
         let fh = self.new_fh();
-        self.dirs.lock().insert(
-            fh,
-            DirHandle {
-                ino,
-                names: Vec::new(),
-            },
-        );
+        let handle = DirHandle {
+            ino,
+            names: Vec::new(),
+        };
+        self.dirs.lock().insert(fh, Arc::new(Mutex::new(handle)));
         Ok(fh)
     }
 
@@ -294,8 +294,13 @@ impl Core {
         offset: u64,
         mut add: impl FnMut(u64, u64, Kind, &[u8]) -> bool,
     ) -> FsResult<()> {
-        let mut dirs = self.dirs.lock();
-        let h = dirs.get_mut(&fh).ok_or(FsError::BadHandle)?;
+        let handle = self
+            .dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut h = handle.lock();
         let ino = h.ino;
         let inode = self.getattr(ino)?.inode;
         if offset == 0 {

@@ -120,7 +120,8 @@ pub struct Core {
     ns: Mutex<()>,
     cache: ChunkCache,
     dirty_total: AtomicUsize,
-    dirs: Mutex<HashMap<u64, dir::DirHandle>>,
+    /// Open directories; each has its own lock, so listings do not wait on each other.
+    dirs: Mutex<HashMap<u64, Arc<Mutex<dir::DirHandle>>>>,
     next_fh: AtomicU64,
     inode_count: AtomicU64,
     shutdown: (Mutex<bool>, Condvar),
