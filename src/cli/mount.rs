@@ -215,6 +215,12 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     }
     signals.thread_block().context("blocking signals")?;
 
+    if !cfg.mountpoint.is_dir() {
+        anyhow::bail!(
+            "mount point {} is not a directory",
+            cfg.mountpoint.display()
+        );
+    }
     std::fs::create_dir_all(&cfg.store)
         .with_context(|| format!("creating store directory {}", cfg.store.display()))?;
     let core = Arc::new(

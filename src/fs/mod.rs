@@ -20,7 +20,7 @@ pub mod rename;
 pub mod xattr;
 
 use crate::store::records::Inode;
-use crate::store::{Batch, CreateOptions, Store};
+use crate::store::{Batch, CreateOptions, Store, StoreError};
 use cache::ChunkCache;
 pub use error::{FsError, FsResult};
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -129,8 +129,8 @@ pub struct Core {
 
 impl Core {
     /// Opens (or creates) the store and deletes inodes orphaned by a crash.
-    pub fn load(path: &Path, cfg: CoreConfig) -> FsResult<Core> {
-        let store = Store::open(path, &cfg.create).map_err(|e| FsError::Io(e.to_string()))?;
+    pub fn load(path: &Path, cfg: CoreConfig) -> Result<Core, StoreError> {
+        let store = Store::open(path, &cfg.create)?;
         let core = Core {
             cache: ChunkCache::new(cfg.cache_bytes),
             store,

@@ -17,6 +17,8 @@ pub const ROOT_INO: u64 = 1;
 pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("the store is in use by another process (is it mounted already?)")]
+    InUse,
     #[error("store is corrupted: {0}")]
     Corrupt(String),
     #[error(
@@ -48,7 +50,14 @@ impl Store {
             .path(path)
             .cache_capacity(16 << 20)
             .use_compression(false)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled reports its lock file as a formatted Other error.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::InUse
+                }
+                e => StoreError::Sled(e),
+            })?;
         let tree = db.open_tree("fs")?;
         let superblock = match tree.get(keys::SUPERBLOCK)? {
             Some(b) => Superblock::decode(&b)?,
