@@ -11,3 +11,5 @@
 
 pub mod codec;
 pub mod frame;
+pub mod fs;
+pub mod store;

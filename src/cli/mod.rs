@@ -7,6 +7,7 @@ mod bench;
 mod compress;
 mod model;
 mod mount;
+mod stats;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Mount a store (created on first use) at MOUNTPOINT, in the foreground.
     Mount(mount::MountArgs),
+    /// Print what an unmounted store holds: logical bytes, chunk bytes per codec, disk use.
+    Stats(stats::StatsArgs),
     /// Compress a file with the language model into a .llz container.
     Compress(compress::CompressArgs),
     /// Decompress a .llz container.
@@ -31,7 +34,7 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "compress", "decompress", "bench", "help"];
+const SUBCOMMANDS: &[&str] = &["mount", "stats", "compress", "decompress", "bench", "help"];
 
 /// `mount -t fuse.llmfs STORE DIR -o OPTS` runs `llmfs STORE DIR -o OPTS` through
 /// mount.fuse3: a first argument that is not a subcommand or a flag means `mount`.
@@ -54,7 +57,14 @@ pub fn main() -> i32 {
         }
     };
     let result = match cli.command {
-        Command::Mount(args) => mount::run(args),
+        Command::Mount(args) => match mount::parse(args) {
+            Ok(cfg) => mount::run(cfg),
+            Err(usage) => {
+                eprintln!("llmfs: usage error: {usage}");
+                return 2;
+            }
+        },
+        Command::Stats(args) => stats::run(args),
         Command::Compress(args) => compress::run_compress(args),
         Command::Decompress(args) => compress::run_decompress(args),
         Command::Bench(args) => bench::run(args),

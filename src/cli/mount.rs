@@ -1,7 +1,15 @@
-//! `llmfs mount`: parses mount options into a validated configuration and runs the daemon.
+//! `llmfs mount`: parses mount options once into a validated [`MountConfig`] and runs
+//! the daemon in the foreground until unmounted (fusermount3 -u, SIGINT, SIGTERM).
 
+use anyhow::Context;
 use clap::Args;
+use fuser::{MountOption, SessionACL};
+use llmfs::fs::fuse::FuseFs;
+use llmfs::fs::{Core, CoreConfig};
+use llmfs::store::CreateOptions;
+use nix::sys::signal::{SigSet, Signal};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct MountArgs {
@@ -9,11 +17,315 @@ pub struct MountArgs {
     pub store: PathBuf,
     /// Where to mount.
     pub mountpoint: PathBuf,
-    /// Comma-separated mount options.
+    /// Comma-separated mount options: the usual FUSE ones (ro, rw, allow_other,
+    /// allow_root, default_permissions, auto_unmount, dev, nodev, suid, nosuid, exec,
+    /// noexec, atime, noatime, sync, async, dirsync, fsname=, subtype=) and llmfs's:
+    /// cache_size=SIZE (decoded chunk cache, default 64M), chunk_size=SIZE (only when
+    /// the store is created, default 4K), threads=N (request threads, default 4),
+    /// dirty_limit=SIZE (unsaved data held in memory, default 64M).
     #[arg(short = 'o')]
     pub options: Vec<String>,
 }
 
-pub fn run(_args: MountArgs) -> anyhow::Result<()> {
-    anyhow::bail!("mount is not implemented yet")
+/// A mount option llmfs does not know: a usage error (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+pub struct MountConfig {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    pub fuse_options: Vec<MountOption>,
+    pub acl: SessionACL,
+    pub threads: usize,
+    pub core: CoreConfig,
+}
+
+/// Options mount(8), mount.fuse3 and systemd pass along that mean nothing to a FUSE
+/// daemon.
+fn ignored(opt: &str) -> bool {
+    matches!(
+        opt,
+        "" | "_netdev"
+            | "nofail"
+            | "noauto"
+            | "auto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "defaults"
+            | "owner"
+            | "group"
+            | "relatime"
+            | "norelatime"
+            | "strictatime"
+            | "lazytime"
+            | "nolazytime"
+    ) || opt.starts_with("x-")
+        || opt.starts_with("comment=")
+}
+
+pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
+    let mut cfg = MountConfig {
+        store: args.store,
+        mountpoint: args.mountpoint,
+        fuse_options: vec![
+            MountOption::FSName("llmfs".into()),
+            MountOption::Subtype("llmfs".into()),
+        ],
+        acl: SessionACL::Owner,
+        threads: 4,
+        core: CoreConfig::default(),
+    };
+    let options = args.options;
+    for opt in options.iter().flat_map(|o| o.split(',')) {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let fuse = match (key, value) {
+            ("ro", None) => MountOption::RO,
+            ("rw", None) => MountOption::RW,
+            ("dev", None) => MountOption::Dev,
+            ("nodev", None) => MountOption::NoDev,
+            ("suid", None) => MountOption::Suid,
+            ("nosuid", None) => MountOption::NoSuid,
+            ("exec", None) => MountOption::Exec,
+            ("noexec", None) => MountOption::NoExec,
+            ("atime", None) => MountOption::Atime,
+            ("noatime", None) => MountOption::NoAtime,
+            ("sync", None) => MountOption::Sync,
+            ("async", None) => MountOption::Async,
+            ("dirsync", None) => MountOption::DirSync,
+            ("default_permissions", None) => MountOption::DefaultPermissions,
+            ("auto_unmount", None) => MountOption::AutoUnmount,
+            ("fsname", v) => MountOption::FSName(need(key, v)?.into()),
+            ("subtype", v) => MountOption::Subtype(need(key, v)?.into()),
+            ("allow_other", None) => {
+                cfg.acl = SessionACL::All;
+                continue;
+            }
+            ("allow_root", None) => {
+                cfg.acl = SessionACL::RootAndOwner;
+                continue;
+            }
+            ("cache_size", v) => {
+                cfg.core.cache_bytes = parse_size(key, need(key, v)?)? as usize;
+                continue;
+            }
+            ("dirty_limit", v) => {
+                let n = parse_size(key, need(key, v)?)? as usize;
+                cfg.core.dirty_total_limit = n;
+                cfg.core.dirty_file_limit = cfg.core.dirty_file_limit.min(n);
+                continue;
+            }
+            ("chunk_size", v) => {
+                let n = parse_size(key, need(key, v)?)?;
+                if !n.is_power_of_two() || !(1024..=(1 << 20)).contains(&n) {
+                    return Err(UsageError(format!(
+                        "chunk_size={n}: must be a power of two from 1K to 1M"
+                    )));
+                }
+                cfg.core.create = CreateOptions {
+                    chunk_size: n as u32,
+                };
+                continue;
+            }
+            ("threads", v) => {
+                cfg.threads = match need(key, v)?.parse::<usize>() {
+                    Ok(n) if (1..=256).contains(&n) => n,
+                    _ => return Err(UsageError("threads=N: N must be 1 to 256".into())),
+                };
+                continue;
+            }
+            _ if ignored(opt) => continue,
+            _ => return Err(UsageError(format!("unknown mount option '{opt}'"))),
+        };
+        // A later option of a pair wins (ro after rw, ...), as with mount(8).
+        cfg.fuse_options.retain(|o| {
+            std::mem::discriminant(o) != std::mem::discriminant(&fuse) && !conflicts(o, &fuse)
+        });
+        cfg.fuse_options.push(fuse);
+    }
+    cfg.core.read_only = cfg.fuse_options.contains(&MountOption::RO);
+    cfg.core.update_atime =
+        !cfg.core.read_only && !cfg.fuse_options.contains(&MountOption::NoAtime);
+    Ok(cfg)
+}
+
+fn conflicts(a: &MountOption, b: &MountOption) -> bool {
+    use MountOption::*;
+    let pairs = [
+        (RO, RW),
+        (Dev, NoDev),
+        (Suid, NoSuid),
+        (Exec, NoExec),
+        (Atime, NoAtime),
+        (Sync, Async),
+    ];
+    pairs
+        .iter()
+        .any(|(x, y)| (a == x && b == y) || (a == y && b == x))
+}
+
+fn need<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> {
+    v.ok_or_else(|| UsageError(format!("mount option '{key}' needs a value")))
+}
+
+/// One glibc malloc arena instead of one per request thread. Measured: after 512 MiB
+/// written to a never-closed file (dirty_limit=32M, cache_size=32M, 4 threads) the
+/// daemon's peak RSS was 800 MiB with the default arenas, 500 MiB with 2, 270 MiB with
+/// one: the chunk buffers move between threads and fragment per-thread arenas. The
+/// daemon waits on FUSE and sled, not on malloc's lock.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; it runs before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// `64M`, `4K`, `1G`, or bytes.
+fn parse_size(key: &str, v: &str) -> Result<u64, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "{key}={v}: expected a size such as 4096, 4K, 64M or 1G"
+        ))
+    };
+    let (digits, mult) = match v.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&v[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&v[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&v[..i], 1 << 30),
+        _ => (v, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
+}
+
+pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
+    limit_malloc_arenas();
+    // Signals are taken by one named thread (sigwait), so they are blocked in this
+    // thread before any other starts and inherit the mask.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+
+    if !cfg.mountpoint.is_dir() {
+        anyhow::bail!(
+            "mount point {} is not a directory",
+            cfg.mountpoint.display()
+        );
+    }
+    std::fs::create_dir_all(&cfg.store)
+        .with_context(|| format!("creating store directory {}", cfg.store.display()))?;
+    let core = Arc::new(
+        Core::load(&cfg.store, cfg.core.clone())
+            .map_err(|e| anyhow::anyhow!("opening store {}: {e}", cfg.store.display()))?,
+    );
+    let flusher = core
+        .spawn_flusher()
+        .context("starting the flusher thread")?;
+
+    let fuse_config = {
+        let mut c = fuser::Config::default();
+        c.mount_options = cfg.fuse_options.clone();
+        c.acl = cfg.acl;
+        c.n_threads = Some(cfg.threads);
+        c.clone_fd = true;
+        c
+    };
+    let mut session = fuser::Session::new(
+        FuseFs::new(core.clone(), &cfg.store),
+        &cfg.mountpoint,
+        &fuse_config,
+    )
+    .with_context(|| format!("mounting at {}", cfg.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let (signal_core, mountpoint) = (core.clone(), cfg.mountpoint.clone());
+    std::thread::Builder::new()
+        .name("llmfs-signals".into())
+        .spawn(move || {
+            let Ok(sig) = signals.wait() else { return };
+            log::info!("{sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                // Busy (files still open): a supervisor's stop must still stop. Detach
+                // the mount, make every acknowledged write durable, and exit; files
+                // still open see ENOTCONN from now on.
+                log::warn!(
+                    "{} is busy ({e}): detaching it lazily and stopping",
+                    mountpoint.display()
+                );
+                let _ = std::process::Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&mountpoint)
+                    .status();
+                let code = match signal_core.shutdown() {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        log::error!("flushing the store: {e}");
+                        1
+                    }
+                };
+                std::process::exit(code);
+            }
+        })
+        .context("starting the signal thread")?;
+    log::info!(
+        "llmfs mounted {} at {}",
+        cfg.store.display(),
+        cfg.mountpoint.display()
+    );
+    let served = session.run();
+    // Whatever ended the session, every acknowledged write is made durable.
+    core.shutdown()
+        .map_err(|e| anyhow::anyhow!("flushing the store: {e}"))?;
+    if flusher.join().is_err() {
+        log::error!("the flusher thread panicked");
+    }
+    served.context("serving FUSE requests")?;
+    log::info!("unmounted {}", cfg.mountpoint.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(o: &str) -> Result<MountConfig, UsageError> {
+        parse(MountArgs {
+            store: "s".into(),
+            mountpoint: "m".into(),
+            options: vec![o.into()],
+        })
+    }
+
+    #[test]
+    fn options_parse_and_validate() {
+        let c = opts("ro,allow_other,default_permissions,cache_size=16M,threads=8,_netdev,x-systemd.automount").unwrap();
+        assert!(c.fuse_options.contains(&MountOption::RO));
+        assert_eq!(c.acl, SessionACL::All);
+        assert_eq!(c.core.cache_bytes, 16 << 20);
+        assert_eq!(c.threads, 8);
+        assert!(c.core.read_only && !c.core.update_atime);
+        assert!(opts("rw,ro")
+            .unwrap()
+            .fuse_options
+            .contains(&MountOption::RO));
+        assert!(!opts("rw,ro")
+            .unwrap()
+            .fuse_options
+            .contains(&MountOption::RW));
+        let e = opts("rw,bogus").err().unwrap();
+        assert!(e.to_string().contains("bogus"));
+        assert!(opts("chunk_size=3000").is_err());
+        assert_eq!(
+            opts("chunk_size=16K").unwrap().core.create.chunk_size,
+            16384
+        );
+    }
 }

@@ -1,0 +1,158 @@
+//! The daemon as a command: option parsing, signals, the mount.fuse3 argument form.
+
+use crate::harness::{is_mounted, llmfs_bin, Mount};
+use std::fs::{self, File};
+use std::io::Write;
+use std::process::Command;
+
+#[test]
+fn unknown_mount_option_is_a_usage_error() {
+    let m = Mount::unmounted(&[]);
+    let out = Command::new(llmfs_bin())
+        .args(["mount"])
+        .arg(&m.store)
+        .arg(&m.mnt)
+        .args(["-o", "noatime,bogus_opt_xyz=3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit status for an unknown option; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("bogus_opt_xyz"),
+        "message must name the option:\n{stderr}"
+    );
+    assert!(!is_mounted(&m.mnt), "nothing may be mounted");
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_cleanly_with_data_on_disk() {
+    let mut m = Mount::new();
+    for (i, sig) in [libc::SIGTERM, libc::SIGINT].into_iter().enumerate() {
+        let p = m.path(&format!("acked-{i}"));
+        // Written and closed, never fsync'd: an acknowledged write must survive a clean stop.
+        let mut f = File::create(&p).unwrap();
+        f.write_all(b"acknowledged").unwrap();
+        drop(f);
+        let status = m.signal(sig);
+        assert!(
+            status.success(),
+            "daemon exit status after signal {sig}: {status}\n{}",
+            m.log()
+        );
+        assert!(!m.is_mounted(), "still mounted after signal {sig}");
+        m.start();
+        assert_eq!(fs::read(&p).unwrap(), b"acknowledged", "after signal {sig}");
+    }
+}
+
+/// mount(8) -t fuse.llmfs runs mount.fuse3, which runs `llmfs STORE MNT -o OPTS` with the
+/// generic options it adds itself (rw, nosuid, nodev, noatime...).
+#[test]
+fn mount_fuse3_argument_form_with_generic_options() {
+    let mut m = Mount::unmounted(&[]);
+    let child = Command::new(llmfs_bin())
+        .arg(&m.store)
+        .arg(&m.mnt)
+        .args(["-o", "rw,nosuid,nodev,noexec,noatime"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut child = child;
+    while !is_mounted(&m.mnt) {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("`llmfs STORE MNT -o rw,nosuid,nodev,noexec,noatime` exited {st}:\n{err}");
+        }
+        assert!(std::time::Instant::now() < deadline, "no mount after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    fs::write(m.path("x"), b"y").unwrap();
+    assert!(crate::harness::fusermount(&["-u"], &m.mnt));
+    let st = child.wait().unwrap();
+    assert!(st.success(), "exit status after fusermount3 -u: {st}");
+    // The same store through the harness: the file is there.
+    m.start();
+    assert_eq!(fs::read(m.path("x")).unwrap(), b"y");
+}
+
+#[test]
+fn read_only_mount_refuses_writes() {
+    let mut m = Mount::new();
+    fs::write(m.path("f"), b"data").unwrap();
+    m.stop();
+    let mut ro = Mount::unmounted(&["ro"]);
+    // Reuse the first store in the read-only mount.
+    ro.store = m.store.clone();
+    ro.start();
+    assert_eq!(fs::read(ro.path("f")).unwrap(), b"data");
+    let err = fs::write(ro.path("g"), b"x").expect_err("create on a ro mount");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(ro.path("f"))
+        .expect_err("open for write on ro");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+}
+
+/// scripts/mount.fuse.llmfs, what `mount -t fuse.llmfs` and fstab run: it must return
+/// once the mount is live, leave the daemon running, and report a daemon error.
+#[test]
+fn mount_helper_backgrounds_the_daemon_and_reports_errors() {
+    let m = Mount::unmounted(&[]);
+    let helper = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mount.fuse.llmfs");
+    let logdir = m.scratch("helper-logs");
+    let run = |opts: &str| {
+        Command::new("sh")
+            .arg(helper)
+            .arg(&m.store)
+            .arg(&m.mnt)
+            .args(["-o", opts])
+            .env("LLMFS_BIN", llmfs_bin())
+            .env("LLMFS_LOG_DIR", &logdir)
+            .output()
+            .unwrap()
+    };
+    let out = run("rw,nofail,_netdev,x-systemd.automount,noatime,defaults");
+    assert!(
+        out.status.success(),
+        "helper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&m.mnt), "helper returned but nothing is mounted");
+    fs::write(m.path("via-helper"), b"ok").unwrap();
+    assert!(crate::harness::fusermount(&["-u"], &m.mnt));
+    let log_file = fs::read_dir(&logdir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !fs::read_to_string(&log_file).unwrap().contains("unmounted") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not log its unmount:\n{}",
+            fs::read_to_string(&log_file).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let out = run("rw,no_such_option");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(32),
+        "helper status for a bad option: {stderr}"
+    );
+    assert!(
+        stderr.contains("no_such_option"),
+        "helper must pass on the daemon's message: {stderr}"
+    );
+    assert!(!is_mounted(&m.mnt));
+}

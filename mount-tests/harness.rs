@@ -1,0 +1,355 @@
+//! A real mount of the `llmfs` daemon for one test: a temporary store and mountpoint,
+//! the daemon in a child process, and a teardown that always unmounts and reaps it.
+//!
+//! The daemon's stderr goes to a file rather than a pipe, so a chatty daemon can never
+//! block on a full pipe and every failure message can quote the whole log.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// How long a mount may take to appear in /proc/self/mountinfo.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the daemon may take to exit after an unmount or a signal.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `fusermount3` call may take before the teardown escalates.
+const FUSERMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn llmfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_llmfs")
+}
+
+/// Fails the test early, with a clear message, when FUSE cannot work on this machine:
+/// a missing /dev/fuse or fusermount3 must never turn into a silently skipped suite.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: the mount tests need FUSE (load the fuse module or run with --device /dev/fuse)"
+    );
+    let found = Command::new("fusermount3")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "fusermount3 is missing: install the Debian package fuse3"
+    );
+}
+
+pub struct Mount {
+    /// Holds store, mountpoint and log; removed last, after the unmount.
+    dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    log: PathBuf,
+    options: Vec<String>,
+    child: Option<Child>,
+    /// Number of daemon starts, so each start's log is kept apart.
+    starts: u32,
+}
+
+impl Mount {
+    /// A fresh store mounted with no options.
+    pub fn new() -> Mount {
+        Mount::with_options(&[])
+    }
+
+    /// A fresh store mounted with `-o OPTIONS` (one entry per option).
+    pub fn with_options(options: &[&str]) -> Mount {
+        let mut m = Mount::unmounted(options);
+        m.start();
+        m
+    }
+
+    /// A fresh store and mountpoint, not mounted yet.
+    pub fn unmounted(options: &[&str]) -> Mount {
+        require_fuse();
+        let dir = tempfile::Builder::new()
+            .prefix("llmfs-mt-")
+            .tempdir()
+            .expect("create temp dir");
+        // pjdfstest-like checks and `allow_other` users must be able to reach the mountpoint.
+        set_mode(dir.path(), 0o755);
+        let store = dir.path().join("store");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).expect("create mountpoint");
+        set_mode(&mnt, 0o755);
+        Mount {
+            log: dir.path().join("daemon.log"),
+            dir,
+            store,
+            mnt,
+            options: options.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// A scratch directory outside the mount (same temp dir), for reference copies.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        fs::create_dir_all(&p).expect("create scratch dir");
+        p
+    }
+
+    /// The arguments of `llmfs mount` for this store.
+    pub fn mount_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "mount".to_string(),
+            self.store.display().to_string(),
+            self.mnt.display().to_string(),
+        ];
+        if !self.options.is_empty() {
+            args.push("-o".into());
+            args.push(self.options.join(","));
+        }
+        args
+    }
+
+    /// Starts the daemon and waits until the mount is live.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        self.starts += 1;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open daemon log");
+        use std::io::Write;
+        writeln!(&log, "==== start {} ====", self.starts).unwrap();
+        let child = Command::new(llmfs_bin())
+            .args(self.mount_args())
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn llmfs daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            if is_mounted(&self.mnt) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!(
+                    "llmfs daemon exited with {status} before the mount appeared\n--- daemon log ---\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "mount did not appear at {} within {MOUNT_TIMEOUT:?}\n--- daemon log ---\n{}",
+                    self.mnt.display(),
+                    self.log()
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Unmounts with `fusermount3 -u` and waits for the daemon to exit; the daemon must
+    /// exit successfully (a clean unmount is part of what is tested).
+    pub fn stop(&mut self) {
+        let ok = fusermount(&["-u"], &self.mnt);
+        assert!(
+            ok,
+            "fusermount3 -u {} failed\n{}",
+            self.mnt.display(),
+            self.log()
+        );
+        let status = self.wait_exit();
+        assert!(
+            status.success(),
+            "daemon exited with {status} after unmount\n--- daemon log ---\n{}",
+            self.log()
+        );
+    }
+
+    /// Sends a signal to the daemon and waits for it to exit and the mount to go.
+    pub fn signal(&mut self, sig: i32) -> ExitStatus {
+        let pid = self.pid();
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        let rc = unsafe { libc::kill(pid as i32, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+        self.wait_exit()
+    }
+
+    /// SIGKILL: the daemon gets no chance to flush; the dead mount is detached.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        if is_mounted(&self.mnt) {
+            // After SIGKILL the connection is aborted; a lazy unmount always succeeds.
+            fusermount(&["-uz"], &self.mnt);
+        }
+        assert!(
+            !is_mounted(&self.mnt),
+            "mount still present after kill -9 and fusermount3 -uz"
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon is not running").id()
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("daemon is not running");
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!(
+                    "daemon did not exit within {EXIT_TIMEOUT:?}\n--- daemon log ---\n{}",
+                    self.log()
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the daemon wrote to stdout/stderr, across all starts.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.mnt)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // Escalate: clean unmount, lazy unmount, SIGKILL. Each step is bounded in time so
+        // that a hung daemon can fail a test but never hang the runner.
+        if is_mounted(&self.mnt) && !fusermount(&["-u"], &self.mnt) {
+            fusermount(&["-uz"], &self.mnt);
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mnt) {
+            fusermount(&["-uz"], &self.mnt);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- llmfs daemon log ({}) ---\n{}",
+                self.mnt.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Runs `fusermount3 ARGS MNT` with a time limit; true when it exited successfully.
+pub fn fusermount(args: &[&str], mnt: &Path) -> bool {
+    let Ok(mut child) = Command::new("fusermount3")
+        .args(args)
+        .arg(mnt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let deadline = Instant::now() + FUSERMOUNT_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+/// True when `mnt` is a mount point in this mount namespace.
+pub fn is_mounted(mnt: &Path) -> bool {
+    let want = mountinfo_escape(mnt);
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| p == want)
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn mountinfo_escape(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.display().to_string().chars() {
+        match c {
+            ' ' => out.push_str("\\040"),
+            '\t' => out.push_str("\\011"),
+            '\n' => out.push_str("\\012"),
+            '\\' => out.push_str("\\134"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Runs a shell command; panics with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Compressible text that looks like LLM output records.
+pub fn text_record(i: usize) -> String {
+    format!(
+        "{{\"id\":{i},\"role\":\"assistant\",\"content\":\"Here is a summary of item {i}: the \
+         filesystem stores chunks in a key-value store and compresses them with a model.\"}}\n"
+    )
+}

@@ -1,0 +1,245 @@
+//! Attribute changes: chmod, chown, truncate, utimens; and access(2).
+
+use super::data::clear_suid;
+use super::perm::{self, W};
+use super::{live, Caller, Core, Entry, FsError, FsResult};
+use crate::store::records::{Kind, Time};
+
+/// A time to set: the caller's clock ("now", UTIME_NOW) or a given one.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    Now,
+    At(Time),
+}
+
+/// What setattr changes; `None` leaves a field alone.
+#[derive(Default, Debug)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// The change comes through an open handle (ftruncate): access was checked at open.
+    pub via_handle: bool,
+}
+
+impl Core {
+    pub fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr) -> FsResult<Entry> {
+        let n = self.node(ino)?;
+        let mut g = live(&n)?;
+        let now = Time::now();
+        let mut inode = g.inode.clone();
+        if set.uid.is_some() || set.gid.is_some() {
+            let uid = set.uid.unwrap_or(inode.uid);
+            let gid = set.gid.unwrap_or(inode.gid);
+            if !caller.is_root() {
+                // Only root gives files away; an owner may pick one of their groups.
+                if uid != inode.uid
+                    || caller.uid != inode.uid
+                    || (gid != inode.gid && !caller.in_group(gid))
+                {
+                    return Err(FsError::Perm);
+                }
+            }
+            if inode.kind() != Kind::Dir {
+                clear_suid(&mut inode.mode);
+            }
+            inode.uid = uid;
+            inode.gid = gid;
+            inode.ctime = now;
+        }
+        if let Some(mode) = set.mode {
+            let mut bits = mode & 0o7777;
+            let only_drops_suid = bits == inode.mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID)
+                && bits != inode.mode & 0o7777;
+            if !perm::is_owner(&g.inode, caller) && !only_drops_suid {
+                return Err(FsError::Perm);
+            }
+            if !caller.is_root() && !caller.in_group(inode.gid) {
+                bits &= !libc::S_ISGID;
+            }
+            inode.mode = (inode.mode & libc::S_IFMT) | bits;
+            inode.ctime = now;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let explicit = matches!(set.atime, Some(SetTime::At(_)))
+                || matches!(set.mtime, Some(SetTime::At(_)));
+            if !perm::is_owner(&g.inode, caller) {
+                if explicit {
+                    return Err(FsError::Perm);
+                }
+                perm::check(&g.inode, caller, W)?;
+            }
+            let pick = |t: SetTime| match t {
+                SetTime::Now => now,
+                SetTime::At(t) => t,
+            };
+            if let Some(t) = set.atime {
+                inode.atime = pick(t);
+            }
+            if let Some(t) = set.mtime {
+                inode.mtime = pick(t);
+            }
+            inode.ctime = now;
+        }
+        if let Some(size) = set.size {
+            match inode.kind() {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid),
+            }
+            if !set.via_handle {
+                perm::check(&g.inode, caller, W)?;
+            }
+            if !caller.is_root() && size != inode.size {
+                clear_suid(&mut inode.mode);
+            }
+            inode.mtime = if set.mtime.is_some() {
+                inode.mtime
+            } else {
+                now
+            };
+            inode.ctime = now;
+            g.inode = inode;
+            self.truncate_locked(ino, &mut g, size)?;
+            return Ok(Entry {
+                ino,
+                inode: g.inode.clone(),
+            });
+        }
+        g.inode = inode;
+        self.persist(ino, &mut g)?;
+        Ok(Entry {
+            ino,
+            inode: g.inode.clone(),
+        })
+    }
+
+    /// access(2): `mask` of R/W/X, 0 for existence only.
+    pub fn access(&self, caller: &Caller, ino: u64, mask: u32) -> FsResult<()> {
+        let inode = self.getattr(ino)?.inode;
+        if mask == 0 {
+            return Ok(());
+        }
+        perm::check(&inode, caller, mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dir::NewNode;
+    use super::super::testutil::core;
+    use super::*;
+    use crate::store::ROOT_INO;
+
+    #[test]
+    fn chown_rules_and_suid_clearing() {
+        let (_d, core) = core();
+        let root = Caller::root();
+        let f = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"f",
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o6755,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap();
+        core.setattr(
+            &root,
+            f.ino,
+            &SetAttr {
+                uid: Some(1000),
+                gid: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let e = core
+            .setattr(
+                &root,
+                f.ino,
+                &SetAttr {
+                    mode: Some(0o6755),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(e.inode.mode & 0o7777, 0o6755);
+        let alice = Caller::with_groups(1000, 1000, vec![50]);
+        assert!(matches!(
+            core.setattr(
+                &alice,
+                f.ino,
+                &SetAttr {
+                    uid: Some(0),
+                    ..Default::default()
+                }
+            ),
+            Err(FsError::Perm)
+        ));
+        assert!(matches!(
+            core.setattr(
+                &alice,
+                f.ino,
+                &SetAttr {
+                    gid: Some(51),
+                    ..Default::default()
+                }
+            ),
+            Err(FsError::Perm)
+        ));
+        let e = core
+            .setattr(
+                &alice,
+                f.ino,
+                &SetAttr {
+                    gid: Some(50),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            e.inode.mode & 0o7777,
+            0o755,
+            "chown clears setuid and setgid"
+        );
+    }
+
+    #[test]
+    fn utimens_now_needs_write_access_explicit_needs_ownership() {
+        let (_d, core) = core();
+        let root = Caller::root();
+        let f = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"f",
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o666,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap();
+        let bob = Caller::with_groups(1001, 1001, vec![]);
+        let now = SetAttr {
+            atime: Some(SetTime::Now),
+            mtime: Some(SetTime::Now),
+            ..Default::default()
+        };
+        core.setattr(&bob, f.ino, &now).unwrap();
+        let at = SetAttr {
+            mtime: Some(SetTime::At(Time { secs: 5, nsecs: 0 })),
+            ..Default::default()
+        };
+        assert!(matches!(core.setattr(&bob, f.ino, &at), Err(FsError::Perm)));
+        let e = core.setattr(&root, f.ino, &at).unwrap();
+        assert_eq!(e.inode.mtime.secs, 5);
+    }
+}

@@ -1,0 +1,476 @@
+//! Names: lookup, creating and removing entries, hard links, symlinks, readdir.
+
+use super::perm::{self, R, W, X};
+use super::{check_name, live, Caller, Core, Entry, FsError, FsResult, Node};
+use crate::store::records::{encode_dirent, Inode, Kind, Time};
+use crate::store::{keys, Batch, Store};
+use parking_lot::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// What to create.
+pub enum NewNode<'a> {
+    File { mode: u32, rdev: u32 },
+    Dir { mode: u32 },
+    Symlink { target: &'a [u8] },
+}
+
+/// An open directory: readdir cookies are handed out per handle and name the entry
+/// they follow, so a listing resumes after a name (in name order) and stays correct
+/// while entries are added or removed concurrently.
+pub struct DirHandle {
+    ino: u64,
+    names: Vec<Vec<u8>>,
+}
+
+/// Cookies 1 and 2 are `.` and `..`; entry `names[i]` has cookie `i + 3`.
+const FIRST_NAME_COOKIE: u64 = 3;
+
+impl Core {
+    pub fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<Entry> {
+        check_name(name)?;
+        let p = self.getattr(parent)?.inode;
+        if !p.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        perm::check(&p, caller, X)?;
+        let ino = match name {
+            b"." => parent,
+            b".." => p.parent,
+            _ => self.store.lookup(parent, name)?.ok_or(FsError::NotFound)?.0,
+        };
+        self.getattr(ino)
+    }
+
+    /// Creates a file, special file, directory or symlink; with `open`, the new file
+    /// starts with one open handle (create(2) with O_CREAT).
+    pub fn create_node(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        what: NewNode<'_>,
+        open: bool,
+    ) -> FsResult<Entry> {
+        check_name(name)?;
+        let _ns = self.ns.lock();
+        let pn = self.node(parent)?;
+        let mut p = live(&pn)?;
+        if !p.inode.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if p.inode.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        perm::check(&p.inode, caller, W | X)?;
+        if self.store.lookup(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let now = Time::now();
+        let (mut mode, rdev) = match what {
+            NewNode::File { mode, rdev } => (mode, rdev),
+            NewNode::Dir { mode } => (libc::S_IFDIR | (mode & 0o7777), 0),
+            NewNode::Symlink { .. } => (libc::S_IFLNK | 0o777, 0),
+        };
+        if Kind::from_mode(mode).is_none() {
+            return Err(FsError::Invalid);
+        }
+        let mut gid = caller.gid;
+        if p.inode.mode & libc::S_ISGID != 0 {
+            // BSD group semantics of setgid directories, inherited by subdirectories.
+            gid = p.inode.gid;
+            if mode & libc::S_IFMT == libc::S_IFDIR {
+                mode |= libc::S_ISGID;
+            }
+        }
+        if mode & libc::S_IFMT != libc::S_IFDIR
+            && mode & libc::S_ISGID != 0
+            && !caller.is_root()
+            && !caller.in_group(gid)
+        {
+            mode &= !libc::S_ISGID;
+        }
+        let ino = self.store.alloc_ino()?;
+        let mut inode = Inode::new(mode, caller.uid, gid, now);
+        inode.rdev = rdev;
+        if inode.is_dir() {
+            inode.nlink = 2;
+            inode.parent = parent;
+            p.inode.nlink = p.inode.nlink.checked_add(1).ok_or(FsError::TooManyLinks)?;
+        }
+        if let NewNode::Symlink { target } = what {
+            inode.target = target.to_vec();
+            inode.size = target.len() as u64;
+        }
+        p.inode.mtime = now;
+        p.inode.ctime = now;
+        let mut b = Batch::default();
+        Store::put_inode(&mut b, ino, &inode);
+        Store::put_inode(&mut b, parent, &p.inode);
+        b.insert(keys::dirent(parent, name), encode_dirent(ino, inode.kind()));
+        self.store.apply(b)?;
+        self.inode_count.fetch_add(1, Ordering::Relaxed);
+        if open {
+            let mut node = Node::new(inode.clone());
+            node.open = 1;
+            self.insert_node(ino, node);
+        }
+        Ok(Entry { ino, inode })
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let inode = self.getattr(ino)?.inode;
+        if inode.kind() != Kind::Symlink {
+            return Err(FsError::Invalid);
+        }
+        Ok(inode.target)
+    }
+
+    pub fn link(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &[u8],
+    ) -> FsResult<Entry> {
+        check_name(newname)?;
+        let _ns = self.ns.lock();
+        let pn = self.node(newparent)?;
+        let mut p = live(&pn)?;
+        if !p.inode.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        perm::check(&p.inode, caller, W | X)?;
+        if self.store.lookup(newparent, newname)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if ino == newparent {
+            return Err(FsError::Perm);
+        }
+        let cn = self.node(ino)?;
+        let mut c = live(&cn)?;
+        if c.inode.is_dir() {
+            return Err(FsError::Perm);
+        }
+        if c.inode.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if c.inode.nlink >= u32::MAX - 1 {
+            return Err(FsError::TooManyLinks);
+        }
+        let now = Time::now();
+        c.inode.nlink += 1;
+        c.inode.ctime = now;
+        p.inode.mtime = now;
+        p.inode.ctime = now;
+        let mut b = Batch::default();
+        Store::put_inode(&mut b, ino, &c.inode);
+        Store::put_inode(&mut b, newparent, &p.inode);
+        b.insert(
+            keys::dirent(newparent, newname),
+            encode_dirent(ino, c.inode.kind()),
+        );
+        self.store.apply(b)?;
+        Ok(Entry {
+            ino,
+            inode: c.inode.clone(),
+        })
+    }
+
+    pub fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(caller, parent, name, false)
+    }
+
+    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
+        if name == b"." {
+            return Err(FsError::Invalid);
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        self.remove(caller, parent, name, true)
+    }
+
+    fn remove(&self, caller: &Caller, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        check_name(name)?;
+        let _ns = self.ns.lock();
+        let pn = self.node(parent)?;
+        let mut p = live(&pn)?;
+        if !p.inode.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        let (ino, kind) = self.store.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        match (dir, kind == Kind::Dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            _ => {}
+        }
+        let cn = self.node(ino)?;
+        let mut c = live(&cn)?;
+        perm::may_delete(&p.inode, &c.inode, caller)?;
+        if dir && !self.store.dir_is_empty(ino)? {
+            return Err(FsError::NotEmpty);
+        }
+        let now = Time::now();
+        let mut b = Batch::default();
+        b.remove(keys::dirent(parent, name));
+        if dir {
+            p.inode.nlink = p.inode.nlink.saturating_sub(1);
+        }
+        p.inode.mtime = now;
+        p.inode.ctime = now;
+        Store::put_inode(&mut b, parent, &p.inode);
+        let gone = self.drop_link(&mut b, ino, &mut c, now)?;
+        self.store.apply(b)?;
+        if gone {
+            self.finish_delete(ino, &mut c);
+        }
+        Ok(())
+    }
+
+    /// Adds to `b` the loss of one name of `c` (two for a directory: its `.` too).
+    /// Returns whether the inode is deleted by `b` (then call [`Core::finish_delete`]
+    /// after applying it); an inode still open becomes an orphan instead.
+    pub(super) fn drop_link(
+        &self,
+        b: &mut Batch,
+        ino: u64,
+        c: &mut Node,
+        now: Time,
+    ) -> FsResult<bool> {
+        c.inode.nlink = if c.inode.is_dir() {
+            0
+        } else {
+            c.inode.nlink.saturating_sub(1)
+        };
+        c.inode.ctime = now;
+        if c.inode.nlink > 0 {
+            Store::put_inode(b, ino, &c.inode);
+            return Ok(false);
+        }
+        if c.open > 0 {
+            Store::put_inode(b, ino, &c.inode);
+            b.insert(keys::orphan(ino), &[][..]);
+            return Ok(false);
+        }
+        self.store.delete_inode(b, ino)?;
+        Ok(true)
+    }
+
+    /// In-memory side of deleting an inode whose records are gone.
+    pub(super) fn finish_delete(&self, ino: u64, c: &mut Node) {
+        c.deleted = true;
+        self.dirty_total.fetch_sub(c.dirty_bytes, Ordering::Relaxed);
+        c.dirty.clear();
+        c.dirty_bytes = 0;
+        self.forget_node(ino);
+        self.inode_count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn opendir(&self, caller: &Caller, ino: u64, want: u32) -> FsResult<u64> {
+        let inode = self.getattr(ino)?.inode;
+        if !inode.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        perm::check(&inode, caller, want & (R | W | X))?;
+        let fh = self.new_fh();
+        let handle = DirHandle {
+            ino,
+            names: Vec::new(),
+        };
+        self.dirs.lock().insert(fh, Arc::new(Mutex::new(handle)));
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    /// Lists entries after cookie `offset`, calling `add(ino, cookie, kind, name)` for
+    /// each until it returns true (reply buffer full).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, Kind, &[u8]) -> bool,
+    ) -> FsResult<()> {
+        let handle = self
+            .dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut h = handle.lock();
+        let ino = h.ino;
+        let inode = self.getattr(ino)?.inode;
+        if offset == 0 {
+            h.names.clear();
+            if add(ino, 1, Kind::Dir, b".") {
+                return Ok(());
+            }
+        }
+        if offset <= 1 && add(inode.parent.max(1), 2, Kind::Dir, b"..") {
+            return Ok(());
+        }
+        let mut after: Option<Vec<u8>> = match offset.checked_sub(FIRST_NAME_COOKIE) {
+            Some(i) => Some(h.names.get(i as usize).ok_or(FsError::Invalid)?.clone()),
+            None => None,
+        };
+        loop {
+            let batch = self.store.dir_entries_after(ino, after.as_deref(), 128)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for (name, child, kind) in batch {
+                let cookie = FIRST_NAME_COOKIE + h.names.len() as u64;
+                if add(child, cookie, kind, &name) {
+                    return Ok(());
+                }
+                h.names.push(name.clone());
+                after = Some(name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::core;
+    use super::*;
+    use crate::store::ROOT_INO;
+
+    fn list(core: &Core, fh: u64, offset: u64, max: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        core.readdir(fh, offset, |_, cookie, _, name| {
+            if out.len() == max {
+                return true;
+            }
+            out.push((cookie, name.to_vec()));
+            false
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn create_lookup_unlink() {
+        let (_d, core) = core();
+        let root = Caller::root();
+        let e = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"a",
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o644,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap();
+        assert_eq!(core.lookup(&root, ROOT_INO, b"a").unwrap().ino, e.ino);
+        assert!(matches!(
+            core.create_node(&root, ROOT_INO, b"a", NewNode::Dir { mode: 0o755 }, false),
+            Err(FsError::Exists)
+        ));
+        core.unlink(&root, ROOT_INO, b"a").unwrap();
+        assert!(matches!(
+            core.lookup(&root, ROOT_INO, b"a"),
+            Err(FsError::NotFound)
+        ));
+        assert!(matches!(core.getattr(e.ino), Err(FsError::NotFound)));
+    }
+
+    #[test]
+    fn rmdir_refuses_non_empty_and_fixes_link_counts() {
+        let (_d, core) = core();
+        let root = Caller::root();
+        let d = core
+            .create_node(&root, ROOT_INO, b"d", NewNode::Dir { mode: 0o755 }, false)
+            .unwrap();
+        assert_eq!(core.getattr(ROOT_INO).unwrap().inode.nlink, 3);
+        core.create_node(
+            &root,
+            d.ino,
+            b"f",
+            NewNode::File {
+                mode: libc::S_IFREG | 0o644,
+                rdev: 0,
+            },
+            false,
+        )
+        .unwrap();
+        assert!(matches!(
+            core.rmdir(&root, ROOT_INO, b"d"),
+            Err(FsError::NotEmpty)
+        ));
+        core.unlink(&root, d.ino, b"f").unwrap();
+        core.rmdir(&root, ROOT_INO, b"d").unwrap();
+        assert_eq!(core.getattr(ROOT_INO).unwrap().inode.nlink, 2);
+    }
+
+    #[test]
+    fn readdir_resumes_after_a_name_while_entries_change() {
+        let (_d, core) = core();
+        let root = Caller::root();
+        for n in ["a", "b", "c", "d"] {
+            core.create_node(
+                &root,
+                ROOT_INO,
+                n.as_bytes(),
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o644,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap();
+        }
+        let fh = core.opendir(&root, ROOT_INO, 0).unwrap();
+        let first = list(&core, fh, 0, 3);
+        assert_eq!(
+            first.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+            [b".".to_vec(), b"..".to_vec(), b"a".to_vec()]
+        );
+        // "a" (already returned) and "b" (not yet) go away; "bb" appears.
+        core.unlink(&root, ROOT_INO, b"a").unwrap();
+        core.unlink(&root, ROOT_INO, b"b").unwrap();
+        core.create_node(&root, ROOT_INO, b"bb", NewNode::Dir { mode: 0o755 }, false)
+            .unwrap();
+        let rest = list(&core, fh, first[2].0, 100);
+        assert_eq!(
+            rest.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+            [b"bb".to_vec(), b"c".to_vec(), b"d".to_vec()]
+        );
+    }
+
+    #[test]
+    fn sticky_directory_protects_other_users_files() {
+        let (_d, core) = core();
+        let root = Caller::root();
+        let t = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"tmp",
+                NewNode::Dir { mode: 0o1777 },
+                false,
+            )
+            .unwrap();
+        let alice = Caller::with_groups(1000, 1000, vec![]);
+        let bob = Caller::with_groups(1001, 1001, vec![]);
+        core.create_node(
+            &alice,
+            t.ino,
+            b"x",
+            NewNode::File {
+                mode: libc::S_IFREG | 0o666,
+                rdev: 0,
+            },
+            false,
+        )
+        .unwrap();
+        assert!(matches!(core.unlink(&bob, t.ino, b"x"), Err(FsError::Perm)));
+        core.unlink(&alice, t.ino, b"x").unwrap();
+    }
+}

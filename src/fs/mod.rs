@@ -1,0 +1,313 @@
+//! The filesystem core: POSIX semantics over the [`crate::store`], in inode numbers,
+//! offsets and [`FsResult`]s. It knows nothing of fuser; [`fuse`] adapts it.
+//!
+//! Locking: every inode in use has one in-memory [`Node`] (its record, open count and
+//! dirty chunks) behind its own mutex, so operations on different files never wait on
+//! each other. Namespace changes (create, link, unlink, rename, ...) are also
+//! serialized by `ns`: they are short sled updates, and holding `ns` makes their
+//! check-then-update steps atomic. A namespace operation may hold several node locks;
+//! every other operation holds at most one, so there is no lock cycle. Slow chunk
+//! decodes run without any lock (see [`data`]).
+
+pub mod attr;
+mod cache;
+pub mod data;
+pub mod dir;
+pub mod error;
+pub mod fuse;
+pub mod perm;
+pub mod rename;
+pub mod xattr;
+
+use crate::store::records::Inode;
+use crate::store::{Batch, CreateOptions, Store, StoreError};
+use cache::ChunkCache;
+pub use error::{FsError, FsResult};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+pub use perm::Caller;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Validated configuration of the core (the CLI builds it from mount options).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Bytes of decoded chunks kept in the cache.
+    pub cache_bytes: usize,
+    /// A file with more dirty bytes than this persists them inside the write call.
+    pub dirty_file_limit: usize,
+    /// When all files together hold more dirty bytes, writers persist their own.
+    pub dirty_total_limit: usize,
+    /// How often the background flusher persists dirty chunks of open files.
+    pub flush_interval: Duration,
+    /// Only used when the store is created.
+    pub create: CreateOptions,
+    /// Whether reads update atime (relatime rules), off with `noatime` and `ro`.
+    pub update_atime: bool,
+    /// A read-only mount: nothing is written to the store, not even orphan cleanup.
+    pub read_only: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> CoreConfig {
+        CoreConfig {
+            cache_bytes: 64 << 20,
+            dirty_file_limit: 8 << 20,
+            dirty_total_limit: 64 << 20,
+            flush_interval: Duration::from_secs(5),
+            create: CreateOptions {
+                chunk_size: data::DEFAULT_CHUNK_SIZE,
+            },
+            update_atime: true,
+            read_only: false,
+        }
+    }
+}
+
+/// An inode and its number, what lookups and attribute calls return.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub inode: Inode,
+}
+
+/// The in-memory state of an inode in use.
+pub struct Node {
+    pub inode: Inode,
+    /// Open file handles (the data of an unlinked file lives until this is 0).
+    pub open: u32,
+    /// Dirty chunks by index: `chunk_size` bytes, or empty for "all zeros".
+    pub dirty: BTreeMap<u64, Vec<u8>>,
+    pub dirty_bytes: usize,
+    /// The record changed (atime) and is not persisted yet.
+    pub meta_dirty: bool,
+    /// Bumped by every change of the file's contents; a read that decoded chunks
+    /// without the lock caches them only if this did not move meanwhile.
+    pub gen: u64,
+    /// The inode was deleted; holders of a stale handle get ENOENT.
+    pub deleted: bool,
+}
+
+impl Node {
+    fn new(inode: Inode) -> Node {
+        Node {
+            inode,
+            open: 0,
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+            meta_dirty: false,
+            gen: 0,
+            deleted: false,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.open == 0 && self.dirty.is_empty() && !self.meta_dirty
+    }
+}
+
+type NodeRef = Arc<Mutex<Node>>;
+
+/// Nodes beyond this many are dropped from memory when idle.
+const NODE_TRIM: usize = 4096;
+
+pub struct Core {
+    store: Store,
+    cfg: CoreConfig,
+    nodes: Mutex<HashMap<u64, NodeRef>>,
+    ns: Mutex<()>,
+    cache: ChunkCache,
+    dirty_total: AtomicUsize,
+    /// Open directories; each has its own lock, so listings do not wait on each other.
+    dirs: Mutex<HashMap<u64, Arc<Mutex<dir::DirHandle>>>>,
+    next_fh: AtomicU64,
+    inode_count: AtomicU64,
+    shutdown: (Mutex<bool>, Condvar),
+}
+
+impl Core {
+    /// Opens (or creates) the store and deletes inodes orphaned by a crash.
+    pub fn load(path: &Path, cfg: CoreConfig) -> Result<Core, StoreError> {
+        let store = Store::open(path, &cfg.create)?;
+        let core = Core {
+            cache: ChunkCache::new(cfg.cache_bytes),
+            store,
+            cfg,
+            nodes: Mutex::new(HashMap::new()),
+            ns: Mutex::new(()),
+            dirty_total: AtomicUsize::new(0),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            inode_count: AtomicU64::new(0),
+            shutdown: (Mutex::new(false), Condvar::new()),
+        };
+        let orphans = if core.cfg.read_only {
+            Vec::new()
+        } else {
+            core.store.orphans()?
+        };
+        for ino in &orphans {
+            let mut b = Batch::default();
+            core.store.delete_inode(&mut b, *ino)?;
+            core.store.apply(b)?;
+        }
+        if !orphans.is_empty() {
+            log::info!(
+                "deleted {} files that were unlinked while open before the last stop",
+                orphans.len()
+            );
+            core.store.flush()?;
+        }
+        core.inode_count
+            .store(core.store.count_inodes()?, Ordering::Relaxed);
+        Ok(core)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.store.chunk_size()
+    }
+
+    /// The node of `ino`, loaded from the store if not in memory.
+    fn node(&self, ino: u64) -> FsResult<NodeRef> {
+        if *self.shutdown.0.lock() {
+            // After the final flush nothing may be acknowledged that would be lost.
+            return Err(FsError::Io("the filesystem is being unmounted".into()));
+        }
+        let mut map = self.nodes.lock();
+        if let Some(n) = map.get(&ino) {
+            return Ok(n.clone());
+        }
+        let inode = self.store.get_inode(ino)?.ok_or(FsError::NotFound)?;
+        let n = Arc::new(Mutex::new(Node::new(inode)));
+        map.insert(ino, n.clone());
+        if map.len() > NODE_TRIM {
+            // Only nodes nobody else holds (count 1: the map) and with nothing
+            // unsaved can go; a later access reloads them from the store.
+            map.retain(|_, n| Arc::strong_count(n) > 1 || n.try_lock().is_none_or(|g| !g.idle()));
+        }
+        Ok(n)
+    }
+
+    /// Inserts a node for an inode just created (so its open count starts right).
+    fn insert_node(&self, ino: u64, node: Node) {
+        self.nodes.lock().insert(ino, Arc::new(Mutex::new(node)));
+    }
+
+    fn forget_node(&self, ino: u64) {
+        self.nodes.lock().remove(&ino);
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Entry> {
+        let existing = self.nodes.lock().get(&ino).cloned();
+        let inode = match existing {
+            Some(n) => live(&n)?.inode.clone(),
+            None => self.store.get_inode(ino)?.ok_or(FsError::NotFound)?,
+        };
+        Ok(Entry { ino, inode })
+    }
+
+    /// Persists every dirty node (the background flusher and unmount).
+    pub fn persist_all(&self) -> FsResult<()> {
+        let nodes: Vec<(u64, NodeRef)> = self
+            .nodes
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let mut result = Ok(());
+        for (ino, n) in nodes {
+            let mut g = n.lock();
+            if !g.deleted && !g.idle() {
+                if let Err(e) = self.persist(ino, &mut g) {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    /// Persists everything and makes it durable: the last thing before unmount.
+    pub fn shutdown(&self) -> FsResult<()> {
+        {
+            let mut stop = self.shutdown.0.lock();
+            *stop = true;
+            self.shutdown.1.notify_all();
+        }
+        self.persist_all()?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Runs the background flusher until [`Core::shutdown`]: dirty chunks of files that
+    /// stay open are persisted every `flush_interval`, so little is lost on a crash.
+    pub fn spawn_flusher(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let core = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("llmfs-flusher".into())
+            .spawn(move || loop {
+                {
+                    let mut stop = core.shutdown.0.lock();
+                    if !*stop {
+                        core.shutdown.1.wait_for(&mut stop, core.cfg.flush_interval);
+                    }
+                    if *stop {
+                        return;
+                    }
+                }
+                if let Err(e) = core.persist_all() {
+                    log::error!("background flush failed: {e}");
+                }
+            })
+    }
+
+    /// (blocks used, inodes used) for statfs.
+    pub fn usage(&self) -> u64 {
+        self.inode_count.load(Ordering::Relaxed)
+    }
+}
+
+/// Locks a node, failing with ENOENT if the inode was deleted meanwhile.
+fn live(n: &NodeRef) -> FsResult<MutexGuard<'_, Node>> {
+    let g = n.lock();
+    if g.deleted {
+        return Err(FsError::NotFound);
+    }
+    Ok(g)
+}
+
+const NAME_MAX: usize = 255;
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    pub fn core() -> (tempfile::TempDir, Core) {
+        core_with(CoreConfig::default())
+    }
+
+    pub fn core_with(cfg: CoreConfig) -> (tempfile::TempDir, Core) {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Core::load(&dir.path().join("store"), cfg).unwrap();
+        (dir, core)
+    }
+}

@@ -1,0 +1,196 @@
+//! Extended attributes: get/set/list/remove, with XATTR_CREATE/XATTR_REPLACE.
+
+use super::perm::{self, R, W};
+use super::{live, Caller, Core, FsError, FsResult};
+use crate::store::records::{Kind, Time};
+use crate::store::{keys, Batch, Store};
+
+/// Linux's limits (XATTR_NAME_MAX, XATTR_SIZE_MAX).
+const NAME_MAX: usize = 255;
+const VALUE_MAX: usize = 65536;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetXattr {
+    Any,
+    /// XATTR_CREATE: fail if it exists.
+    Create,
+    /// XATTR_REPLACE: fail if it does not.
+    Replace,
+}
+
+/// Who may read/write an attribute of `name` on a file of `kind`.
+fn check_access(
+    caller: &Caller,
+    inode: &crate::store::records::Inode,
+    name: &[u8],
+    mask: u32,
+) -> FsResult<()> {
+    if name.is_empty() {
+        return Err(FsError::Range);
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::Range);
+    }
+    if name.starts_with(b"user.") {
+        // user.* is only for regular files and directories, with their permissions.
+        if !matches!(inode.kind(), Kind::File | Kind::Dir) {
+            return Err(if mask == R {
+                FsError::NoAttr
+            } else {
+                FsError::Perm
+            });
+        }
+        if inode.is_dir()
+            && inode.mode & libc::S_ISVTX != 0
+            && mask == W
+            && !perm::is_owner(inode, caller)
+        {
+            return Err(FsError::Perm);
+        }
+        return perm::check(inode, caller, mask);
+    }
+    if name.starts_with(b"trusted.") {
+        return if caller.is_root() {
+            Ok(())
+        } else {
+            Err(if mask == R {
+                FsError::NoAttr
+            } else {
+                FsError::Perm
+            })
+        };
+    }
+    if name.starts_with(b"system.") {
+        // POSIX ACLs are not supported: saying so makes cp -a and others fall back to
+        // chmod, instead of storing an ACL that would not act on the mode.
+        return Err(if mask == R {
+            FsError::NoAttr
+        } else {
+            FsError::NotSupported
+        });
+    }
+    if name.starts_with(b"security.") {
+        return if mask == R || caller.is_root() || perm::is_owner(inode, caller) {
+            Ok(())
+        } else {
+            Err(FsError::Perm)
+        };
+    }
+    Err(FsError::NotSupported)
+}
+
+impl Core {
+    pub fn getxattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let inode = self.getattr(ino)?.inode;
+        check_access(caller, &inode, name, R)?;
+        Ok(self
+            .store
+            .get_xattr(ino, name)?
+            .ok_or(FsError::NoAttr)?
+            .to_vec())
+    }
+
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        how: SetXattr,
+    ) -> FsResult<()> {
+        if value.len() > VALUE_MAX {
+            return Err(FsError::TooBig);
+        }
+        let n = self.node(ino)?;
+        let mut g = live(&n)?;
+        check_access(caller, &g.inode, name, W)?;
+        let exists = self.store.get_xattr(ino, name)?.is_some();
+        match (how, exists) {
+            (SetXattr::Create, true) => return Err(FsError::Exists),
+            (SetXattr::Replace, false) => return Err(FsError::NoAttr),
+            _ => {}
+        }
+        g.inode.ctime = Time::now();
+        let mut b = Batch::default();
+        b.insert(keys::xattr(ino, name), value);
+        Store::put_inode(&mut b, ino, &g.inode);
+        self.store.apply(b)?;
+        Ok(())
+    }
+
+    /// Names, each followed by a NUL, as listxattr(2) returns them.
+    pub fn listxattr(&self, caller: &Caller, ino: u64) -> FsResult<Vec<u8>> {
+        self.getattr(ino)?;
+        let mut out = Vec::new();
+        for name in self.store.xattr_names(ino)? {
+            if name.starts_with(b"trusted.") && !caller.is_root() {
+                continue;
+            }
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<()> {
+        let n = self.node(ino)?;
+        let mut g = live(&n)?;
+        check_access(caller, &g.inode, name, W)?;
+        if self.store.get_xattr(ino, name)?.is_none() {
+            return Err(FsError::NoAttr);
+        }
+        g.inode.ctime = Time::now();
+        let mut b = Batch::default();
+        b.remove(keys::xattr(ino, name));
+        Store::put_inode(&mut b, ino, &g.inode);
+        self.store.apply(b)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dir::NewNode;
+    use super::super::testutil::core;
+    use super::*;
+    use crate::store::ROOT_INO;
+
+    #[test]
+    fn create_replace_list_remove() {
+        let (_d, core) = core();
+        let r = Caller::root();
+        let f = core
+            .create_node(
+                &r,
+                ROOT_INO,
+                b"f",
+                NewNode::File {
+                    mode: libc::S_IFREG | 0o644,
+                    rdev: 0,
+                },
+                false,
+            )
+            .unwrap()
+            .ino;
+        assert!(matches!(
+            core.setxattr(&r, f, b"user.a", b"1", SetXattr::Replace),
+            Err(FsError::NoAttr)
+        ));
+        core.setxattr(&r, f, b"user.a", b"1", SetXattr::Create)
+            .unwrap();
+        assert!(matches!(
+            core.setxattr(&r, f, b"user.a", b"2", SetXattr::Create),
+            Err(FsError::Exists)
+        ));
+        core.setxattr(&r, f, b"user.a", b"2", SetXattr::Replace)
+            .unwrap();
+        core.setxattr(&r, f, b"user.b", b"", SetXattr::Any).unwrap();
+        assert_eq!(core.getxattr(&r, f, b"user.a").unwrap(), b"2");
+        assert_eq!(core.listxattr(&r, f).unwrap(), b"user.a\0user.b\0");
+        core.removexattr(&r, f, b"user.a").unwrap();
+        assert!(matches!(
+            core.getxattr(&r, f, b"user.a"),
+            Err(FsError::NoAttr)
+        ));
+    }
+}

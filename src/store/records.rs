@@ -1,0 +1,351 @@
+//! Binary encodings of the values of the store (see [`super::keys`] for where they live).
+//! Integers are big endian; each record starts with its own version byte.
+
+use super::StoreError;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Version of the store layout as a whole; a store of another version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+const SUPER_MAGIC: &[u8; 6] = b"LLMFS\0";
+const INODE_VERSION: u8 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub format_version: u32,
+    /// Logical chunk size in bytes, fixed at creation.
+    pub chunk_size: u32,
+    /// Fingerprint of the model LLM frames were coded with (the LLM tier sets it);
+    /// a mount with another model must be refused before any frame is decoded.
+    pub model_fingerprint: Option<Vec<u8>>,
+}
+
+impl Superblock {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(32);
+        v.extend_from_slice(SUPER_MAGIC);
+        v.extend_from_slice(&self.format_version.to_be_bytes());
+        v.extend_from_slice(&self.chunk_size.to_be_bytes());
+        match &self.model_fingerprint {
+            None => v.push(0),
+            Some(fp) => {
+                v.push(1);
+                v.extend_from_slice(&(fp.len() as u32).to_be_bytes());
+                v.extend_from_slice(fp);
+            }
+        }
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Superblock, StoreError> {
+        let bad = |why: &str| StoreError::Corrupt(format!("superblock: {why}"));
+        if b.get(..6) != Some(SUPER_MAGIC.as_slice()) {
+            return Err(bad("not an llmfs store (bad magic)"));
+        }
+        let mut r = Reader { b, pos: 6 };
+        let format_version = r.u32().ok_or_else(|| bad("truncated"))?;
+        if format_version != FORMAT_VERSION {
+            return Err(StoreError::UnsupportedVersion(format_version));
+        }
+        let chunk_size = r.u32().ok_or_else(|| bad("truncated"))?;
+        let model_fingerprint = match r.u8().ok_or_else(|| bad("truncated"))? {
+            0 => None,
+            _ => {
+                let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+                Some(
+                    r.bytes(n)
+                        .ok_or_else(|| bad("truncated fingerprint"))?
+                        .to_vec(),
+                )
+            }
+        };
+        Ok(Superblock {
+            format_version,
+            chunk_size,
+            model_fingerprint,
+        })
+    }
+}
+
+/// A timestamp as stored: seconds and nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Time {
+    pub secs: i64,
+    pub nsecs: u32,
+}
+
+impl Time {
+    pub fn now() -> Time {
+        Time::from_system(SystemTime::now())
+    }
+
+    pub fn from_system(t: SystemTime) -> Time {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time {
+                secs: d.as_secs() as i64,
+                nsecs: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                if d.subsec_nanos() == 0 {
+                    Time {
+                        secs: -(d.as_secs() as i64),
+                        nsecs: 0,
+                    }
+                } else {
+                    Time {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nsecs: 1_000_000_000 - d.subsec_nanos(),
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn to_system(self) -> SystemTime {
+        if self.secs >= 0 {
+            UNIX_EPOCH + Duration::new(self.secs as u64, self.nsecs)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs())
+                + Duration::from_nanos(u64::from(self.nsecs))
+        }
+    }
+}
+
+/// The kind of an inode, from the `S_IFMT` bits of its mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+
+    pub fn to_byte(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_byte(b: u8) -> Option<Kind> {
+        [
+            Kind::File,
+            Kind::Dir,
+            Kind::Symlink,
+            Kind::Fifo,
+            Kind::Socket,
+            Kind::CharDev,
+            Kind::BlockDev,
+        ]
+        .get(usize::from(b))
+        .copied()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inode {
+    /// Full `st_mode`: file type bits and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    /// Logical size in bytes.
+    pub size: u64,
+    /// Bytes of chunk frames stored for this file (what `st_blocks` reports).
+    pub stored: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub rdev: u32,
+    /// For directories, the parent directory (for `..`); 0 otherwise.
+    pub parent: u64,
+    /// For symlinks, the target.
+    pub target: Vec<u8>,
+}
+
+impl Inode {
+    pub fn new(mode: u32, uid: u32, gid: u32, now: Time) -> Inode {
+        Inode {
+            mode,
+            uid,
+            gid,
+            nlink: 1,
+            size: 0,
+            stored: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            parent: 0,
+            target: Vec::new(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::from_mode(self.mode).unwrap_or(Kind::File)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind() == Kind::Dir
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(81 + self.target.len());
+        v.push(INODE_VERSION);
+        for x in [self.mode, self.uid, self.gid, self.nlink] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        v.extend_from_slice(&self.size.to_be_bytes());
+        v.extend_from_slice(&self.stored.to_be_bytes());
+        for t in [self.atime, self.mtime, self.ctime] {
+            v.extend_from_slice(&t.secs.to_be_bytes());
+            v.extend_from_slice(&t.nsecs.to_be_bytes());
+        }
+        v.extend_from_slice(&self.rdev.to_be_bytes());
+        v.extend_from_slice(&self.parent.to_be_bytes());
+        v.extend_from_slice(&self.target);
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Inode, StoreError> {
+        let bad = || StoreError::Corrupt("inode record truncated".into());
+        let mut r = Reader { b, pos: 0 };
+        let version = r.u8().ok_or_else(bad)?;
+        if version != INODE_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "inode record version {version}"
+            )));
+        }
+        let mode = r.u32().ok_or_else(bad)?;
+        let uid = r.u32().ok_or_else(bad)?;
+        let gid = r.u32().ok_or_else(bad)?;
+        let nlink = r.u32().ok_or_else(bad)?;
+        let size = r.u64().ok_or_else(bad)?;
+        let stored = r.u64().ok_or_else(bad)?;
+        let mut times = [Time::default(); 3];
+        for t in &mut times {
+            let secs = r.u64().ok_or_else(bad)? as i64;
+            let nsecs = r.u32().ok_or_else(bad)?;
+            *t = Time { secs, nsecs };
+        }
+        let rdev = r.u32().ok_or_else(bad)?;
+        let parent = r.u64().ok_or_else(bad)?;
+        let target = b.get(r.pos..).unwrap_or(&[]).to_vec();
+        let [atime, mtime, ctime] = times;
+        Ok(Inode {
+            mode,
+            uid,
+            gid,
+            nlink,
+            size,
+            stored,
+            atime,
+            mtime,
+            ctime,
+            rdev,
+            parent,
+            target,
+        })
+    }
+}
+
+/// The value of a directory entry: the child inode and its kind (so readdir needs no
+/// inode lookups).
+pub fn encode_dirent(child: u64, kind: Kind) -> Vec<u8> {
+    let mut v = child.to_be_bytes().to_vec();
+    v.push(kind.to_byte());
+    v
+}
+
+pub fn decode_dirent(b: &[u8]) -> Result<(u64, Kind), StoreError> {
+    let bad = || StoreError::Corrupt("directory entry malformed".into());
+    let ino = super::keys::u64_at(b, 0).ok_or_else(bad)?;
+    let kind = b.get(8).and_then(|&k| Kind::from_byte(k)).ok_or_else(bad)?;
+    Ok((ino, kind))
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.bytes(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.bytes(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.bytes(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_round_trip() {
+        let mut i = Inode::new(
+            libc::S_IFLNK | 0o777,
+            1000,
+            100,
+            Time { secs: -5, nsecs: 7 },
+        );
+        i.size = 5 << 32;
+        i.target = b"/some/where".to_vec();
+        assert_eq!(Inode::decode(&i.encode()).unwrap(), i);
+        assert!(Inode::decode(&i.encode()[..20]).is_err());
+    }
+
+    #[test]
+    fn superblock_round_trip_and_version_refusal() {
+        let s = Superblock {
+            format_version: FORMAT_VERSION,
+            chunk_size: 4096,
+            model_fingerprint: Some(b"abc".to_vec()),
+        };
+        assert_eq!(Superblock::decode(&s.encode()).unwrap(), s);
+        let newer = Superblock {
+            format_version: 99,
+            ..s
+        };
+        assert!(matches!(
+            Superblock::decode(&newer.encode()),
+            Err(StoreError::UnsupportedVersion(99))
+        ));
+    }
+
+    #[test]
+    fn negative_times_round_trip() {
+        let t = Time {
+            secs: -3,
+            nsecs: 500,
+        };
+        assert_eq!(Time::from_system(t.to_system()), t);
+    }
+}
