@@ -9,6 +9,8 @@ use llmfs::codec::segment::SegmentCoder;
 use llmfs::codec::DEFAULT_SEGMENT_SIZE;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -92,47 +94,103 @@ fn default_output(input: &Path, compress: bool) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A progress bar on stderr that appears only on a terminal and only once the job has
-/// run for a second.
+/// A progress bar on stderr, shown only on a terminal and only once the job has run
+/// for a second. A ticker thread reads the model's step counter, so tokens/s and the
+/// position move within a segment too (estimated from the bytes per token so far).
 pub struct Progress {
     bar: ProgressBar,
-    start: Instant,
-    shown: bool,
-    tokens: u64,
+    state: Arc<Mutex<ProgressState>>,
+    stop: Arc<AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+struct ProgressState {
+    done_bytes: u64,
+    done_steps: u64,
 }
 
 impl Progress {
-    pub fn new(total_bytes: u64) -> Progress {
+    pub fn new(total_bytes: u64, steps: Option<Arc<AtomicU64>>) -> Progress {
         let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::hidden());
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} ETA {eta}")
                 .expect("valid template"),
         );
+        let state = Arc::new(Mutex::new(ProgressState {
+            done_bytes: 0,
+            done_steps: 0,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = std::io::stderr().is_terminal().then(|| {
+            let (bar, state, stop) = (bar.clone(), Arc::clone(&state), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("progress".into())
+                .spawn(move || tick(bar, state, stop, steps, total_bytes))
+                .expect("spawning the progress thread")
+        });
         Progress {
             bar,
-            start: Instant::now(),
-            shown: false,
-            tokens: 0,
+            state,
+            stop,
+            ticker,
         }
     }
 
-    pub fn update(&mut self, bytes: u64, tokens: u64) {
-        self.tokens += tokens;
-        if !self.shown
-            && self.start.elapsed() > Duration::from_secs(1)
-            && std::io::stderr().is_terminal()
-        {
-            self.bar.set_draw_target(ProgressDrawTarget::stderr());
-            self.shown = true;
-        }
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        self.bar
-            .set_message(format!("{:.0} tok/s", self.tokens as f64 / secs));
-        self.bar.set_position(bytes);
+    /// Records that `bytes` of plaintext are done, after `steps` model steps in all.
+    pub fn update(&self, bytes: u64, steps: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.done_bytes = bytes;
+        s.done_steps = steps;
     }
 
-    pub fn finish(&self) {
+    pub fn finish(self) {}
+}
+
+impl Drop for Progress {
+    /// Stops the ticker and clears the bar, on success and on error alike.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
         self.bar.finish_and_clear();
+    }
+}
+
+fn tick(
+    bar: ProgressBar,
+    state: Arc<Mutex<ProgressState>>,
+    stop: Arc<AtomicBool>,
+    steps: Option<Arc<AtomicU64>>,
+    total: u64,
+) {
+    let start = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if start.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        if bar.is_hidden() {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        let (done_bytes, done_steps) = {
+            let s = state.lock().unwrap_or_else(|e| e.into_inner());
+            (s.done_bytes, s.done_steps)
+        };
+        let now_steps = steps
+            .as_ref()
+            .map_or(done_steps, |s| s.load(Ordering::Relaxed));
+        let bytes_per_step = if done_steps > 0 {
+            done_bytes as f64 / done_steps as f64
+        } else {
+            4.0
+        };
+        let in_flight = (now_steps.saturating_sub(done_steps) as f64 * bytes_per_step) as u64;
+        bar.set_position((done_bytes + in_flight).min(total));
+        bar.set_message(format!(
+            "{:.0} tok/s",
+            now_steps as f64 / start.elapsed().as_secs_f64()
+        ));
     }
 }
 
@@ -145,10 +203,11 @@ pub fn run_compress(args: CompressArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
     let max_tokens = args.segment_size.max(DEFAULT_SEGMENT_SIZE);
     let mut coder = SegmentCoder::new(model.session(max_tokens)?, !args.no_verify);
-    let mut progress = Progress::new(plain.len() as u64);
+    let progress = Progress::new(plain.len() as u64, Some(coder.session().live_steps()));
+    let steps = coder.session().live_steps();
     let (bytes, reports) =
-        container::compress(&plain, args.segment_size, &mut coder, |done, r| {
-            progress.update(done as u64, r.tokens as u64)
+        container::compress(&plain, args.segment_size, &mut coder, |done, _| {
+            progress.update(done as u64, steps.load(Ordering::Relaxed))
         })?;
     progress.finish();
     write_output(&output, &bytes)?;
@@ -188,12 +247,16 @@ pub fn run_decompress(args: DecompressArgs) -> anyhow::Result<()> {
     };
     c.check_model(coder.as_ref())?;
     let mut plain = Vec::with_capacity(c.plain_len.min(1 << 30) as usize);
-    let mut progress = Progress::new(c.plain_len);
+    let progress = Progress::new(
+        c.plain_len,
+        coder.as_ref().map(|c| c.session().live_steps()),
+    );
     for i in 0..c.segments() {
-        let steps_before = coder.as_ref().map_or(0, |c| c.session().stats.steps);
         plain.extend_from_slice(&c.decode_segment(i, coder.as_mut())?);
-        let steps = coder.as_ref().map_or(0, |c| c.session().stats.steps) - steps_before;
-        progress.update(plain.len() as u64, steps);
+        progress.update(
+            plain.len() as u64,
+            coder.as_ref().map_or(0, |c| c.session().stats.steps),
+        );
     }
     progress.finish();
     write_output(&output, &plain)

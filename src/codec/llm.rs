@@ -18,7 +18,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +243,7 @@ impl LlmModel {
             dist: Distribution::default(),
             fresh: false,
             stats: SessionStats::default(),
+            live_steps: Arc::new(AtomicU64::new(0)),
         })
     }
 }
@@ -291,9 +293,16 @@ pub struct LlmSession<'m> {
     /// Whether `dist` matches the current logits.
     fresh: bool,
     pub stats: SessionStats,
+    /// `stats.steps`, readable from another thread while a segment is being coded.
+    live_steps: Arc<AtomicU64>,
 }
 
 impl<'m> LlmSession<'m> {
+    /// A counter of model steps that a progress display may read from another thread.
+    pub fn live_steps(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.live_steps)
+    }
+
     pub fn model(&self) -> &'m LlmModel {
         self.model
     }
@@ -328,6 +337,7 @@ impl<'m> LlmSession<'m> {
         self.pos += 1;
         self.fresh = false;
         self.stats.steps += 1;
+        self.live_steps.store(self.stats.steps, Ordering::Relaxed);
         self.stats.llama_time += t0.elapsed();
         Ok(())
     }
