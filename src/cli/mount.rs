@@ -287,7 +287,12 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     if flusher.join().is_err() {
         log::error!("the flusher thread panicked");
     }
-    served.context("serving FUSE requests")?;
+    match served {
+        // An unmount from outside ends the request loops with ENODEV (fuser's Ok) or,
+        // when a loop was inside a request, ECONNABORTED: both are a normal end.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+        r => r.context("serving FUSE requests")?,
+    }
     log::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
 }
