@@ -80,7 +80,8 @@ impl Core {
         let mut g = live(&n)?;
         g.open = g.open.saturating_sub(1);
         if g.open == 0 && g.inode.nlink == 0 {
-            let _ns = self.ns.lock();
+            // No `ns` here: it is taken before node locks, never after (no lock cycle
+            // with unlink), and a file without names is touched by no namespace change.
             let mut b = Batch::default();
             self.store.delete_inode(&mut b, ino)?;
             self.store.apply(b)?;
