@@ -551,6 +551,21 @@ impl Filesystem for FuseFs {
         }
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls (isatty() asks TCGETS of every file Python opens): ENOTTY, quietly.
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn lseek(
         &self,
         _req: &Request,
