@@ -245,6 +245,7 @@ impl Core {
         if kill_suid {
             clear_suid(&mut g.inode.mode);
         }
+        g.meta_dirty = true;
         if g.dirty_bytes > self.cfg.dirty_file_limit
             || self.dirty_total.load(Ordering::Relaxed) > self.cfg.dirty_total_limit
         {
@@ -286,6 +287,10 @@ impl Core {
 
     /// Persists the dirty chunks and record of a node in one batch (plus `extra`).
     pub(super) fn persist(&self, ino: u64, g: &mut Node) -> FsResult<()> {
+        if g.dirty.is_empty() && !g.meta_dirty {
+            // close(2) of a file only read costs no write.
+            return Ok(());
+        }
         self.persist_with(ino, g, Batch::default())
     }
 
@@ -398,6 +403,7 @@ impl Core {
         g.inode.mtime = now;
         g.inode.ctime = now;
         g.gen += 1;
+        g.meta_dirty = true;
         self.persist(ino, &mut g)
     }
 
