@@ -647,6 +647,30 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_file_does_not_block_other_files() {
+        let (_d, core) = core();
+        let core = Arc::new(core);
+        let a = new_file(&core, b"a");
+        let b = new_file(&core, b"b");
+        core.write(b, 0, b"hello", false).unwrap();
+        let node_a = core.node(a).unwrap();
+        let busy = node_a.lock(); // as if a slow chunk of `a` were being coded
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = core.clone();
+        std::thread::spawn(move || {
+            let r = c.read(b, 0, 5).unwrap();
+            c.flush(b).unwrap();
+            let what = NewNode::File { mode: libc::S_IFREG | 0o644, rdev: 0 };
+            c.create_node(&Caller::root(), ROOT_INO, b"c", what, false).unwrap();
+            c.unlink(&Caller::root(), ROOT_INO, b"c").unwrap();
+            tx.send(r).unwrap();
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(busy);
+        assert_eq!(got.expect("operations on b waited for a"), b"hello");
+    }
+
+    #[test]
     fn dirty_memory_stays_bounded_without_close() {
         let cfg = CoreConfig {
             dirty_file_limit: 64 << 10,
