@@ -437,7 +437,7 @@ impl Filesystem for FuseFs {
                     s.blocks(),
                     s.blocks_free(),
                     s.blocks_available(),
-                    self.core.usage() + free_inodes,
+                    self.core.inodes_used() + free_inodes,
                     free_inodes,
                     s.block_size() as u32,
                     255,

@@ -270,8 +270,8 @@ impl Core {
             })
     }
 
-    /// (blocks used, inodes used) for statfs.
-    pub fn usage(&self) -> u64 {
+    /// Inodes in use, for statfs.
+    pub fn inodes_used(&self) -> u64 {
         self.inode_count.load(Ordering::Relaxed)
     }
 }
