@@ -660,8 +660,12 @@ mod tests {
         std::thread::spawn(move || {
             let r = c.read(b, 0, 5).unwrap();
             c.flush(b).unwrap();
-            let what = NewNode::File { mode: libc::S_IFREG | 0o644, rdev: 0 };
-            c.create_node(&Caller::root(), ROOT_INO, b"c", what, false).unwrap();
+            let what = NewNode::File {
+                mode: libc::S_IFREG | 0o644,
+                rdev: 0,
+            };
+            c.create_node(&Caller::root(), ROOT_INO, b"c", what, false)
+                .unwrap();
             c.unlink(&Caller::root(), ROOT_INO, b"c").unwrap();
             tx.send(r).unwrap();
         });
