@@ -156,3 +156,31 @@ fn mount_helper_backgrounds_the_daemon_and_reports_errors() {
     );
     assert!(!is_mounted(&m.mnt));
 }
+
+/// The harness's promise: a daemon that stops answering fails the test, it does not hang
+/// the runner. A stopped daemon stands in for a deadlocked one.
+#[test]
+fn harness_watchdog_turns_a_hung_daemon_into_a_failure() {
+    let mut m = Mount::unmounted(&[]);
+    m.watchdog_timeout = std::time::Duration::from_secs(3);
+    m.start();
+    fs::write(m.path("f"), b"x").unwrap();
+    // SAFETY: kill(2) on our own child daemon, still running.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let mnt = m.mnt.clone();
+    let reader = std::thread::spawn(move || fs::read_dir(&mnt).map(|d| d.count()));
+    let result = reader.join().unwrap();
+    let err = result.expect_err("a read_dir on a hung mount cannot succeed");
+    assert!(
+        matches!(
+            err.raw_os_error(),
+            Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        ),
+        "after the watchdog's abort: {err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "watchdog too slow"
+    );
+}

@@ -13,8 +13,8 @@ const BLOCKS: u64 = 96;
 const WRITERS: u64 = 3;
 const READERS: usize = 3;
 
-/// A 4 KiB block that says which block and which generation it is, so a reader can tell
-/// a whole block (old or new) from a torn or misplaced one.
+/// A 4 KiB block that says which block and which generation it is (16-byte header),
+/// with an incompressible body that depends on both.
 fn block(index: u64, generation: u64) -> Vec<u8> {
     let mut b = pseudo_random(BLOCK, index * 1_000_003 + generation);
     b[..8].copy_from_slice(&index.to_le_bytes());
@@ -22,6 +22,11 @@ fn block(index: u64, generation: u64) -> Vec<u8> {
     b
 }
 
+/// Checks a block read while its writer may be writing it; returns the generation in
+/// its header. Linux does not make buffered read(2) atomic against a concurrent
+/// write(2) of the same page (ext4 shows torn pages in the same test: 44 in 47,000
+/// whole-file reads), so each byte may come from the previous, the same or the next
+/// generation, but from nothing else: no other block's data, no zeros, nothing older.
 fn check_block(b: &[u8], index: u64) -> u64 {
     let got_index = u64::from_le_bytes(b[..8].try_into().unwrap());
     let generation = u64::from_le_bytes(b[8..16].try_into().unwrap());
@@ -29,11 +34,26 @@ fn check_block(b: &[u8], index: u64) -> u64 {
         got_index, index,
         "block {index} holds block {got_index}'s data"
     );
+    let near = [generation.saturating_sub(1), generation, generation + 1].map(|g| block(index, g));
+    if let Some(pos) = (16..BLOCK).find(|&j| near.iter().all(|n| n[j] != b[j])) {
+        panic!(
+            "block {index} (generation {generation} in its header): byte at offset {pos} is from \
+             none of generations {}..={}",
+            generation.saturating_sub(1),
+            generation + 1
+        );
+    }
+    generation
+}
+
+/// A block no one is writing must be exactly one generation.
+fn check_exact(b: &[u8], index: u64, generation: u64) {
+    let got = check_block(b, index);
+    assert_eq!(got, generation, "block {index}: generation");
     assert!(
         b == block(index, generation),
         "block {index} generation {generation} is torn"
     );
-    generation
 }
 
 #[test]
@@ -60,18 +80,15 @@ fn concurrent_readers_and_writers_on_one_file() {
                 .open(&path)
                 .unwrap();
             let mut last = vec![0u64; BLOCKS as usize];
-            for generation in 1..=30u64 {
+            for generation in 1..=60u64 {
                 for i in (w..BLOCKS).step_by(WRITERS as usize) {
                     f.write_all_at(&block(i, generation), i * BLOCK as u64)
                         .unwrap();
                     last[i as usize] = generation;
                     let mut b = vec![0u8; BLOCK];
                     f.read_exact_at(&mut b, i * BLOCK as u64).unwrap();
-                    assert_eq!(
-                        check_block(&b, i),
-                        generation,
-                        "read-after-write of block {i}"
-                    );
+                    // Only this thread writes block i: read-after-write is exact.
+                    check_exact(&b, i, generation);
                 }
                 if generation % 10 == 0 {
                     f.sync_data().unwrap();
@@ -138,11 +155,9 @@ fn concurrent_readers_and_writers_on_one_file() {
     let check_final = |what: &str| {
         let all = fs::read(&path).unwrap();
         for (i, b) in all.chunks(BLOCK).enumerate() {
-            assert_eq!(
-                check_block(b, i as u64),
-                last[i],
-                "{what}: final generation of block {i}"
-            );
+            let got = u64::from_le_bytes(b[8..16].try_into().unwrap());
+            assert_eq!(got, last[i], "{what}: final generation of block {i}");
+            check_exact(b, i as u64, last[i]);
         }
     };
     check_final("before remount");
@@ -332,7 +347,8 @@ fn readdir_is_stable_under_concurrent_creates_and_unlinks() {
 }
 
 /// A writer that never closes its file: the daemon's memory must stay bounded by its
-/// dirty limit and caches, not grow with the data written.
+/// dirty limit and caches, not grow with the data written. Measured at cbbae94: peak
+/// RSS 259-286 MiB (dirty 32M + chunk cache 32M + sled's cache, allocator, threads).
 #[test]
 fn memory_stays_bounded_under_a_writer_that_never_closes() {
     let m = Mount::with_options(&["dirty_limit=32M", "cache_size=32M"]);

@@ -3,10 +3,17 @@
 //!
 //! The daemon's stderr goes to a file rather than a pipe, so a chatty daemon can never
 //! block on a full pipe and every failure message can quote the whole log.
+//!
+//! A watchdog thread per mount bounds the whole test: a daemon that deadlocks leaves the
+//! test's own threads blocked in system calls on the mount, where no teardown can reach
+//! them. After [`TEST_TIMEOUT`] the watchdog aborts the FUSE connection (fusectl) and
+//! kills the daemon, so those calls fail with ENOTCONN and the test fails instead of
+//! hanging the runner.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -16,6 +23,17 @@ const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one `fusermount3` call may take before the teardown escalates.
 const FUSERMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one test may keep a mount before the watchdog aborts it (default; the
+/// environment variable LLMFS_MOUNT_TEST_TIMEOUT, in seconds, overrides it).
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn test_timeout() -> Duration {
+    std::env::var("LLMFS_MOUNT_TEST_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(TEST_TIMEOUT, Duration::from_secs)
+}
+const FUSECTL: &str = "/sys/fs/fuse/connections";
 
 pub fn llmfs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_llmfs")
@@ -28,6 +46,13 @@ pub fn require_fuse() {
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: the mount tests need FUSE (load the fuse module or run with --device /dev/fuse)"
     );
+    // The watchdog aborts hung connections through fusectl; mount it when it is not.
+    if fs::read_dir(FUSECTL).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none", FUSECTL])
+            .stderr(Stdio::null())
+            .status();
+    }
     let found = Command::new("fusermount3")
         .arg("-V")
         .stdout(Stdio::null())
@@ -50,6 +75,44 @@ pub struct Mount {
     child: Option<Child>,
     /// Number of daemon starts, so each start's log is kept apart.
     starts: u32,
+    /// What the watchdog must abort: the running daemon's pid and FUSE connection.
+    live: Arc<Mutex<Option<Live>>>,
+    watchdog: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// Set before the first start to change the watchdog's timeout for this mount.
+    pub watchdog_timeout: Duration,
+}
+
+struct Live {
+    pid: u32,
+    /// /sys/fs/fuse/connections/N/abort of this mount.
+    abort: PathBuf,
+}
+
+/// Waits for the mount's owner to go away; past the deadline, aborts the connection.
+fn spawn_watchdog(
+    live: Arc<Mutex<Option<Live>>>,
+    mnt: PathBuf,
+    timeout: Duration,
+) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        if rx.recv_timeout(timeout) != Err(mpsc::RecvTimeoutError::Timeout) {
+            return;
+        }
+        if let Some(l) = live.lock().unwrap().take() {
+            eprintln!(
+                "watchdog: test held {} for more than {timeout:?}; aborting the FUSE connection \
+                 and killing the daemon (pid {})",
+                mnt.display(),
+                l.pid
+            );
+            let _ = fs::write(&l.abort, "1");
+            // SAFETY: kill(2) on the pid of our own child daemon, which has not been
+            // reaped: `live` is cleared before every wait that reaps it.
+            unsafe { libc::kill(l.pid as i32, libc::SIGKILL) };
+        }
+    });
+    (tx, handle)
 }
 
 impl Mount {
@@ -86,6 +149,9 @@ impl Mount {
             options: options.iter().map(|s| s.to_string()).collect(),
             child: None,
             starts: 0,
+            live: Arc::new(Mutex::new(None)),
+            watchdog: None,
+            watchdog_timeout: test_timeout(),
         }
     }
 
@@ -138,6 +204,7 @@ impl Mount {
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if is_mounted(&self.mnt) {
+                self.arm_watchdog();
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -155,6 +222,23 @@ impl Mount {
                 );
             }
             sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn arm_watchdog(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let dev = fs::metadata(&self.mnt).expect("stat the new mount").dev();
+        let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+        *self.live.lock().unwrap() = Some(Live {
+            pid: self.pid(),
+            abort: Path::new(FUSECTL).join(minor.to_string()).join("abort"),
+        });
+        if self.watchdog.is_none() {
+            self.watchdog = Some(spawn_watchdog(
+                self.live.clone(),
+                self.mnt.clone(),
+                self.watchdog_timeout,
+            ));
         }
     }
 
@@ -203,6 +287,7 @@ impl Mount {
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
+        *self.live.lock().unwrap() = None;
         let child = self.child.as_mut().expect("daemon is not running");
         let deadline = Instant::now() + EXIT_TIMEOUT;
         loop {
@@ -235,6 +320,11 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        *self.live.lock().unwrap() = None;
+        if let Some((stop, handle)) = self.watchdog.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
         // Escalate: clean unmount, lazy unmount, SIGKILL. Each step is bounded in time so
         // that a hung daemon can fail a test but never hang the runner.
         if is_mounted(&self.mnt) && !fusermount(&["-u"], &self.mnt) {

@@ -93,7 +93,9 @@ lint() {
 cargo_tests() {
     # Mount tests start the daemon binary that this build produces; FUSE must be there.
     require_fuse
-    cargo test --release -- --test-threads=2
+    # The mount tests' own watchdog aborts a hung mount after 300 s per test; this bounds
+    # everything else (a hung build script, a test outside mount-tests).
+    timeout --kill-after=30 2400 cargo test --release -- --test-threads=2
 }
 
 pjdfstest_suite() { scripts/pjdfstest.sh; }

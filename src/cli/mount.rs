@@ -205,6 +205,10 @@ fn parse_size(key: &str, v: &str) -> Result<u64, UsageError> {
         .ok_or_else(bad)
 }
 
+/// Store writes stuck this long mean a deadlock, not a slow disk (a flush of the whole
+/// dirty limit takes seconds).
+const WRITE_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     limit_malloc_arenas();
     // Signals are taken by one named thread (sigwait), so they are blocked in this
@@ -230,6 +234,9 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     let flusher = core
         .spawn_flusher()
         .context("starting the flusher thread")?;
+    let _watchdog = core
+        .spawn_watchdog(WRITE_STALL_LIMIT)
+        .context("starting the watchdog thread")?;
 
     let fuse_config = {
         let mut c = fuser::Config::default();
@@ -287,7 +294,12 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     if flusher.join().is_err() {
         log::error!("the flusher thread panicked");
     }
-    served.context("serving FUSE requests")?;
+    match served {
+        // An unmount from outside ends the request loops with ENODEV (fuser's Ok) or,
+        // when a loop was inside a request, ECONNABORTED: both are a normal end.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+        r => r.context("serving FUSE requests")?,
+    }
     log::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
 }

@@ -110,6 +110,7 @@ impl Core {
             });
         }
         g.inode = inode;
+        g.meta_dirty = true;
         self.persist(ino, &mut g)?;
         Ok(Entry {
             ino,

@@ -200,6 +200,10 @@ impl Core {
             return Err(FsError::NotDir);
         }
         let (ino, kind) = self.store.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        if ino == parent {
+            // Only a damaged store names a directory inside itself; never lock it twice.
+            return Err(FsError::Invalid);
+        }
         match (dir, kind == Kind::Dir) {
             (true, false) => return Err(FsError::NotDir),
             (false, true) => return Err(FsError::IsDir),

@@ -437,7 +437,7 @@ impl Filesystem for FuseFs {
                     s.blocks(),
                     s.blocks_free(),
                     s.blocks_available(),
-                    self.core.usage() + free_inodes,
+                    self.core.inodes_used() + free_inodes,
                     free_inodes,
                     s.block_size() as u32,
                     255,
@@ -549,6 +549,21 @@ impl Filesystem for FuseFs {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls (isatty() asks TCGETS of every file Python opens): ENOTTY, quietly.
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn lseek(

@@ -270,8 +270,41 @@ impl Core {
             })
     }
 
-    /// (blocks used, inodes used) for statfs.
-    pub fn usage(&self) -> u64 {
+    /// Runs the watchdog until [`Core::shutdown`]: when store writes make no progress
+    /// for `limit` (a deadlock inside sled, spacejam/sled#1412), it logs and aborts the
+    /// process, so that its supervisor restarts it; sled recovers at the next open and
+    /// everything fsync'd is kept.
+    pub fn spawn_watchdog(
+        self: &Arc<Self>,
+        limit: Duration,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let core = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("llmfs-watchdog".into())
+            .spawn(move || loop {
+                {
+                    let mut stop = core.shutdown.0.lock();
+                    if !*stop {
+                        core.shutdown.1.wait_for(&mut stop, Duration::from_secs(5));
+                    }
+                    if *stop {
+                        return;
+                    }
+                }
+                let stall = core.store.write_stall();
+                if stall > limit {
+                    log::error!(
+                        "store writes made no progress for {} s (sled deadlock?): aborting so the \
+                     supervisor restarts the daemon",
+                        stall.as_secs()
+                    );
+                    std::process::abort();
+                }
+            })
+    }
+
+    /// Inodes in use, for statfs.
+    pub fn inodes_used(&self) -> u64 {
         self.inode_count.load(Ordering::Relaxed)
     }
 }

@@ -7,6 +7,9 @@ pub mod stats;
 
 use records::{Inode, Kind, Superblock, Time, FORMAT_VERSION};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub use sled::Batch;
 
@@ -38,6 +41,42 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     superblock: Superblock,
+    writes: WriteProgress,
+}
+
+/// How long the oldest unfinished write has been running, for the watchdog: sled 0.34
+/// can deadlock inside `apply_batch` under concurrent load (spacejam/sled#1412), and a
+/// daemon that hangs forever is worse than one that dies and is restarted.
+#[derive(Default)]
+struct WriteProgress {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `origin` when a write last finished (or the first started).
+    last_progress_ms: AtomicU64,
+    origin: OnceLock<Instant>,
+}
+
+impl WriteProgress {
+    fn now_ms(&self) -> u64 {
+        self.origin.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.last_progress_ms.store(self.now_ms(), Ordering::SeqCst);
+        }
+        let r = f();
+        self.last_progress_ms.store(self.now_ms(), Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    fn stalled_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            return Duration::ZERO;
+        }
+        let last = self.last_progress_ms.load(Ordering::SeqCst);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
 }
 
 impl Store {
@@ -94,6 +133,7 @@ impl Store {
             db,
             tree,
             superblock,
+            writes: WriteProgress::default(),
         })
     }
 
@@ -111,13 +151,18 @@ impl Store {
     }
 
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        Ok(self.tree.apply_batch(batch)?)
+        Ok(self.writes.run(|| self.tree.apply_batch(batch))?)
     }
 
     /// Makes everything applied so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.writes.run(|| self.db.flush())?;
         Ok(())
+    }
+
+    /// How long writes have been in flight without any of them finishing.
+    pub fn write_stall(&self) -> Duration {
+        self.writes.stalled_for()
     }
 
     pub fn get_inode(&self, ino: u64) -> Result<Option<Inode>, StoreError> {
@@ -284,6 +329,17 @@ mod tests {
         }
         let s = Store::open(dir.path(), &CreateOptions { chunk_size: 4096 }).unwrap();
         assert_eq!(s.chunk_size(), 8192, "chunk size is fixed at creation");
+    }
+
+    #[test]
+    fn write_stall_is_zero_when_idle_and_grows_while_a_write_hangs() {
+        let p = WriteProgress::default();
+        assert_eq!(p.stalled_for(), Duration::ZERO);
+        p.run(|| {
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(p.stalled_for() >= Duration::from_millis(20));
+        });
+        assert_eq!(p.stalled_for(), Duration::ZERO);
     }
 
     #[test]
