@@ -249,7 +249,8 @@ impl Core {
     }
 
     /// Runs the background flusher until [`Core::shutdown`]: dirty chunks of files that
-    /// stay open are persisted every `flush_interval`, so little is lost on a crash.
+    /// stay open are persisted every `flush_interval`, so little is lost on a crash, and
+    /// the chunks of big deleted files are removed (woken at once by the deletion).
     pub fn spawn_flusher(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let core = Arc::clone(self);
         std::thread::Builder::new()
@@ -267,7 +268,21 @@ impl Core {
                 if let Err(e) = core.persist_all() {
                     log::error!("background flush failed: {e}");
                 }
+                if !core.cfg.read_only {
+                    if let Err(e) = core.reap_orphans() {
+                        log::error!("deleting unlinked files failed: {e}");
+                    }
+                }
             })
+    }
+
+    /// Wakes the background threads (the flusher also reaps orphans).
+    fn wake_background(&self) {
+        self.shutdown.1.notify_all();
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.0.lock()
     }
 
     /// Runs the watchdog until [`Core::shutdown`]: when store writes make no progress
