@@ -619,7 +619,9 @@ mod tests {
         drop(core);
         let core = Core::load(&path, CoreConfig::default()).unwrap();
         assert!(core.getattr(f).is_err());
+        core.reap_orphans().unwrap();
         assert!(core.store.chunks_in(f, 0, u64::MAX).unwrap().is_empty());
+        assert!(core.store.orphans().unwrap().is_empty());
 
         let g = new_file(&core, b"g");
         core.unlink(&Caller::root(), ROOT_INO, b"g").unwrap();

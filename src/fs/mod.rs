@@ -148,17 +148,19 @@ impl Core {
         } else {
             core.store.orphans()?
         };
+        // Nothing is open yet: every orphan's inode goes now; its chunks, possibly
+        // many, go in the background (the orphan key stays until they are gone).
+        let mut b = Batch::default();
         for ino in &orphans {
-            let mut b = Batch::default();
-            core.store.delete_inode(&mut b, *ino)?;
-            core.store.apply(b)?;
+            b.remove(crate::store::keys::inode(*ino));
         }
         if !orphans.is_empty() {
+            core.store.apply(b)?;
+            core.store.flush()?;
             log::info!(
-                "deleted {} files that were unlinked while open before the last stop",
+                "{} files unlinked before the last stop are being deleted",
                 orphans.len()
             );
-            core.store.flush()?;
         }
         core.inode_count
             .store(core.store.count_inodes()?, Ordering::Relaxed);
