@@ -79,8 +79,8 @@ install_tools() {
 }
 
 fetch_model() {
-    if [[ -x scripts/fetch-model.sh ]]; then
-        scripts/fetch-model.sh
+    if [[ -f scripts/fetch-model.sh ]]; then
+        bash scripts/fetch-model.sh
     else
         log "scripts/fetch-model.sh not present: codec tests that need the model decide themselves"
     fi
