@@ -184,3 +184,38 @@ fn harness_watchdog_turns_a_hung_daemon_into_a_failure() {
         "watchdog too slow"
     );
 }
+
+/// A store written by an unknown format version is refused with a message naming it,
+/// before anything is mounted.
+#[test]
+fn store_of_unknown_format_version_is_refused() {
+    use llmfs::store::{keys, Batch, CreateOptions, Store};
+    let mut m = Mount::new();
+    fs::write(m.path("f"), b"data").unwrap();
+    m.stop();
+    {
+        let s = Store::open(&m.store, &CreateOptions { chunk_size: 4096 }).unwrap();
+        let mut sb = s.superblock().clone();
+        sb.format_version = 99;
+        let mut b = Batch::default();
+        b.insert(keys::SUPERBLOCK, sb.encode());
+        s.apply(b).unwrap();
+        s.flush().unwrap();
+    }
+    let out = Command::new(llmfs_bin())
+        .arg("mount")
+        .arg(&m.store)
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "mounting a version-99 store must fail"
+    );
+    assert!(!is_mounted(&m.mnt));
+    assert!(
+        stderr.contains("99") && stderr.to_lowercase().contains("version"),
+        "the message must name the store's version: {stderr}"
+    );
+}

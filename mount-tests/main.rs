@@ -12,3 +12,4 @@ mod cli;
 mod concurrency;
 mod crash;
 mod data;
+mod posix;

@@ -83,7 +83,7 @@ now_passing=$(awk 'NR == FNR { ok[$1] = 1; next } ok[$1] { print $1 }' \
 missing=$(awk 'NR == FNR { seen[$1] = 1; next } !seen[$1] { print $1 }' \
     "$LLMFS_TMP/results" "$LLMFS_TMP/expected")
 expected_failed=$(awk 'NR == FNR { listed[$1] = $2; next } $2 == "FAILED" && listed[$1] { print listed[$1] }' \
-    "$LLMFS_TMP/expected" "$LLMFS_TMP/results" | sort | uniq -c | awk '{ printf "%s%s %s", NR > 1 ? ", " : "", $1, $2 }')
+    "$LLMFS_TMP/expected" "$LLMFS_TMP/results" | sort | uniq -c | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }')
 
 echo
 echo "pjdfstest on llmfs (-o $MOUNT_OPTS): $passed passed, $failed failed (expected: ${expected_failed:-none}), $skipped skipped, $total total"

@@ -6,7 +6,8 @@
 #   3. the default model (scripts/fetch-model.sh), for the codec's integration tests
 #   4. cargo fmt --check, cargo clippy -D warnings
 #   5. cargo test --release: unit, integration and mount tests (mount-tests/)
-#   6. pjdfstest and fsx against a fresh mount
+#   6. pjdfstest (with and without default_permissions) and fsx (default and 1 KiB
+#      chunks), each against a fresh mount
 #
 # FUSE is required: without /dev/fuse or fusermount3 this fails, it never skips.
 # Prints the time of each stage and a summary table at the end.
@@ -78,8 +79,8 @@ install_tools() {
 }
 
 fetch_model() {
-    if [[ -x scripts/fetch-model.sh ]]; then
-        scripts/fetch-model.sh
+    if [[ -f scripts/fetch-model.sh ]]; then
+        bash scripts/fetch-model.sh
     else
         log "scripts/fetch-model.sh not present: codec tests that need the model decide themselves"
     fi
@@ -98,8 +99,18 @@ cargo_tests() {
     timeout --kill-after=30 2400 cargo test --release -- --test-threads=2
 }
 
-pjdfstest_suite() { scripts/pjdfstest.sh; }
-fsx_suite() { scripts/fsx.sh -N "${FSX_OPS:-20000}" -S "${FSX_SEED:-1}"; }
+# pjdfstest twice: with default_permissions the kernel checks modes, without it llmfs's
+# own permission checks answer (3-5 s each).
+pjdfstest_suite() {
+    PJDFSTEST_MOUNT_OPTS=allow_other,default_permissions scripts/pjdfstest.sh
+    PJDFSTEST_MOUNT_OPTS=allow_other scripts/pjdfstest.sh
+}
+# fsx on the default chunk size, and on the smallest (1 KiB) where every operation
+# crosses chunk boundaries.
+fsx_suite() {
+    scripts/fsx.sh -N "${FSX_OPS:-20000}" -S "${FSX_SEED:-1}"
+    FSX_MOUNT_OPTS=chunk_size=1K scripts/fsx.sh -N "${FSX_OPS:-20000}" -S "$((${FSX_SEED:-1} + 1))"
+}
 
 [[ $(id -u) -eq 0 ]] || die "run as root: the mount tests and pjdfstest need it (CI runs as root)"
 stage --fatal "debian packages" install_debs
@@ -111,8 +122,8 @@ if [[ ${SKIP_LINT:-0} != 1 ]]; then
 fi
 stage --fatal "build (release)" cargo build --release --all-targets
 stage "cargo test (incl. mount)" cargo_tests
-stage "pjdfstest" pjdfstest_suite
-stage "fsx ${FSX_OPS:-20000} ops" fsx_suite
+stage "pjdfstest (2 mounts)" pjdfstest_suite
+stage "fsx 2 x ${FSX_OPS:-20000} ops" fsx_suite
 summary
 ((${#FAILED[@]} == 0)) || die "failed stages: ${FAILED[*]}"
 log "all tests passed"

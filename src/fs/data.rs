@@ -83,7 +83,8 @@ impl Core {
             // No `ns` here: it is taken before node locks, never after (no lock cycle
             // with unlink), and a file without names is touched by no namespace change.
             let mut b = Batch::default();
-            self.store.delete_inode(&mut b, ino)?;
+            let inode = g.inode.clone();
+            self.delete_inode(&mut b, ino, &inode)?;
             self.store.apply(b)?;
             self.finish_delete(ino, &mut g);
             return Ok(());
@@ -618,12 +619,32 @@ mod tests {
         drop(core);
         let core = Core::load(&path, CoreConfig::default()).unwrap();
         assert!(core.getattr(f).is_err());
+        core.reap_orphans().unwrap();
         assert!(core.store.chunks_in(f, 0, u64::MAX).unwrap().is_empty());
+        assert!(core.store.orphans().unwrap().is_empty());
 
         let g = new_file(&core, b"g");
         core.unlink(&Caller::root(), ROOT_INO, b"g").unwrap();
         core.release(g).unwrap();
         assert!(core.getattr(g).is_err());
+    }
+
+    #[test]
+    fn big_files_are_unlinked_at_once_and_reaped_in_the_background() {
+        let (_d, core) = core();
+        let f = new_file(&core, b"big");
+        for i in 0..8u64 {
+            core.write(f, i << 20, &pattern(4096, i as u32), false)
+                .unwrap();
+        }
+        core.write(f, 8 << 20, b"end", false).unwrap();
+        core.release(f).unwrap();
+        core.unlink(&Caller::root(), ROOT_INO, b"big").unwrap();
+        assert!(core.getattr(f).is_err(), "the name and inode go at once");
+        assert_eq!(core.store.orphans().unwrap(), vec![f]);
+        core.reap_orphans().unwrap();
+        assert!(core.store.orphans().unwrap().is_empty());
+        assert!(core.store.chunks_in(f, 0, u64::MAX).unwrap().is_empty());
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct DirHandle {
     names: Vec<Vec<u8>>,
 }
 
+/// Files with more chunks than this are deleted in the background.
+const REAP_INLINE_CHUNKS: u64 = 1024;
+
 /// Cookies 1 and 2 are `.` and `..`; entry `names[i]` has cookie `i + 3`.
 const FIRST_NAME_COOKIE: u64 = 3;
 
@@ -257,8 +260,41 @@ impl Core {
             b.insert(keys::orphan(ino), &[][..]);
             return Ok(false);
         }
-        self.store.delete_inode(b, ino)?;
+        self.delete_inode(b, ino, &c.inode)?;
         Ok(true)
+    }
+
+    /// Adds to `b` the deletion of an inode that has no names and no open handles. A
+    /// big file's chunks (262,144 for 1 GiB) are left to the background reaper, found
+    /// through the orphan key, so unlink returns at once and a crash leaks nothing.
+    pub(super) fn delete_inode(&self, b: &mut Batch, ino: u64, inode: &Inode) -> FsResult<()> {
+        if inode.size / self.chunk_size() > REAP_INLINE_CHUNKS {
+            b.remove(keys::inode(ino));
+            b.insert(keys::orphan(ino), &[][..]);
+            self.wake_background();
+        } else {
+            self.store.delete_inode(b, ino)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the chunks of orphans no longer open, a bounded batch at a time.
+    pub(super) fn reap_orphans(&self) -> FsResult<()> {
+        for ino in self.store.orphans()? {
+            let open = self.nodes.lock().get(&ino).cloned();
+            if open.is_some_and(|n| n.lock().open > 0) || self.stopping() {
+                continue;
+            }
+            while self.store.delete_some_chunks(ino, 4096)? > 0 {
+                if self.stopping() {
+                    return Ok(());
+                }
+            }
+            let mut b = Batch::default();
+            self.store.delete_inode(&mut b, ino)?;
+            self.store.apply(b)?;
+        }
+        Ok(())
     }
 
     /// In-memory side of deleting an inode whose records are gone.

@@ -148,17 +148,19 @@ impl Core {
         } else {
             core.store.orphans()?
         };
+        // Nothing is open yet: every orphan's inode goes now; its chunks, possibly
+        // many, go in the background (the orphan key stays until they are gone).
+        let mut b = Batch::default();
         for ino in &orphans {
-            let mut b = Batch::default();
-            core.store.delete_inode(&mut b, *ino)?;
-            core.store.apply(b)?;
+            b.remove(crate::store::keys::inode(*ino));
         }
         if !orphans.is_empty() {
+            core.store.apply(b)?;
+            core.store.flush()?;
             log::info!(
-                "deleted {} files that were unlinked while open before the last stop",
+                "{} files unlinked before the last stop are being deleted",
                 orphans.len()
             );
-            core.store.flush()?;
         }
         core.inode_count
             .store(core.store.count_inodes()?, Ordering::Relaxed);
@@ -249,7 +251,8 @@ impl Core {
     }
 
     /// Runs the background flusher until [`Core::shutdown`]: dirty chunks of files that
-    /// stay open are persisted every `flush_interval`, so little is lost on a crash.
+    /// stay open are persisted every `flush_interval`, so little is lost on a crash, and
+    /// the chunks of big deleted files are removed (woken at once by the deletion).
     pub fn spawn_flusher(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let core = Arc::clone(self);
         std::thread::Builder::new()
@@ -267,7 +270,21 @@ impl Core {
                 if let Err(e) = core.persist_all() {
                     log::error!("background flush failed: {e}");
                 }
+                if !core.cfg.read_only {
+                    if let Err(e) = core.reap_orphans() {
+                        log::error!("deleting unlinked files failed: {e}");
+                    }
+                }
             })
+    }
+
+    /// Wakes the background threads (the flusher also reaps orphans).
+    fn wake_background(&self) {
+        self.shutdown.1.notify_all();
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.0.lock()
     }
 
     /// Runs the watchdog until [`Core::shutdown`]: when store writes make no progress

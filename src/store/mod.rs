@@ -255,7 +255,27 @@ impl Store {
         Ok(())
     }
 
-    /// Inodes that were unlinked while open when the daemon last stopped.
+    /// Removes up to `max` chunks of `ino`; returns how many it removed.
+    pub fn delete_some_chunks(&self, ino: u64, max: usize) -> Result<usize, StoreError> {
+        let mut b = Batch::default();
+        let mut n = 0;
+        for k in self
+            .tree
+            .scan_prefix(keys::chunk_prefix(ino))
+            .keys()
+            .take(max)
+        {
+            b.remove(k?);
+            n += 1;
+        }
+        if n > 0 {
+            self.apply(b)?;
+        }
+        Ok(n)
+    }
+
+    /// Inodes without names still holding data: open when unlinked, or big files whose
+    /// chunks the background reaper has not removed yet.
     pub fn orphans(&self) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
         for k in self.tree.scan_prefix(keys::orphan_prefix()).keys() {
