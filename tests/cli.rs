@@ -8,8 +8,14 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn llmfs(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmfs"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmfs"));
+    cmd.args(args);
+    if matches!(args.first(), Some(&("compress" | "decompress"))) {
+        // One llama.cpp thread per process: tests run two at a time on two cores, and
+        // oversubscribed OpenMP teams spin against each other.
+        cmd.args(["--threads", "1"]);
+    }
+    let mut child = cmd
         .env("LLMFS_MODEL", common::model_path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
