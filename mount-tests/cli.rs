@@ -168,10 +168,13 @@ fn harness_watchdog_turns_a_hung_daemon_into_a_failure() {
     // SAFETY: kill(2) on our own child daemon, still running.
     unsafe { libc::kill(m.pid() as i32, libc::SIGSTOP) };
     let started = std::time::Instant::now();
-    let mnt = m.mnt.clone();
-    let reader = std::thread::spawn(move || fs::read_dir(&mnt).map(|d| d.count()));
-    let result = reader.join().unwrap();
-    let err = result.expect_err("a read_dir on a hung mount cannot succeed");
+    // A name never looked up before: the kernel cannot answer from its caches (a
+    // read_dir of the root can be served from the cached listing), so the create must
+    // reach the stopped daemon.
+    let fresh = m.path("never-looked-up");
+    let creator = std::thread::spawn(move || fs::write(&fresh, b"y"));
+    let result = creator.join().unwrap();
+    let err = result.expect_err("a create on a hung mount cannot succeed");
     assert!(
         matches!(
             err.raw_os_error(),
