@@ -130,8 +130,7 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::super::dir::NewNode;
-    use super::super::testutil::core;
+    use super::super::testutil::{core, new_file};
     use super::*;
     use crate::store::ROOT_INO;
 
@@ -139,18 +138,7 @@ mod tests {
     fn chown_rules_and_suid_clearing() {
         let (_d, core) = core();
         let root = Caller::root();
-        let f = core
-            .create_node(
-                &root,
-                ROOT_INO,
-                b"f",
-                NewNode::File {
-                    mode: libc::S_IFREG | 0o6755,
-                    rdev: 0,
-                },
-                false,
-            )
-            .unwrap();
+        let f = new_file(&core, &root, ROOT_INO, b"f", 0o6755).unwrap();
         core.setattr(
             &root,
             f.ino,
@@ -216,18 +204,7 @@ mod tests {
     fn utimens_now_needs_write_access_explicit_needs_ownership() {
         let (_d, core) = core();
         let root = Caller::root();
-        let f = core
-            .create_node(
-                &root,
-                ROOT_INO,
-                b"f",
-                NewNode::File {
-                    mode: libc::S_IFREG | 0o666,
-                    rdev: 0,
-                },
-                false,
-            )
-            .unwrap();
+        let f = new_file(&core, &root, ROOT_INO, b"f", 0o666).unwrap();
         let bob = Caller::with_groups(1001, 1001, vec![]);
         let now = SetAttr {
             atime: Some(SetTime::Now),

@@ -375,7 +375,7 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::core;
+    use super::super::testutil::{core, new_file};
     use super::*;
     use crate::store::ROOT_INO;
 
@@ -396,18 +396,7 @@ mod tests {
     fn create_lookup_unlink() {
         let (_d, core) = core();
         let root = Caller::root();
-        let e = core
-            .create_node(
-                &root,
-                ROOT_INO,
-                b"a",
-                NewNode::File {
-                    mode: libc::S_IFREG | 0o644,
-                    rdev: 0,
-                },
-                false,
-            )
-            .unwrap();
+        let e = new_file(&core, &root, ROOT_INO, b"a", 0o644).unwrap();
         assert_eq!(core.lookup(&root, ROOT_INO, b"a").unwrap().ino, e.ino);
         assert!(matches!(
             core.create_node(&root, ROOT_INO, b"a", NewNode::Dir { mode: 0o755 }, false),
@@ -429,17 +418,7 @@ mod tests {
             .create_node(&root, ROOT_INO, b"d", NewNode::Dir { mode: 0o755 }, false)
             .unwrap();
         assert_eq!(core.getattr(ROOT_INO).unwrap().inode.nlink, 3);
-        core.create_node(
-            &root,
-            d.ino,
-            b"f",
-            NewNode::File {
-                mode: libc::S_IFREG | 0o644,
-                rdev: 0,
-            },
-            false,
-        )
-        .unwrap();
+        new_file(&core, &root, d.ino, b"f", 0o644).unwrap();
         assert!(matches!(
             core.rmdir(&root, ROOT_INO, b"d"),
             Err(FsError::NotEmpty)
@@ -454,17 +433,7 @@ mod tests {
         let (_d, core) = core();
         let root = Caller::root();
         for n in ["a", "b", "c", "d"] {
-            core.create_node(
-                &root,
-                ROOT_INO,
-                n.as_bytes(),
-                NewNode::File {
-                    mode: libc::S_IFREG | 0o644,
-                    rdev: 0,
-                },
-                false,
-            )
-            .unwrap();
+            new_file(&core, &root, ROOT_INO, n.as_bytes(), 0o644).unwrap();
         }
         let fh = core.opendir(&root, ROOT_INO, 0).unwrap();
         let first = list(&core, fh, 0, 3);
@@ -499,17 +468,7 @@ mod tests {
             .unwrap();
         let alice = Caller::with_groups(1000, 1000, vec![]);
         let bob = Caller::with_groups(1001, 1001, vec![]);
-        core.create_node(
-            &alice,
-            t.ino,
-            b"x",
-            NewNode::File {
-                mode: libc::S_IFREG | 0o666,
-                rdev: 0,
-            },
-            false,
-        )
-        .unwrap();
+        new_file(&core, &alice, t.ino, b"x", 0o666).unwrap();
         assert!(matches!(core.unlink(&bob, t.ino, b"x"), Err(FsError::Perm)));
         core.unlink(&alice, t.ino, b"x").unwrap();
     }

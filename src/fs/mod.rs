@@ -355,6 +355,21 @@ pub(crate) mod testutil {
         core_with(CoreConfig::default())
     }
 
+    /// Creates a regular file with permission bits `perm` (not opened).
+    pub fn new_file(
+        core: &Core,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+    ) -> FsResult<Entry> {
+        let what = dir::NewNode::File {
+            mode: libc::S_IFREG | perm,
+            rdev: 0,
+        };
+        core.create_node(caller, parent, name, what, false)
+    }
+
     pub fn core_with(cfg: CoreConfig) -> (tempfile::TempDir, Core) {
         let dir = tempfile::tempdir().unwrap();
         let core = Core::load(&dir.path().join("store"), cfg).unwrap();

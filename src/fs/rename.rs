@@ -190,22 +190,13 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::super::dir::NewNode;
-    use super::super::testutil::core;
+    use super::super::testutil::{core, new_file};
     use super::*;
 
     fn file(core: &Core, parent: u64, name: &[u8]) -> u64 {
-        core.create_node(
-            &Caller::root(),
-            parent,
-            name,
-            NewNode::File {
-                mode: libc::S_IFREG | 0o644,
-                rdev: 0,
-            },
-            false,
-        )
-        .unwrap()
-        .ino
+        new_file(core, &Caller::root(), parent, name, 0o644)
+            .unwrap()
+            .ino
     }
 
     #[test]

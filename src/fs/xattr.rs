@@ -150,8 +150,7 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::super::dir::NewNode;
-    use super::super::testutil::core;
+    use super::super::testutil::{core, new_file};
     use super::*;
     use crate::store::ROOT_INO;
 
@@ -159,19 +158,7 @@ mod tests {
     fn create_replace_list_remove() {
         let (_d, core) = core();
         let r = Caller::root();
-        let f = core
-            .create_node(
-                &r,
-                ROOT_INO,
-                b"f",
-                NewNode::File {
-                    mode: libc::S_IFREG | 0o644,
-                    rdev: 0,
-                },
-                false,
-            )
-            .unwrap()
-            .ino;
+        let f = new_file(&core, &r, ROOT_INO, b"f", 0o644).unwrap().ino;
         assert!(matches!(
             core.setxattr(&r, f, b"user.a", b"1", SetXattr::Replace),
             Err(FsError::NoAttr)
