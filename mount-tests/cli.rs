@@ -192,18 +192,18 @@ fn harness_watchdog_turns_a_hung_daemon_into_a_failure() {
 /// before anything is mounted.
 #[test]
 fn store_of_unknown_format_version_is_refused() {
-    use llmfs::store::{keys, Batch, CreateOptions, Store};
+    use llmfs::store::{OpenOptions, Store, Txn};
     let mut m = Mount::new();
     fs::write(m.path("f"), b"data").unwrap();
     m.stop();
     {
-        let s = Store::open(&m.store, &CreateOptions { chunk_size: 4096 }).unwrap();
+        let s = Store::open(&m.store, &OpenOptions::default()).unwrap();
         let mut sb = s.superblock().clone();
         sb.format_version = 99;
-        let mut b = Batch::default();
-        b.insert(keys::SUPERBLOCK, sb.encode());
-        s.apply(b).unwrap();
-        s.flush().unwrap();
+        let mut t = Txn::new();
+        t.put_superblock(&sb);
+        s.commit(t).unwrap();
+        s.sync().unwrap();
     }
     let out = Command::new(llmfs_bin())
         .arg("mount")

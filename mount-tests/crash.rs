@@ -2,7 +2,8 @@
 //! the store.
 
 use crate::harness::{pseudo_random, sh, text_record, Mount};
-use llmfs::store::{keys, Batch, CreateOptions, Store};
+use llmfs::store::records::Time;
+use llmfs::store::{self, Store, Txn};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -147,22 +148,23 @@ fn kill_9_during_writes_keeps_every_fsynced_file() {
 
 /// Flips bytes inside the stored frame of chunk `index` of inode `ino`.
 fn corrupt_chunk(store: &std::path::Path, ino: u64, index: u64) -> u64 {
-    let s = Store::open(store, &CreateOptions { chunk_size: 65536 }).expect("open store offline");
-    let frame = s.get_chunk(ino, index).unwrap().unwrap_or_else(|| {
+    let s = Store::open(store, &store::OpenOptions::default()).expect("open store offline");
+    let stored = s.chunk(ino, index).unwrap().unwrap_or_else(|| {
         panic!(
             "no chunk {index} stored for inode {ino}: does the FUSE inode differ from the store's?"
         )
     });
-    let mut bad = frame.to_vec();
+    let mut bad = stored.frame.clone();
     let n = bad.len();
     // The payload's tail (not the header): a checksum, not a parse error, must catch it.
     for b in &mut bad[n - n.min(16)..] {
         *b ^= 0x5A;
     }
-    let mut batch = Batch::default();
-    batch.insert(keys::chunk(ino, index), bad);
-    s.apply(batch).unwrap();
-    s.flush().unwrap();
+    let mut t = Txn::new();
+    s.put_chunk(&mut t, ino, index, stored.ver, &bad, Time::now())
+        .unwrap();
+    s.commit(t).unwrap();
+    s.sync().unwrap();
     s.chunk_size()
 }
 

@@ -100,10 +100,11 @@ cargo_tests() {
 }
 
 # pjdfstest twice: with default_permissions the kernel checks modes, without it llmfs's
-# own permission checks answer (3-5 s each).
+# own permission checks answer (3-5 s each). allow_other implies default_permissions
+# unless no_default_permissions says otherwise.
 pjdfstest_suite() {
-    PJDFSTEST_MOUNT_OPTS=allow_other,default_permissions scripts/pjdfstest.sh
     PJDFSTEST_MOUNT_OPTS=allow_other scripts/pjdfstest.sh
+    PJDFSTEST_MOUNT_OPTS=allow_other,no_default_permissions scripts/pjdfstest.sh
 }
 # fsx on the default chunk size, and on the smallest (1 KiB) where every operation
 # crosses chunk boundaries.

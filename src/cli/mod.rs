@@ -48,7 +48,12 @@ fn normalize_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
 }
 
 pub fn main() -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // fuser's session warns that its own unmount failed after every unmount done from
+    // outside (fusermount3 -u): the mount is already gone, so that warning is noise.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,fuser::session=error"),
+    )
+    .init();
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
@@ -71,6 +76,10 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(()) => 0,
+        Err(e) if e.downcast_ref::<mount::UsageError>().is_some() => {
+            eprintln!("llmfs: usage error: {e:#}");
+            2
+        }
         Err(e) => {
             eprintln!("llmfs: error: {e:#}");
             1

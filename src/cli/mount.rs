@@ -8,7 +8,7 @@ use llmfs::fs::fuse::FuseFs;
 use llmfs::fs::{Core, CoreConfig};
 use llmfs::store::CreateOptions;
 use nix::sys::signal::{SigSet, Signal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Args)]
@@ -39,6 +39,9 @@ pub struct MountConfig {
     pub acl: SessionACL,
     pub threads: usize,
     pub core: CoreConfig,
+    /// `chunk_size=` was given: a store of another chunk size is refused, not silently
+    /// mounted with its own.
+    pub chunk_size_given: bool,
 }
 
 /// Options mount(8), mount.fuse3 and systemd pass along that mean nothing to a FUSE
@@ -76,8 +79,10 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
         acl: SessionACL::Owner,
         threads: 4,
         core: CoreConfig::default(),
+        chunk_size_given: false,
     };
     let options = args.options;
+    let mut default_permissions: Option<bool> = None;
     for opt in options.iter().flat_map(|o| o.split(',')) {
         let (key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -97,7 +102,14 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
             ("sync", None) => MountOption::Sync,
             ("async", None) => MountOption::Async,
             ("dirsync", None) => MountOption::DirSync,
-            ("default_permissions", None) => MountOption::DefaultPermissions,
+            ("default_permissions", None) => {
+                default_permissions = Some(true);
+                continue;
+            }
+            ("no_default_permissions", None) => {
+                default_permissions = Some(false);
+                continue;
+            }
             ("auto_unmount", None) => MountOption::AutoUnmount,
             ("fsname", v) => MountOption::FSName(need(key, v)?.into()),
             ("subtype", v) => MountOption::Subtype(need(key, v)?.into()),
@@ -129,6 +141,7 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
                 cfg.core.create = CreateOptions {
                     chunk_size: n as u32,
                 };
+                cfg.chunk_size_given = true;
                 continue;
             }
             ("threads", v) => {
@@ -146,6 +159,15 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
             std::mem::discriminant(o) != std::mem::discriminant(&fuse) && !conflicts(o, &fuse)
         });
         cfg.fuse_options.push(fuse);
+    }
+    // With allow_other, the kernel's own permission checks are the only sound ones: it
+    // caches dentries, and a cached lookup skips the daemon's check of the directories
+    // on the way (measured: user nobody read a root file inside a 0700 directory 177 of
+    // 400 times while root was using it). So allow_other implies default_permissions
+    // unless no_default_permissions says otherwise.
+    let others = cfg.acl != SessionACL::Owner;
+    if default_permissions.unwrap_or(others) {
+        cfg.fuse_options.push(MountOption::DefaultPermissions);
     }
     cfg.core.read_only = cfg.fuse_options.contains(&MountOption::RO);
     cfg.core.update_atime =
@@ -205,6 +227,65 @@ fn parse_size(key: &str, v: &str) -> Result<u64, UsageError> {
         .ok_or_else(bad)
 }
 
+/// The canonical form of `p`, also when its last parts do not exist yet.
+fn canonical(p: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut cur = p.to_path_buf();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            return missing
+                .into_iter()
+                .rev()
+                .fold(c, |acc, part| acc.join(part));
+        }
+        match (cur.file_name(), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name.to_os_string());
+                cur = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
+/// Refuses a missing mount point, and a store and mount point inside one another: a
+/// store inside its own mount would be written through itself (the first `df` hung the
+/// daemon and its caller for good).
+fn check_paths(store: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("mount point {} does not exist", mountpoint.display())
+        }
+        Err(e) => anyhow::bail!("mount point {}: {e}", mountpoint.display()),
+        Ok(m) if !m.is_dir() => {
+            anyhow::bail!("mount point {} is not a directory", mountpoint.display())
+        }
+        Ok(_) => {}
+    }
+    let (s, m) = (canonical(store), canonical(mountpoint));
+    if s.starts_with(&m) {
+        return Err(UsageError(format!(
+            "the store {} is inside the mount point {}: it would be stored in itself",
+            store.display(),
+            mountpoint.display()
+        ))
+        .into());
+    }
+    if m.starts_with(&s) {
+        return Err(UsageError(format!(
+            "the mount point {} is inside the store {}: pick a mount point elsewhere",
+            mountpoint.display(),
+            store.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Store writes stuck this long mean a deadlock, not a slow disk (a flush of the whole
 /// dirty limit takes seconds).
 const WRITE_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -219,18 +300,21 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     }
     signals.thread_block().context("blocking signals")?;
 
-    if !cfg.mountpoint.is_dir() {
-        anyhow::bail!(
-            "mount point {} is not a directory",
-            cfg.mountpoint.display()
-        );
-    }
-    std::fs::create_dir_all(&cfg.store)
-        .with_context(|| format!("creating store directory {}", cfg.store.display()))?;
+    check_paths(&cfg.store, &cfg.mountpoint)?;
     let core = Arc::new(
         Core::load(&cfg.store, cfg.core.clone())
             .map_err(|e| anyhow::anyhow!("opening store {}: {e}", cfg.store.display()))?,
     );
+    if cfg.chunk_size_given && core.chunk_size() != u64::from(cfg.core.create.chunk_size) {
+        return Err(UsageError(format!(
+            "chunk_size={}: the store {} has chunks of {} bytes, fixed when it was created; \
+             drop the option or use a new store",
+            cfg.core.create.chunk_size,
+            cfg.store.display(),
+            core.chunk_size()
+        ))
+        .into());
+    }
     let flusher = core
         .spawn_flusher()
         .context("starting the flusher thread")?;

@@ -1,43 +1,50 @@
-//! `llmfs stats STORE`: a small table of what an unmounted store holds.
+//! `llmfs stats`: what a store holds, in which codec, against what it costs on disk.
 
 use clap::Args;
+use llmfs::store::stats::StoreStats;
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct StatsArgs {
-    /// The store directory (not mounted: sled allows one user at a time).
+    /// The store directory (unmounted).
     pub store: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    a as f64 / b.max(1) as f64
+}
+
+/// Prints `fields` (plus the ratios derived from them) as a table or a JSON object.
+pub fn print(st: &StoreStats, json: bool) {
+    let mut fields: Vec<(String, String)> = st
+        .fields()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+    fields.push((
+        "ratio_stored".into(),
+        format!("{:.2}", ratio(st.logical_bytes, st.stored_bytes)),
+    ));
+    fields.push((
+        "ratio_disk".into(),
+        format!("{:.2}", ratio(st.logical_bytes, st.disk_bytes)),
+    ));
+    if json {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        println!("{{{}}}", body.join(","));
+    } else {
+        for (k, v) in fields {
+            println!("{k:<24} {v:>16}");
+        }
+    }
 }
 
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
-    if !args.store.join("conf").exists() && !args.store.join("db").exists() {
-        anyhow::bail!("{} is not an llmfs store", args.store.display());
-    }
-    let st = llmfs::store::stats::collect(&args.store).map_err(|e| {
-        anyhow::anyhow!(
-            "reading store {} (is it mounted?): {e}",
-            args.store.display()
-        )
-    })?;
-    println!("{:<24} {:>16}", "files", st.files);
-    println!("{:<24} {:>16}", "directories", st.dirs);
-    println!("{:<24} {:>16}", "logical_bytes", st.logical_bytes);
-    println!("{:<24} {:>16}", "chunk_bytes", st.chunk_bytes);
-    for (codec, n, bytes, plain) in &st.per_codec {
-        println!("{:<24} {:>16}", format!("chunks_{codec}"), n);
-        println!("{:<24} {:>16}", format!("chunk_bytes_{codec}"), bytes);
-        println!("{:<24} {:>16}", format!("plain_bytes_{codec}"), plain);
-    }
-    if st.bad_chunks > 0 {
-        println!("{:<24} {:>16}", "unreadable_chunk_headers", st.bad_chunks);
-    }
-    println!("{:<24} {:>16}", "disk_bytes", st.disk_bytes);
-    if st.chunk_bytes > 0 {
-        println!(
-            "{:<24} {:>16.2}",
-            "space_amplification",
-            st.disk_bytes as f64 / st.chunk_bytes as f64
-        );
-    }
+    let st = llmfs::store::stats::collect(&args.store)
+        .map_err(|e| anyhow::anyhow!("reading store {}: {e}", args.store.display()))?;
+    print(&st, args.json);
     Ok(())
 }

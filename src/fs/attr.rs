@@ -1,8 +1,8 @@
 //! Attribute changes: chmod, chown, truncate, utimens; and access(2).
 
-use super::data::clear_suid;
+use super::data::{clear_suid, Wait};
 use super::perm::{self, W};
-use super::{live, Caller, Core, Entry, FsError, FsResult};
+use super::{Caller, Core, Entry, FsError, FsResult};
 use crate::store::records::{Kind, Time};
 
 /// A time to set: the caller's clock ("now", UTIME_NOW) or a given one.
@@ -26,95 +26,102 @@ pub struct SetAttr {
 }
 
 impl Core {
-    pub fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr) -> FsResult<Entry> {
+    pub fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr, wait: Wait) -> FsResult<Entry> {
         let n = self.node(ino)?;
-        let mut g = live(&n)?;
-        let now = Time::now();
-        let mut inode = g.inode.clone();
-        if set.uid.is_some() || set.gid.is_some() {
-            let uid = set.uid.unwrap_or(inode.uid);
-            let gid = set.gid.unwrap_or(inode.gid);
-            if !caller.is_root() {
-                // Only root gives files away; an owner may pick one of their groups.
-                if uid != inode.uid
-                    || caller.uid != inode.uid
-                    || (gid != inode.gid && !caller.in_group(gid))
-                {
+        self.with_chunks(ino, &n, wait, |g, pre| {
+            let now = Time::now();
+            let mut inode = g.inode.clone();
+            if set.uid.is_some() || set.gid.is_some() {
+                let uid = set.uid.unwrap_or(inode.uid);
+                let gid = set.gid.unwrap_or(inode.gid);
+                if !caller.is_root() {
+                    // Only root gives files away; an owner may pick one of their groups.
+                    if uid != inode.uid
+                        || caller.uid != inode.uid
+                        || (gid != inode.gid && !caller.in_group(gid))
+                    {
+                        return Err(FsError::Perm);
+                    }
+                }
+                if inode.kind() != Kind::Dir {
+                    clear_suid(&mut inode.mode);
+                }
+                inode.uid = uid;
+                inode.gid = gid;
+                inode.ctime = now;
+            }
+            if let Some(mode) = set.mode {
+                let mut bits = mode & 0o7777;
+                let only_drops_suid = bits
+                    == inode.mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID)
+                    && bits != inode.mode & 0o7777;
+                if !perm::is_owner(&g.inode, caller) && !only_drops_suid {
                     return Err(FsError::Perm);
                 }
-            }
-            if inode.kind() != Kind::Dir {
-                clear_suid(&mut inode.mode);
-            }
-            inode.uid = uid;
-            inode.gid = gid;
-            inode.ctime = now;
-        }
-        if let Some(mode) = set.mode {
-            let mut bits = mode & 0o7777;
-            let only_drops_suid = bits == inode.mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID)
-                && bits != inode.mode & 0o7777;
-            if !perm::is_owner(&g.inode, caller) && !only_drops_suid {
-                return Err(FsError::Perm);
-            }
-            if !caller.is_root() && !caller.in_group(inode.gid) {
-                bits &= !libc::S_ISGID;
-            }
-            inode.mode = (inode.mode & libc::S_IFMT) | bits;
-            inode.ctime = now;
-        }
-        if set.atime.is_some() || set.mtime.is_some() {
-            let explicit = matches!(set.atime, Some(SetTime::At(_)))
-                || matches!(set.mtime, Some(SetTime::At(_)));
-            if !perm::is_owner(&g.inode, caller) {
-                if explicit {
-                    return Err(FsError::Perm);
+                if !caller.is_root() && !caller.in_group(inode.gid) {
+                    bits &= !libc::S_ISGID;
                 }
-                perm::check(&g.inode, caller, W)?;
+                inode.mode = (inode.mode & libc::S_IFMT) | bits;
+                inode.ctime = now;
             }
-            let pick = |t: SetTime| match t {
-                SetTime::Now => now,
-                SetTime::At(t) => t,
-            };
-            if let Some(t) = set.atime {
-                inode.atime = pick(t);
+            if set.atime.is_some() || set.mtime.is_some() {
+                let explicit = matches!(set.atime, Some(SetTime::At(_)))
+                    || matches!(set.mtime, Some(SetTime::At(_)));
+                if !perm::is_owner(&g.inode, caller) {
+                    if explicit {
+                        return Err(FsError::Perm);
+                    }
+                    perm::check(&g.inode, caller, W)?;
+                }
+                let pick = |t: SetTime| match t {
+                    SetTime::Now => now,
+                    SetTime::At(t) => t,
+                };
+                if let Some(t) = set.atime {
+                    inode.atime = pick(t);
+                }
+                if let Some(t) = set.mtime {
+                    inode.mtime = pick(t);
+                }
+                inode.ctime = now;
             }
-            if let Some(t) = set.mtime {
-                inode.mtime = pick(t);
+            if let Some(size) = set.size {
+                match inode.kind() {
+                    Kind::File => {}
+                    Kind::Dir => return Err(FsError::IsDir),
+                    _ => return Err(FsError::Invalid),
+                }
+                if !set.via_handle {
+                    perm::check(&g.inode, caller, W)?;
+                }
+                if !caller.is_root() && size != inode.size {
+                    clear_suid(&mut inode.mode);
+                }
+                inode.mtime = if set.mtime.is_some() {
+                    inode.mtime
+                } else {
+                    now
+                };
+                inode.ctime = now;
+                let cs = self.chunk_size();
+                if size < g.inode.size && size % cs != 0 {
+                    // The cut chunk, before anything changes (it may need the model).
+                    self.dirty_chunk(ino, g, size / cs, false, pre)?;
+                }
+                g.inode = inode;
+                self.truncate_locked(ino, g, size, pre)?;
+                return Ok(Entry {
+                    ino,
+                    inode: g.inode.clone(),
+                });
             }
-            inode.ctime = now;
-        }
-        if let Some(size) = set.size {
-            match inode.kind() {
-                Kind::File => {}
-                Kind::Dir => return Err(FsError::IsDir),
-                _ => return Err(FsError::Invalid),
-            }
-            if !set.via_handle {
-                perm::check(&g.inode, caller, W)?;
-            }
-            if !caller.is_root() && size != inode.size {
-                clear_suid(&mut inode.mode);
-            }
-            inode.mtime = if set.mtime.is_some() {
-                inode.mtime
-            } else {
-                now
-            };
-            inode.ctime = now;
             g.inode = inode;
-            self.truncate_locked(ino, &mut g, size)?;
-            return Ok(Entry {
+            g.meta_dirty = true;
+            self.persist(ino, g)?;
+            Ok(Entry {
                 ino,
                 inode: g.inode.clone(),
-            });
-        }
-        g.inode = inode;
-        g.meta_dirty = true;
-        self.persist(ino, &mut g)?;
-        Ok(Entry {
-            ino,
-            inode: g.inode.clone(),
+            })
         })
     }
 
@@ -147,6 +154,7 @@ mod tests {
                 gid: Some(1000),
                 ..Default::default()
             },
+            Wait::Model,
         )
         .unwrap();
         let e = core
@@ -157,6 +165,7 @@ mod tests {
                     mode: Some(0o6755),
                     ..Default::default()
                 },
+                Wait::Model,
             )
             .unwrap();
         assert_eq!(e.inode.mode & 0o7777, 0o6755);
@@ -168,7 +177,8 @@ mod tests {
                 &SetAttr {
                     uid: Some(0),
                     ..Default::default()
-                }
+                },
+                Wait::Model
             ),
             Err(FsError::Perm)
         ));
@@ -179,7 +189,8 @@ mod tests {
                 &SetAttr {
                     gid: Some(51),
                     ..Default::default()
-                }
+                },
+                Wait::Model
             ),
             Err(FsError::Perm)
         ));
@@ -191,6 +202,7 @@ mod tests {
                     gid: Some(50),
                     ..Default::default()
                 },
+                Wait::Model,
             )
             .unwrap();
         assert_eq!(
@@ -211,13 +223,16 @@ mod tests {
             mtime: Some(SetTime::Now),
             ..Default::default()
         };
-        core.setattr(&bob, f.ino, &now).unwrap();
+        core.setattr(&bob, f.ino, &now, Wait::Model).unwrap();
         let at = SetAttr {
             mtime: Some(SetTime::At(Time { secs: 5, nsecs: 0 })),
             ..Default::default()
         };
-        assert!(matches!(core.setattr(&bob, f.ino, &at), Err(FsError::Perm)));
-        let e = core.setattr(&root, f.ino, &at).unwrap();
+        assert!(matches!(
+            core.setattr(&bob, f.ino, &at, Wait::Model),
+            Err(FsError::Perm)
+        ));
+        let e = core.setattr(&root, f.ino, &at, Wait::Model).unwrap();
         assert_eq!(e.inode.mtime.secs, 5);
     }
 }

@@ -3,8 +3,17 @@
 //! A file is a sequence of fixed-size logical chunks, each stored as one frame under
 //! (ino, index); an absent chunk reads as zeros, and a chunk that becomes all zeros is
 //! deleted (sparse files). Writes modify whole chunks in the node's dirty map; persisting
-//! writes the dirty chunks and the inode record (size, mtime, stored bytes) in ONE sled
-//! batch, so a chunk and the size that goes with it are never seen apart.
+//! writes the dirty chunks and the inode record (size, mtime, stored bytes, content
+//! version) in ONE store transaction, so a chunk and the size that goes with it are never
+//! seen apart.
+//!
+//! Decoding never holds a file's lock when it may need the language model: reads decode
+//! without the lock and keep a result only if the chunk's content version is unchanged
+//! (per chunk: a writer elsewhere in the file costs nothing); writes, truncates and
+//! hole punches that need a chunk the model must decode drop the lock, have it decoded
+//! ([`FsError::NeedChunk`]), and start again. A caller that must not wait for the model
+//! at all (a FUSE request thread) passes [`Wait::NoModel`] and gets
+//! [`FsError::WouldBlock`], and hands the request to a worker.
 //!
 //! Chunk size, 4 KiB by default (`chunk_size=` at store creation overrides it). The LLM
 //! tier codes each chunk as one segment, and a cold random read decodes a whole chunk
@@ -22,11 +31,13 @@
 //! sequential reads and the zstd ratio favour big chunks, which the LLM tier replaces
 //! anyway: 4 KiB.
 
+use super::cache::Cached;
 use super::perm::{self, R, W};
-use super::{live, Caller, Core, FsError, FsResult, Node};
-use crate::frame;
+use super::{live, Caller, Core, FsError, FsResult, Node, NodeRef};
+use crate::frame::{self, Codec};
 use crate::store::records::{Kind, Time};
-use crate::store::{keys, Batch, Store};
+use crate::store::Txn;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -45,8 +56,36 @@ pub enum Fallocate {
     ZeroRange { keep_size: bool },
 }
 
+/// Whether a call may wait for the language model to decode a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// It may (a worker thread): seconds per model-coded chunk on a CPU.
+    Model,
+    /// It must not (a FUSE request thread): [`FsError::WouldBlock`] instead.
+    NoModel,
+}
+
+/// A chunk as decoded from the store.
+#[derive(Clone, Debug)]
+pub(super) struct LoadedChunk {
+    pub ver: u64,
+    pub plain: Arc<Vec<u8>>,
+    /// The model decoded it (the cache keeps such chunks longer).
+    pub costly: bool,
+}
+
+/// A chunk as loaded from the store, or `None` for a hole.
+pub(super) type Loaded = Option<LoadedChunk>;
+
+/// Chunks decoded without the file's lock, for an operation to use once it holds the
+/// lock again, if they are still current.
+type Preloaded = HashMap<u64, Loaded>;
+
+/// Rounds of decode-then-check a read tries before it decodes fast chunks under the lock.
+const READ_ROUNDS: usize = 8;
+
 impl Core {
-    /// Opens a file; `want` is the R/W access asked for, `truncate` is O_TRUNC.
+    /// Opens a file; `want` is the R/W access asked for.
     pub fn open(&self, caller: &Caller, ino: u64, want: u32) -> FsResult<u64> {
         let n = self.node(ino)?;
         let mut g = live(&n)?;
@@ -70,7 +109,7 @@ impl Core {
     /// Persists the file's dirty data and makes everything durable before returning.
     pub fn fsync(&self, ino: u64) -> FsResult<()> {
         self.flush(ino)?;
-        self.store.flush()?;
+        self.store.sync()?;
         Ok(())
     }
 
@@ -82,76 +121,95 @@ impl Core {
         if g.open == 0 && g.inode.nlink == 0 {
             // No `ns` here: it is taken before node locks, never after (no lock cycle
             // with unlink), and a file without names is touched by no namespace change.
-            let mut b = Batch::default();
+            let mut t = Txn::new();
             let inode = g.inode.clone();
-            self.delete_inode(&mut b, ino, &inode)?;
-            self.store.apply(b)?;
+            self.delete_inode(&mut t, ino, &inode)?;
+            self.store.commit(t)?;
             self.finish_delete(ino, &mut g);
             return Ok(());
         }
         self.persist(ino, &mut g)
     }
 
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub fn read(&self, ino: u64, offset: u64, size: u32, wait: Wait) -> FsResult<Vec<u8>> {
         let n = self.node(ino)?;
         let cs = self.chunk_size();
-        for _attempt in 0..3 {
-            // Gather what memory has under the lock; decode the rest without it, so a
-            // slow (LLM) decode blocks neither this file's writers nor anyone else.
-            let (out, missing, gen) = {
+        let mut loaded = Preloaded::new();
+        for round in 0.. {
+            let missing = {
                 let mut g = live(&n)?;
-                self.touch_atime(&mut g);
-                let (out, missing) = self.read_from_memory(ino, &g, offset, size);
-                (out, missing, g.gen)
-            };
-            let mut fetched = Vec::with_capacity(missing.len());
-            for &idx in &missing {
-                fetched.push((idx, self.load_chunk(ino, idx)?));
-            }
-            let g = live(&n)?;
-            if g.gen != gen {
-                continue;
-            }
-            let mut out = out;
-            for (idx, plain) in fetched {
-                if let Some(plain) = plain {
-                    copy_out(&mut out, offset, idx, cs, &plain);
-                    self.cache.put(ino, idx, plain);
+                let end = offset.saturating_add(u64::from(size)).min(g.inode.size);
+                if offset >= end {
+                    return Ok(Vec::new());
                 }
+                let mut out = vec![0u8; (end - offset) as usize];
+                let mut missing = Vec::new();
+                for idx in offset / cs..end.div_ceil(cs) {
+                    if let Some(buf) = g.dirty.get(&idx) {
+                        copy_out(&mut out, offset, idx, cs, buf);
+                        continue;
+                    }
+                    match self.settled_now(ino, idx, &mut loaded)? {
+                        Some(Some(plain)) => copy_out(&mut out, offset, idx, cs, &plain),
+                        Some(None) => {}
+                        None if round >= READ_ROUNDS => {
+                            // The file keeps changing under us: decode fast chunks under
+                            // its lock (microseconds); only model chunks go round again.
+                            match self.load_chunk(ino, idx, Wait::NoModel) {
+                                Ok(l) => {
+                                    if let Some(l) = &l {
+                                        copy_out(&mut out, offset, idx, cs, &l.plain);
+                                    }
+                                }
+                                Err(FsError::WouldBlock) => missing.push(idx),
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        None => missing.push(idx),
+                    }
+                }
+                if missing.is_empty() {
+                    self.touch_atime(&mut g);
+                    return Ok(out);
+                }
+                missing
+            };
+            for idx in missing {
+                let l = self.load_chunk(ino, idx, wait)?;
+                loaded.insert(idx, l);
             }
-            return Ok(out);
         }
-        // The file keeps changing under us: read it under its lock.
-        let g = live(&n)?;
-        let (mut out, missing) = self.read_from_memory(ino, &g, offset, size);
-        for idx in missing {
-            if let Some(plain) = self.load_chunk(ino, idx)? {
-                copy_out(&mut out, offset, idx, cs, &plain);
-            }
-        }
-        Ok(out)
+        unreachable!("the read loop returns")
     }
 
-    /// Copies from dirty chunks and the cache; returns the buffer (zeros elsewhere) and
-    /// the chunk indexes still to load.
-    fn read_from_memory(&self, ino: u64, g: &Node, offset: u64, size: u32) -> (Vec<u8>, Vec<u64>) {
-        let cs = self.chunk_size();
-        let end = offset.saturating_add(u64::from(size)).min(g.inode.size);
-        if offset >= end {
-            return (Vec::new(), Vec::new());
+    /// The current plaintext of a chunk that is not dirty, if it is at hand under the
+    /// file's lock: cached, or decoded meanwhile and still the stored version (then it is
+    /// cached). `Some(None)`: a hole. `None`: it must be loaded.
+    fn settled_now(
+        &self,
+        ino: u64,
+        idx: u64,
+        loaded: &mut Preloaded,
+    ) -> FsResult<Option<Option<Arc<Vec<u8>>>>> {
+        if let Some(c) = self.cache.get(ino, idx) {
+            return Ok(Some(Some(c.plain)));
         }
-        let mut out = vec![0u8; (end - offset) as usize];
-        let mut missing = Vec::new();
-        for idx in offset / cs..end.div_ceil(cs) {
-            if let Some(buf) = g.dirty.get(&idx) {
-                copy_out(&mut out, offset, idx, cs, buf);
-            } else if let Some(plain) = self.cache.get(ino, idx) {
-                copy_out(&mut out, offset, idx, cs, &plain);
-            } else {
-                missing.push(idx);
+        let Some(l) = loaded.remove(&idx) else {
+            return Ok(None);
+        };
+        let now = self.store.chunk_ver(ino, idx)?;
+        match l {
+            Some(l) if now == Some(l.ver) => {
+                let entry = Cached {
+                    ver: l.ver,
+                    plain: l.plain.clone(),
+                };
+                self.cache.put(ino, idx, entry, l.costly);
+                Ok(Some(Some(l.plain)))
             }
+            None if now.is_none() => Ok(Some(None)),
+            _ => Ok(None),
         }
-        (out, missing)
     }
 
     /// relatime: atime moves when it is older than mtime/ctime or a day old; it is
@@ -168,38 +226,122 @@ impl Core {
         }
     }
 
-    /// The plaintext of a stored chunk, from the cache or decoded; `None` for a hole.
-    fn load_chunk(&self, ino: u64, idx: u64) -> FsResult<Option<Arc<Vec<u8>>>> {
-        if let Some(p) = self.cache.get(ino, idx) {
-            return Ok(Some(p));
-        }
-        let Some(framed) = self.store.get_chunk(ino, idx)? else {
+    /// Loads chunk `idx` from the store and decodes it, without any lock.
+    pub(super) fn load_chunk(&self, ino: u64, idx: u64, wait: Wait) -> FsResult<Loaded> {
+        let Some(c) = self.store.chunk(ino, idx)? else {
             return Ok(None);
         };
-        match frame::decode(&framed, None) {
-            Ok(plain) => Ok(Some(Arc::new(plain))),
-            Err(e) => {
-                let path = self.store.find_path(ino).unwrap_or_else(|| "?".into());
-                log::error!("cannot read chunk {idx} of inode {ino} ({path}): {e}");
-                Err(FsError::Io(format!("chunk {idx} of inode {ino}: {e}")))
+        let costly = frame::parse_header(&c.frame).is_ok_and(|h| h.codec == Codec::Llm);
+        let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, wait)?;
+        Ok(Some(LoadedChunk {
+            ver: c.ver,
+            plain: Arc::new(plain),
+            costly,
+        }))
+    }
+
+    /// Decodes one stored frame; corruption is EIO with one log line naming the file.
+    fn decode_chunk(
+        &self,
+        ino: u64,
+        idx: u64,
+        ver: u64,
+        framed: &[u8],
+        wait: Wait,
+    ) -> FsResult<Vec<u8>> {
+        let cs = self.chunk_size();
+        let result = frame::parse_header(framed).and_then(|h| {
+            if h.plain_len > cs {
+                // Bounded before anything is allocated or decoded.
+                return Err(frame::FrameError::Corrupt(format!(
+                    "frame claims {} bytes, chunks hold {cs}",
+                    h.plain_len
+                )));
             }
+            Ok(h)
+        });
+        let decoded = match result {
+            Ok(h) if h.codec == Codec::Llm => {
+                if wait == Wait::NoModel {
+                    return Err(FsError::WouldBlock);
+                }
+                self.decode_llm(ino, idx, ver, framed)
+            }
+            Ok(_) => frame::decode(framed, None),
+            Err(e) => Err(e),
+        };
+        decoded.map_err(|e| self.chunk_error(ino, idx, &e))
+    }
+
+    /// Logs an unreadable chunk once, naming the file, and turns it into EIO.
+    pub(super) fn chunk_error(&self, ino: u64, idx: u64, e: &dyn std::fmt::Display) -> FsError {
+        let path = self.store.find_path(ino).unwrap_or_else(|| "?".into());
+        log::error!("cannot read chunk {idx} of inode {ino} ({path}): {e}");
+        FsError::Io(format!("chunk {idx} of inode {ino}: {e}"))
+    }
+
+    /// The plaintext of chunk `idx` (not dirty) under the file's lock, for an edit: cached,
+    /// preloaded (if still current), or decoded now if that needs no model. Otherwise
+    /// [`FsError::NeedChunk`]: the caller drops the lock and preloads it.
+    fn chunk_for_edit(
+        &self,
+        ino: u64,
+        idx: u64,
+        pre: &mut Preloaded,
+    ) -> FsResult<Option<Arc<Vec<u8>>>> {
+        if let Some(now) = self.settled_now(ino, idx, pre)? {
+            return Ok(now);
+        }
+        match self.load_chunk(ino, idx, Wait::NoModel) {
+            Ok(l) => Ok(l.map(|l| l.plain)),
+            Err(FsError::WouldBlock) => Err(FsError::NeedChunk(idx)),
+            Err(e) => Err(e),
         }
     }
 
-    /// The dirty buffer of chunk `idx`, loaded from the store first if needed (not when
-    /// the caller overwrites all of it: `whole`).
-    fn dirty_chunk<'a>(
+    /// Runs `op` under the file's lock; when it needs a chunk the model must decode, the
+    /// lock is dropped while it is decoded (or [`FsError::WouldBlock`] with
+    /// [`Wait::NoModel`]) and `op` runs again. `op` asks for its chunks before it changes
+    /// anything, so running it again is safe.
+    pub(super) fn with_chunks<T>(
+        &self,
+        ino: u64,
+        n: &NodeRef,
+        wait: Wait,
+        mut op: impl FnMut(&mut Node, &mut Preloaded) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let mut pre = Preloaded::new();
+        loop {
+            let need = {
+                let mut g = live(n)?;
+                match op(&mut g, &mut pre) {
+                    Err(FsError::NeedChunk(idx)) => idx,
+                    r => return r,
+                }
+            };
+            if wait == Wait::NoModel {
+                return Err(FsError::WouldBlock);
+            }
+            let l = self.load_chunk(ino, need, wait)?;
+            pre.insert(need, l);
+        }
+    }
+
+    /// Makes chunk `idx` dirty (loading its current contents unless `whole`, where the
+    /// caller overwrites all of it) and returns its buffer.
+    pub(super) fn dirty_chunk<'a>(
         &self,
         ino: u64,
         g: &'a mut Node,
         idx: u64,
         whole: bool,
+        pre: &mut Preloaded,
     ) -> FsResult<&'a mut Vec<u8>> {
         let cs = self.chunk_size() as usize;
         if !g.dirty.contains_key(&idx) {
             let mut buf = vec![0u8; cs];
             if !whole && idx * (cs as u64) < g.inode.size {
-                if let Some(p) = self.load_chunk(ino, idx)? {
+                if let Some(p) = self.chunk_for_edit(ino, idx, pre)? {
                     let n = p.len().min(cs);
                     buf[..n].copy_from_slice(&p[..n]);
                 }
@@ -226,7 +368,14 @@ impl Core {
 
     /// Writes `data` at `offset`; `kill_suid` asks to drop setuid/setgid (a write by
     /// anyone but root).
-    pub fn write(&self, ino: u64, offset: u64, data: &[u8], kill_suid: bool) -> FsResult<u32> {
+    pub fn write(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suid: bool,
+        wait: Wait,
+    ) -> FsResult<u32> {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(FsError::FileTooBig)?;
@@ -234,40 +383,63 @@ impl Core {
             return Err(FsError::FileTooBig);
         }
         let n = self.node(ino)?;
-        let mut g = live(&n)?;
-        if g.inode.kind() != Kind::File {
-            return Err(FsError::Invalid);
-        }
-        self.write_locked(ino, &mut g, offset, data)?;
-        let now = Time::now();
-        g.inode.size = g.inode.size.max(end);
-        g.inode.mtime = now;
-        g.inode.ctime = now;
-        if kill_suid {
-            clear_suid(&mut g.inode.mode);
-        }
-        g.meta_dirty = true;
-        if g.dirty_bytes > self.cfg.dirty_file_limit
-            || self.dirty_total.load(Ordering::Relaxed) > self.cfg.dirty_total_limit
-        {
-            self.persist(ino, &mut g)?;
-        }
-        Ok(data.len() as u32)
+        self.with_chunks(ino, &n, wait, |g, pre| {
+            if g.inode.kind() != Kind::File {
+                return Err(FsError::Invalid);
+            }
+            // Over the memory limits, what is held goes to the store before more is
+            // taken: a full device fails this write, not one already acknowledged.
+            if g.dirty_bytes > self.cfg.dirty_file_limit
+                || self.dirty_total.load(Ordering::Relaxed) > self.cfg.dirty_total_limit
+            {
+                self.persist(ino, g)?;
+            }
+            self.write_locked(ino, g, offset, data, pre)?;
+            let now = Time::now();
+            g.inode.size = g.inode.size.max(end);
+            g.inode.mtime = now;
+            g.inode.ctime = now;
+            if kill_suid {
+                clear_suid(&mut g.inode.mode);
+            }
+            g.meta_dirty = true;
+            Ok(data.len() as u32)
+        })
     }
 
-    fn write_locked(&self, ino: u64, g: &mut Node, offset: u64, data: &[u8]) -> FsResult<()> {
+    /// Copies `data` into the dirty chunks it covers; the partial chunks at either end
+    /// are loaded first, so nothing changes when one of them is missing.
+    fn write_locked(
+        &self,
+        ino: u64,
+        g: &mut Node,
+        offset: u64,
+        data: &[u8],
+        pre: &mut Preloaded,
+    ) -> FsResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
         let cs = self.chunk_size();
+        let end = offset + data.len() as u64;
+        for edge in [offset, end - 1] {
+            let idx = edge / cs;
+            let whole = offset <= idx * cs && end >= (idx + 1) * cs;
+            if !whole {
+                self.dirty_chunk(ino, g, idx, false, pre)?;
+            }
+        }
         let mut pos = 0usize;
         while pos < data.len() {
             let off = offset + pos as u64;
             let idx = off / cs;
             let within = (off % cs) as usize;
             let take = (cs as usize - within).min(data.len() - pos);
-            let buf = self.dirty_chunk(ino, g, idx, within == 0 && take == cs as usize)?;
+            let buf = self.dirty_chunk(ino, g, idx, within == 0 && take == cs as usize, pre)?;
             buf[within..within + take].copy_from_slice(&data[pos..pos + take]);
+            self.cache.remove(ino, idx);
             pos += take;
         }
-        g.gen += 1;
         Ok(())
     }
 
@@ -278,55 +450,65 @@ impl Core {
         to: (u64, u64),
         len: u64,
         kill_suid: bool,
+        wait: Wait,
     ) -> FsResult<u32> {
-        let data = self.read(from.0, from.1, len.min(1 << 20) as u32)?;
+        let data = self.read(from.0, from.1, len.min(1 << 20) as u32, wait)?;
         if data.is_empty() {
             return Ok(0);
         }
-        self.write(to.0, to.1, &data, kill_suid)
+        self.write(to.0, to.1, &data, kill_suid, wait)
     }
 
-    /// Persists the dirty chunks and record of a node in one batch (plus `extra`).
+    /// Persists the dirty chunks and record of a node in one transaction.
     pub(super) fn persist(&self, ino: u64, g: &mut Node) -> FsResult<()> {
         if g.dirty.is_empty() && !g.meta_dirty {
             // close(2) of a file only read costs no write.
             return Ok(());
         }
-        self.persist_with(ino, g, Batch::default())
+        self.persist_with(ino, g, Txn::new())
     }
 
-    fn persist_with(&self, ino: u64, g: &mut Node, mut b: Batch) -> FsResult<()> {
+    /// Persists the node in one transaction with `t`. Nothing in memory changes unless
+    /// the commit succeeds, so a failed one (a full device) loses nothing.
+    fn persist_with(&self, ino: u64, g: &mut Node, mut t: Txn) -> FsResult<()> {
         let cs = self.chunk_size();
-        let mut stored = i128::from(g.inode.stored);
-        // (index, plaintext length; 0 when the chunk is all zeros and goes away)
+        let now = Time::now();
+        let mut inode = g.inode.clone();
+        let mut stored = i128::from(inode.stored);
+        // (index, version, plaintext length; 0 when the chunk is all zeros and goes away)
         let mut kept = Vec::with_capacity(g.dirty.len());
         for (&idx, buf) in &g.dirty {
-            let len = g.inode.size.saturating_sub(idx * cs).min(cs) as usize;
-            let old = self.store.get_chunk(ino, idx)?.map_or(0, |v| v.len());
-            stored -= old as i128;
+            let len = inode.size.saturating_sub(idx * cs).min(cs) as usize;
             let plain = &buf[..len.min(buf.len())];
             if plain.iter().all(|&x| x == 0) {
-                b.remove(keys::chunk(ino, idx));
-                kept.push((idx, 0));
+                stored -= i128::from(self.store.remove_chunks(&mut t, ino, idx, idx + 1)?);
+                kept.push((idx, 0, 0));
             } else {
                 let framed = encode_chunk(plain);
-                stored += framed.len() as i128;
-                b.insert(keys::chunk(ino, idx), framed);
-                kept.push((idx, plain.len()));
+                inode.data_ver += 1;
+                let freed = self
+                    .store
+                    .put_chunk(&mut t, ino, idx, inode.data_ver, &framed, now)?;
+                stored += framed.len() as i128 - i128::from(freed);
+                kept.push((idx, inode.data_ver, plain.len()));
             }
         }
-        let mut inode = g.inode.clone();
         inode.stored = stored.max(0) as u64;
-        Store::put_inode(&mut b, ino, &inode);
-        self.store.apply(b)?;
+        t.put_inode(ino, &inode);
+        self.store.commit(t)?;
+        let wrote_chunks = !kept.is_empty();
         g.inode = inode;
         // The dirty buffers become the cached plaintext: no copy.
         let mut dirty = std::mem::take(&mut g.dirty);
-        for (idx, len) in kept {
+        for (idx, ver, len) in kept {
             match dirty.remove(&idx) {
                 Some(mut buf) if len > 0 => {
                     buf.truncate(len);
-                    self.cache.put(ino, idx, Arc::new(buf));
+                    let entry = Cached {
+                        ver,
+                        plain: Arc::new(buf),
+                    };
+                    self.cache.put(ino, idx, entry, false);
                 }
                 _ => self.cache.remove(ino, idx),
             }
@@ -334,23 +516,34 @@ impl Core {
         self.dirty_total.fetch_sub(g.dirty_bytes, Ordering::Relaxed);
         g.dirty_bytes = 0;
         g.meta_dirty = false;
+        if wrote_chunks {
+            self.chunks_written();
+        }
         Ok(())
     }
 
-    /// Sets the size of a file, dropping stored chunks past it, and persists.
-    pub(super) fn truncate_locked(&self, ino: u64, g: &mut Node, size: u64) -> FsResult<()> {
+    /// Sets the size of a file (zeroing the cut chunk's tail, dropping stored chunks past
+    /// it) and persists, as one transaction.
+    pub(super) fn truncate_locked(
+        &self,
+        ino: u64,
+        g: &mut Node,
+        size: u64,
+        pre: &mut Preloaded,
+    ) -> FsResult<()> {
         if size > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
         let cs = self.chunk_size();
-        let mut b = Batch::default();
+        let mut t = Txn::new();
         if size < g.inode.size {
             let keep = size.div_ceil(cs);
             // Zero the tail of the last kept chunk, so that growing again reads zeros.
             if size % cs != 0 {
                 let within = (size % cs) as usize;
-                let buf = self.dirty_chunk(ino, g, size / cs, false)?;
+                let buf = self.dirty_chunk(ino, g, size / cs, false, pre)?;
                 buf[within..].fill(0);
+                self.cache.remove(ino, size / cs);
             }
             let dropped: Vec<u64> = g.dirty.range(keep..).map(|(k, _)| *k).collect();
             for idx in dropped {
@@ -359,18 +552,24 @@ impl Core {
                     self.dirty_total.fetch_sub(buf.len(), Ordering::Relaxed);
                 }
             }
-            for (idx, len) in self.store.chunks_in(ino, keep, u64::MAX)? {
-                b.remove(keys::chunk(ino, idx));
-                g.inode.stored = g.inode.stored.saturating_sub(len as u64);
-                self.cache.remove(ino, idx);
+            for c in self.store.chunks_in(ino, keep, u64::MAX)? {
+                self.cache.remove(ino, c.index);
             }
+            let freed = self.store.remove_chunks(&mut t, ino, keep, u64::MAX)?;
+            g.inode.stored = g.inode.stored.saturating_sub(freed);
         }
         g.inode.size = size;
-        g.gen += 1;
-        self.persist_with(ino, g, b)
+        self.persist_with(ino, g, t)
     }
 
-    pub fn fallocate(&self, ino: u64, offset: u64, length: u64, how: Fallocate) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        how: Fallocate,
+        wait: Wait,
+    ) -> FsResult<()> {
         let end = offset.checked_add(length).ok_or(FsError::FileTooBig)?;
         if length == 0 {
             return Err(FsError::Invalid);
@@ -379,55 +578,69 @@ impl Core {
             return Err(FsError::FileTooBig);
         }
         let n = self.node(ino)?;
-        let mut g = live(&n)?;
-        if g.inode.kind() != Kind::File {
-            return Err(FsError::NotSupported);
-        }
-        let keep_size = match how {
-            // Compressed sparse chunks: nothing to reserve ahead of time.
-            Fallocate::Allocate { keep_size } => keep_size,
-            Fallocate::PunchHole => {
-                let stop = end.min(g.inode.size);
-                self.zero_range(ino, &mut g, offset, stop)?;
-                true
+        self.with_chunks(ino, &n, wait, |g, pre| {
+            if g.inode.kind() != Kind::File {
+                return Err(FsError::NotSupported);
             }
-            Fallocate::ZeroRange { keep_size } => {
-                let stop = end.min(g.inode.size);
-                self.zero_range(ino, &mut g, offset, stop)?;
-                keep_size
+            let keep_size = match how {
+                // Compressed sparse chunks: nothing to reserve ahead of time.
+                Fallocate::Allocate { keep_size } => keep_size,
+                Fallocate::PunchHole => {
+                    let stop = end.min(g.inode.size);
+                    self.zero_range(ino, g, offset, stop, pre)?;
+                    true
+                }
+                Fallocate::ZeroRange { keep_size } => {
+                    let stop = end.min(g.inode.size);
+                    self.zero_range(ino, g, offset, stop, pre)?;
+                    keep_size
+                }
+            };
+            let now = Time::now();
+            if !keep_size && end > g.inode.size {
+                g.inode.size = end;
             }
-        };
-        let now = Time::now();
-        if !keep_size && end > g.inode.size {
-            g.inode.size = end;
-        }
-        g.inode.mtime = now;
-        g.inode.ctime = now;
-        g.gen += 1;
-        g.meta_dirty = true;
-        self.persist(ino, &mut g)
+            g.inode.mtime = now;
+            g.inode.ctime = now;
+            g.meta_dirty = true;
+            self.persist(ino, g)
+        })
     }
 
     /// Zeros `[start, end)`: partial chunks through the write path, whole chunks by
     /// marking them empty (deleted at persist) without touching their data.
-    fn zero_range(&self, ino: u64, g: &mut Node, start: u64, end: u64) -> FsResult<()> {
+    fn zero_range(
+        &self,
+        ino: u64,
+        g: &mut Node,
+        start: u64,
+        end: u64,
+        pre: &mut Preloaded,
+    ) -> FsResult<()> {
         if start >= end {
             return Ok(());
         }
         let cs = self.chunk_size();
         let first_whole = start.div_ceil(cs);
         let last_whole = end / cs; // exclusive
+                                   // The partial chunks at either end first: nothing changes if one is missing.
+        if start % cs != 0 {
+            self.dirty_chunk(ino, g, start / cs, false, pre)?;
+        }
+        if end % cs != 0 {
+            self.dirty_chunk(ino, g, end / cs, false, pre)?;
+        }
         if first_whole >= last_whole {
             let zeros = vec![0u8; (end - start) as usize];
-            return self.write_locked(ino, g, start, &zeros);
+            return self.write_locked(ino, g, start, &zeros, pre);
         }
         if start < first_whole * cs {
             let zeros = vec![0u8; (first_whole * cs - start) as usize];
-            self.write_locked(ino, g, start, &zeros)?;
+            self.write_locked(ino, g, start, &zeros, pre)?;
         }
         if end > last_whole * cs {
             let zeros = vec![0u8; (end - last_whole * cs) as usize];
-            self.write_locked(ino, g, last_whole * cs, &zeros)?;
+            self.write_locked(ino, g, last_whole * cs, &zeros, pre)?;
         }
         let dirty: Vec<u64> = g
             .dirty
@@ -438,7 +651,7 @@ impl Core {
             .store
             .chunks_in(ino, first_whole, last_whole)?
             .into_iter()
-            .map(|c| c.0)
+            .map(|c| c.index)
             .collect();
         for idx in dirty.into_iter().chain(stored) {
             if let Some(old) = g.dirty.insert(idx, Vec::new()) {
@@ -447,7 +660,6 @@ impl Core {
             }
             self.cache.remove(ino, idx);
         }
-        g.gen += 1;
         Ok(())
     }
 }
@@ -505,9 +717,10 @@ pub(super) fn want_from_flags(flags: i32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::super::dir::NewNode;
-    use super::super::testutil::{core, core_with};
+    use super::super::testutil::{core, core_with, MemoryEngine};
     use super::super::CoreConfig;
     use super::*;
+    use crate::store::engine::Table;
     use crate::store::ROOT_INO;
 
     fn new_file(core: &Core, name: &[u8]) -> u64 {
@@ -540,14 +753,17 @@ mod tests {
         let (_d, core) = core();
         let f = new_file(&core, b"f");
         let data = pattern(3 * 4096 + 100, 1);
-        core.write(f, 1000, &data, false).unwrap();
+        core.write(f, 1000, &data, false, Wait::Model).unwrap();
         let mut want = vec![0u8; 1000];
         want.extend_from_slice(&data);
-        assert_eq!(core.read(f, 0, 100_000).unwrap(), want);
+        assert_eq!(core.read(f, 0, 100_000, Wait::Model).unwrap(), want);
         core.flush(f).unwrap();
-        assert_eq!(core.read(f, 0, 100_000).unwrap(), want);
-        assert_eq!(core.read(f, 4000, 200).unwrap(), want[4000..4200]);
-        assert!(core.read(f, 1 << 20, 10).unwrap().is_empty());
+        assert_eq!(core.read(f, 0, 100_000, Wait::Model).unwrap(), want);
+        assert_eq!(
+            core.read(f, 4000, 200, Wait::Model).unwrap(),
+            want[4000..4200]
+        );
+        assert!(core.read(f, 1 << 20, 10, Wait::Model).unwrap().is_empty());
     }
 
     #[test]
@@ -559,7 +775,7 @@ mod tests {
         {
             let core = Core::load(&path, CoreConfig::default()).unwrap();
             f = new_file(&core, b"f");
-            core.write(f, 5 << 32, &data, false).unwrap();
+            core.write(f, 5 << 32, &data, false, Wait::Model).unwrap();
             core.fsync(f).unwrap();
             let e = core.getattr(f).unwrap();
             assert_eq!(e.inode.size, (5 << 32) + 10_000);
@@ -569,8 +785,8 @@ mod tests {
             );
         }
         let core = Core::load(&path, CoreConfig::default()).unwrap();
-        assert_eq!(core.read(f, 5 << 32, 20_000).unwrap(), data);
-        assert_eq!(core.read(f, 1 << 32, 8).unwrap(), vec![0; 8]);
+        assert_eq!(core.read(f, 5 << 32, 20_000, Wait::Model).unwrap(), data);
+        assert_eq!(core.read(f, 1 << 32, 8, Wait::Model).unwrap(), vec![0; 8]);
     }
 
     #[test]
@@ -578,12 +794,16 @@ mod tests {
         let (_d, core) = core();
         let f = new_file(&core, b"f");
         let data = pattern(20_000, 3);
-        core.write(f, 0, &data, false).unwrap();
+        core.write(f, 0, &data, false, Wait::Model).unwrap();
         core.flush(f).unwrap();
-        let n = core.node(f).unwrap();
-        core.truncate_locked(f, &mut n.lock(), 5000).unwrap();
-        core.truncate_locked(f, &mut n.lock(), 9000).unwrap();
-        let got = core.read(f, 0, 20_000).unwrap();
+        for size in [5000, 9000] {
+            let set = super::super::attr::SetAttr {
+                size: Some(size),
+                ..Default::default()
+            };
+            core.setattr(&Caller::root(), f, &set, Wait::Model).unwrap();
+        }
+        let got = core.read(f, 0, 20_000, Wait::Model).unwrap();
         assert_eq!(got.len(), 9000);
         assert_eq!(got[..5000], data[..5000]);
         assert!(got[5000..].iter().all(|&b| b == 0));
@@ -593,12 +813,13 @@ mod tests {
     fn punch_hole_frees_chunks() {
         let (_d, core) = core();
         let f = new_file(&core, b"f");
-        core.write(f, 0, &pattern(40_000, 4), false).unwrap();
+        core.write(f, 0, &pattern(40_000, 4), false, Wait::Model)
+            .unwrap();
         core.flush(f).unwrap();
         let before = core.getattr(f).unwrap().inode.stored;
-        core.fallocate(f, 100, 30_000, Fallocate::PunchHole)
+        core.fallocate(f, 100, 30_000, Fallocate::PunchHole, Wait::Model)
             .unwrap();
-        let got = core.read(f, 0, 40_000).unwrap();
+        let got = core.read(f, 0, 40_000, Wait::Model).unwrap();
         assert_eq!(got.len(), 40_000);
         assert!(got[100..30_100].iter().all(|&b| b == 0));
         assert_eq!(got[30_100..], pattern(40_000, 4)[30_100..]);
@@ -611,9 +832,9 @@ mod tests {
         let path = dir.path().join("s");
         let core = Core::load(&path, CoreConfig::default()).unwrap();
         let f = new_file(&core, b"f");
-        core.write(f, 0, b"still here", false).unwrap();
+        core.write(f, 0, b"still here", false, Wait::Model).unwrap();
         core.unlink(&Caller::root(), ROOT_INO, b"f").unwrap();
-        assert_eq!(core.read(f, 0, 100).unwrap(), b"still here");
+        assert_eq!(core.read(f, 0, 100, Wait::Model).unwrap(), b"still here");
         core.fsync(f).unwrap();
         // A crash now leaves an orphan, which the next mount deletes.
         drop(core);
@@ -634,10 +855,10 @@ mod tests {
         let (_d, core) = core();
         let f = new_file(&core, b"big");
         for i in 0..8u64 {
-            core.write(f, i << 20, &pattern(4096, i as u32), false)
+            core.write(f, i << 20, &pattern(4096, i as u32), false, Wait::Model)
                 .unwrap();
         }
-        core.write(f, 8 << 20, b"end", false).unwrap();
+        core.write(f, 8 << 20, b"end", false, Wait::Model).unwrap();
         core.release(f).unwrap();
         core.unlink(&Caller::root(), ROOT_INO, b"big").unwrap();
         assert!(core.getattr(f).is_err(), "the name and inode go at once");
@@ -649,22 +870,34 @@ mod tests {
 
     #[test]
     fn corrupted_chunk_is_eio_for_that_file_only() {
-        let (_d, core) = core();
+        let engine = MemoryEngine::new();
+        let core = Core::with_engine(engine.clone(), CoreConfig::default()).unwrap();
         let a = new_file(&core, b"a");
         let b = new_file(&core, b"b");
-        core.write(a, 0, &pattern(9000, 5), false).unwrap();
-        core.write(b, 0, &pattern(9000, 6), false).unwrap();
+        core.write(a, 0, &pattern(9000, 5), false, Wait::Model)
+            .unwrap();
+        core.write(b, 0, &pattern(9000, 6), false, Wait::Model)
+            .unwrap();
         core.fsync(a).unwrap();
         core.fsync(b).unwrap();
-        let key = keys::chunk(a, 1);
-        let mut framed = core.store.tree().get(&key).unwrap().unwrap().to_vec();
-        let last = framed.len() - 1;
-        framed[last] ^= 0x55;
-        core.store.tree().insert(key, framed).unwrap();
+        let key = crate::store::keys::chunk(a, 1);
+        let mut record = engine.raw_get(Table::Chunk, &key).unwrap();
+        let last = record.len() - 1;
+        record[last] ^= 0x55;
+        engine.raw_put(Table::Chunk, &key, &record);
         core.cache.remove(a, 1);
-        assert!(core.read(a, 0, 100).is_ok(), "chunk 0 is intact");
-        assert!(matches!(core.read(a, 5000, 100), Err(FsError::Io(_))));
-        assert_eq!(core.read(b, 0, 9000).unwrap(), pattern(9000, 6));
+        assert!(
+            core.read(a, 0, 100, Wait::Model).is_ok(),
+            "chunk 0 is intact"
+        );
+        assert!(matches!(
+            core.read(a, 5000, 100, Wait::Model),
+            Err(FsError::Io(_))
+        ));
+        assert_eq!(
+            core.read(b, 0, 9000, Wait::Model).unwrap(),
+            pattern(9000, 6)
+        );
     }
 
     #[test]
@@ -673,13 +906,13 @@ mod tests {
         let core = Arc::new(core);
         let a = new_file(&core, b"a");
         let b = new_file(&core, b"b");
-        core.write(b, 0, b"hello", false).unwrap();
+        core.write(b, 0, b"hello", false, Wait::Model).unwrap();
         let node_a = core.node(a).unwrap();
         let busy = node_a.lock(); // as if a slow chunk of `a` were being coded
         let (tx, rx) = std::sync::mpsc::channel();
         let c = core.clone();
         std::thread::spawn(move || {
-            let r = c.read(b, 0, 5).unwrap();
+            let r = c.read(b, 0, 5, Wait::Model).unwrap();
             c.flush(b).unwrap();
             let what = NewNode::File {
                 mode: libc::S_IFREG | 0o644,
@@ -706,11 +939,12 @@ mod tests {
         let f = new_file(&core, b"log");
         let rec = b"{\"role\":\"assistant\",\"content\":\"hello\"}\n";
         for i in 0..20_000u64 {
-            core.write(f, i * rec.len() as u64, rec, false).unwrap();
+            core.write(f, i * rec.len() as u64, rec, false, Wait::Model)
+                .unwrap();
             assert!(core.dirty_total.load(Ordering::Relaxed) <= (64 << 10) + 8192);
         }
         core.flush(f).unwrap();
-        let got = core.read(f, 0, u32::MAX).unwrap();
+        let got = core.read(f, 0, u32::MAX, Wait::Model).unwrap();
         assert_eq!(got.len(), 20_000 * rec.len());
         assert!(got.chunks(rec.len()).all(|c| c == rec));
     }

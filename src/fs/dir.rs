@@ -2,8 +2,8 @@
 
 use super::perm::{self, R, W, X};
 use super::{check_name, live, Caller, Core, Entry, FsError, FsResult, Node};
-use crate::store::records::{encode_dirent, Inode, Kind, Time};
-use crate::store::{keys, Batch, Store};
+use crate::store::records::{Inode, Kind, Time};
+use crate::store::Txn;
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -107,11 +107,11 @@ impl Core {
         }
         p.inode.mtime = now;
         p.inode.ctime = now;
-        let mut b = Batch::default();
-        Store::put_inode(&mut b, ino, &inode);
-        Store::put_inode(&mut b, parent, &p.inode);
-        b.insert(keys::dirent(parent, name), encode_dirent(ino, inode.kind()));
-        self.store.apply(b)?;
+        let mut t = Txn::new();
+        t.put_inode(ino, &inode);
+        t.put_inode(parent, &p.inode);
+        t.link(parent, name, ino, inode.kind());
+        self.store.commit(t)?;
         self.inode_count.fetch_add(1, Ordering::Relaxed);
         if open {
             let mut node = Node::new(inode.clone());
@@ -166,14 +166,11 @@ impl Core {
         c.inode.ctime = now;
         p.inode.mtime = now;
         p.inode.ctime = now;
-        let mut b = Batch::default();
-        Store::put_inode(&mut b, ino, &c.inode);
-        Store::put_inode(&mut b, newparent, &p.inode);
-        b.insert(
-            keys::dirent(newparent, newname),
-            encode_dirent(ino, c.inode.kind()),
-        );
-        self.store.apply(b)?;
+        let mut t = Txn::new();
+        t.put_inode(ino, &c.inode);
+        t.put_inode(newparent, &p.inode);
+        t.link(newparent, newname, ino, c.inode.kind());
+        self.store.commit(t)?;
         Ok(Entry {
             ino,
             inode: c.inode.clone(),
@@ -219,28 +216,28 @@ impl Core {
             return Err(FsError::NotEmpty);
         }
         let now = Time::now();
-        let mut b = Batch::default();
-        b.remove(keys::dirent(parent, name));
+        let mut t = Txn::new();
+        t.unlink(parent, name);
         if dir {
             p.inode.nlink = p.inode.nlink.saturating_sub(1);
         }
         p.inode.mtime = now;
         p.inode.ctime = now;
-        Store::put_inode(&mut b, parent, &p.inode);
-        let gone = self.drop_link(&mut b, ino, &mut c, now)?;
-        self.store.apply(b)?;
+        t.put_inode(parent, &p.inode);
+        let gone = self.drop_link(&mut t, ino, &mut c, now)?;
+        self.store.commit(t)?;
         if gone {
             self.finish_delete(ino, &mut c);
         }
         Ok(())
     }
 
-    /// Adds to `b` the loss of one name of `c` (two for a directory: its `.` too).
-    /// Returns whether the inode is deleted by `b` (then call [`Core::finish_delete`]
-    /// after applying it); an inode still open becomes an orphan instead.
+    /// Adds to `t` the loss of one name of `c` (two for a directory: its `.` too).
+    /// Returns whether the inode is deleted by `t` (then call [`Core::finish_delete`]
+    /// after committing it); an inode still open becomes an orphan instead.
     pub(super) fn drop_link(
         &self,
-        b: &mut Batch,
+        t: &mut Txn,
         ino: u64,
         c: &mut Node,
         now: Time,
@@ -252,28 +249,30 @@ impl Core {
         };
         c.inode.ctime = now;
         if c.inode.nlink > 0 {
-            Store::put_inode(b, ino, &c.inode);
+            t.put_inode(ino, &c.inode);
             return Ok(false);
         }
         if c.open > 0 {
-            Store::put_inode(b, ino, &c.inode);
-            b.insert(keys::orphan(ino), &[][..]);
+            t.put_inode(ino, &c.inode);
+            t.mark_orphan(ino);
             return Ok(false);
         }
-        self.delete_inode(b, ino, &c.inode)?;
+        self.delete_inode(t, ino, &c.inode)?;
         Ok(true)
     }
 
-    /// Adds to `b` the deletion of an inode that has no names and no open handles. A
+    /// Adds to `t` the deletion of an inode that has no names and no open handles. A
     /// big file's chunks (262,144 for 1 GiB) are left to the background reaper, found
     /// through the orphan key, so unlink returns at once and a crash leaks nothing.
-    pub(super) fn delete_inode(&self, b: &mut Batch, ino: u64, inode: &Inode) -> FsResult<()> {
+    pub(super) fn delete_inode(&self, t: &mut Txn, ino: u64, inode: &Inode) -> FsResult<()> {
+        t.delete_inode_record(ino);
         if inode.size / self.chunk_size() > REAP_INLINE_CHUNKS {
-            b.remove(keys::inode(ino));
-            b.insert(keys::orphan(ino), &[][..]);
+            t.mark_orphan(ino);
             self.wake_background();
         } else {
-            self.store.delete_inode(b, ino)?;
+            // Small: every record of its data fits in this transaction.
+            self.store.delete_file_data(t, ino, usize::MAX)?;
+            t.clear_orphan(ino);
         }
         Ok(())
     }
@@ -285,14 +284,21 @@ impl Core {
             if open.is_some_and(|n| n.lock().open > 0) || self.stopping() {
                 continue;
             }
-            while self.store.delete_some_chunks(ino, 4096)? > 0 {
+            loop {
+                let mut t = Txn::new();
+                let n = self.store.delete_file_data(&mut t, ino, 4096)?;
+                if n == 0 {
+                    break;
+                }
+                self.store.commit(t)?;
                 if self.stopping() {
                     return Ok(());
                 }
             }
-            let mut b = Batch::default();
-            self.store.delete_inode(&mut b, ino)?;
-            self.store.apply(b)?;
+            let mut t = Txn::new();
+            t.delete_inode_record(ino);
+            t.clear_orphan(ino);
+            self.store.commit(t)?;
         }
         Ok(())
     }

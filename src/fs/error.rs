@@ -36,9 +36,18 @@ pub enum FsError {
     TooManyLinks,
     #[error("bad file handle")]
     BadHandle,
+    #[error("no space left on the device that holds the store")]
+    NoSpace,
     /// Data could not be read or written; the cause was logged where it happened.
     #[error("I/O error: {0}")]
     Io(String),
+    /// The call would wait for the language model, and its caller said it must not (see
+    /// [`super::data::Wait`]); the FUSE adapter hands such requests to a worker.
+    #[error("the request needs the language model")]
+    WouldBlock,
+    /// Inside the core only: an edit needs chunk N decoded by the model first.
+    #[error("chunk {0} must be decoded first")]
+    NeedChunk(u64),
 }
 
 impl FsError {
@@ -60,16 +69,27 @@ impl FsError {
             FsError::FileTooBig => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,
             FsError::BadHandle => libc::EBADF,
+            FsError::NoSpace => libc::ENOSPC,
             FsError::Io(_) => libc::EIO,
+            // Never meant to reach the kernel; if one does, the caller may try again.
+            FsError::WouldBlock | FsError::NeedChunk(_) => libc::EAGAIN,
         }
     }
 }
 
 impl From<StoreError> for FsError {
     fn from(e: StoreError) -> FsError {
-        // Store errors become EIO here, and this is where they are logged (once).
-        log::error!("store error: {e}");
-        FsError::Io(e.to_string())
+        // Store errors become errnos here, and this is where they are logged (once).
+        match e {
+            StoreError::NoSpace => {
+                log::warn!("the store's device is full: failing the request with ENOSPC");
+                FsError::NoSpace
+            }
+            e => {
+                log::error!("store error: {e}");
+                FsError::Io(e.to_string())
+            }
+        }
     }
 }
 

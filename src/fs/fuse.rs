@@ -2,7 +2,7 @@
 //! call and the result into a reply. No filesystem logic lives here.
 
 use super::attr::{SetAttr, SetTime};
-use super::data::{want_from_flags, Fallocate};
+use super::data::{want_from_flags, Fallocate, Wait};
 use super::dir::NewNode;
 use super::perm::R;
 use super::rename::RenameMode;
@@ -170,7 +170,7 @@ impl Filesystem for FuseFs {
             mtime: mtime.map(set_time),
             via_handle: fh.is_some(),
         };
-        match self.core.setattr(&caller(req), ino.0, &set) {
+        match self.core.setattr(&caller(req), ino.0, &set, Wait::Model) {
             Ok(e) => reply.attr(&TTL, &self.attr(&e)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -316,7 +316,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(ino.0, offset, size) {
+        match self.core.read(ino.0, offset, size, Wait::Model) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
         }
@@ -335,7 +335,7 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let kill = req.uid() != 0 || write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.core.write(ino.0, offset, data, kill) {
+        match self.core.write(ino.0, offset, data, kill, Wait::Model) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -425,7 +425,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.store().flush().map_err(FsError::from), reply);
+        reply_empty(self.core.store().sync().map_err(FsError::from), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -545,6 +545,7 @@ impl Filesystem for FuseFs {
             (ino_out.0, offset_out),
             len,
             req.uid() != 0,
+            Wait::Model,
         ) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
@@ -596,6 +597,9 @@ impl Filesystem for FuseFs {
             libc::FALLOC_FL_ZERO_RANGE => Fallocate::ZeroRange { keep_size },
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        reply_empty(self.core.fallocate(ino.0, offset, length, how), reply);
+        reply_empty(
+            self.core.fallocate(ino.0, offset, length, how, Wait::Model),
+            reply,
+        );
     }
 }

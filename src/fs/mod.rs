@@ -4,7 +4,7 @@
 //! Locking: every inode in use has one in-memory [`Node`] (its record, open count and
 //! dirty chunks) behind its own mutex, so operations on different files never wait on
 //! each other. Namespace changes (create, link, unlink, rename, ...) are also
-//! serialized by `ns`: they are short sled updates, and holding `ns` makes their
+//! serialized by `ns`: they are short store commits, and holding `ns` makes their
 //! check-then-update steps atomic. A namespace operation may hold several node locks;
 //! every other operation holds at most one, so there is no lock cycle. Slow chunk
 //! decodes run without any lock (see [`data`]).
@@ -19,8 +19,10 @@ pub mod perm;
 pub mod rename;
 pub mod xattr;
 
+use crate::frame::FrameError;
+use crate::store::engine::Engine;
 use crate::store::records::Inode;
-use crate::store::{Batch, CreateOptions, Store, StoreError};
+use crate::store::{CreateOptions, OpenOptions, Store, StoreError, Txn};
 use cache::ChunkCache;
 pub use error::{FsError, FsResult};
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -42,7 +44,7 @@ pub struct CoreConfig {
     pub dirty_total_limit: usize,
     /// How often the background flusher persists dirty chunks of open files.
     pub flush_interval: Duration,
-    /// Only used when the store is created.
+    /// Used when the store is created (only ever in a missing or empty directory).
     pub create: CreateOptions,
     /// Whether reads update atime (relatime rules), off with `noatime` and `ro`.
     pub update_atime: bool,
@@ -128,9 +130,24 @@ pub struct Core {
 }
 
 impl Core {
-    /// Opens (or creates) the store and deletes inodes orphaned by a crash.
+    /// Opens (or, in a missing or empty directory, creates) the store and deletes inodes
+    /// orphaned by a crash.
     pub fn load(path: &Path, cfg: CoreConfig) -> Result<Core, StoreError> {
-        let store = Store::open(path, &cfg.create)?;
+        let opts = OpenOptions {
+            create: (!cfg.read_only).then(|| cfg.create.clone()),
+        };
+        Core::with_store(Store::open(path, &opts)?, cfg)
+    }
+
+    /// The core over a store on any engine (tests use the in-memory one).
+    pub fn with_engine(engine: Arc<dyn Engine>, cfg: CoreConfig) -> Result<Core, StoreError> {
+        let opts = OpenOptions {
+            create: Some(cfg.create.clone()),
+        };
+        Core::with_store(Store::open_engine(engine, &opts)?, cfg)
+    }
+
+    fn with_store(store: Store, cfg: CoreConfig) -> Result<Core, StoreError> {
         let core = Core {
             cache: ChunkCache::new(cfg.cache_bytes),
             store,
@@ -150,13 +167,13 @@ impl Core {
         };
         // Nothing is open yet: every orphan's inode goes now; its chunks, possibly
         // many, go in the background (the orphan key stays until they are gone).
-        let mut b = Batch::default();
+        let mut t = Txn::new();
         for ino in &orphans {
-            b.remove(crate::store::keys::inode(*ino));
+            t.delete_inode_record(*ino);
         }
         if !orphans.is_empty() {
-            core.store.apply(b)?;
-            core.store.flush()?;
+            core.store.commit(t)?;
+            core.store.sync()?;
             log::info!(
                 "{} files unlinked before the last stop are being deleted",
                 orphans.len()
@@ -185,7 +202,7 @@ impl Core {
         if let Some(n) = map.get(&ino) {
             return Ok(n.clone());
         }
-        let inode = self.store.get_inode(ino)?.ok_or(FsError::NotFound)?;
+        let inode = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
         let n = Arc::new(Mutex::new(Node::new(inode)));
         map.insert(ino, n.clone());
         if map.len() > NODE_TRIM {
@@ -213,7 +230,7 @@ impl Core {
         let existing = self.nodes.lock().get(&ino).cloned();
         let inode = match existing {
             Some(n) => live(&n)?.inode.clone(),
-            None => self.store.get_inode(ino)?.ok_or(FsError::NotFound)?,
+            None => self.store.inode(ino)?.ok_or(FsError::NotFound)?,
         };
         Ok(Entry { ino, inode })
     }
@@ -246,7 +263,7 @@ impl Core {
             self.shutdown.1.notify_all();
         }
         self.persist_all()?;
-        self.store.flush()?;
+        self.store.sync()?;
         Ok(())
     }
 
@@ -288,9 +305,9 @@ impl Core {
     }
 
     /// Runs the watchdog until [`Core::shutdown`]: when store writes make no progress
-    /// for `limit` (a deadlock inside sled, spacejam/sled#1412), it logs and aborts the
-    /// process, so that its supervisor restarts it; sled recovers at the next open and
-    /// everything fsync'd is kept.
+    /// for `limit` (a hung disk or database), it logs and aborts the process, so that
+    /// its supervisor restarts it; the database recovers at the next open and everything
+    /// fsync'd is kept. The last defence: no known bug of the engine leads here.
     pub fn spawn_watchdog(
         self: &Arc<Self>,
         limit: Duration,
@@ -311,13 +328,29 @@ impl Core {
                 let stall = core.store.write_stall();
                 if stall > limit {
                     log::error!(
-                        "store writes made no progress for {} s (sled deadlock?): aborting so the \
-                     supervisor restarts the daemon",
-                        stall.as_secs()
+                        "store writes made no progress for {} s ({} writes waiting on the \
+                         database; the disk or the database is hung): aborting so the \
+                         supervisor restarts the daemon",
+                        stall.as_secs(),
+                        core.store.writes_in_flight()
                     );
                     std::process::abort();
                 }
             })
+    }
+
+    /// Told after chunks were written: wakes the compactor.
+    fn chunks_written(&self) {}
+
+    /// Decodes an LLM frame with the model (blocking: seconds on a CPU).
+    fn decode_llm(
+        &self,
+        _ino: u64,
+        _idx: u64,
+        _ver: u64,
+        _framed: &[u8],
+    ) -> Result<Vec<u8>, FrameError> {
+        Err(FrameError::NeedsModel)
     }
 
     /// Inodes in use, for statfs.
@@ -370,9 +403,12 @@ pub(crate) mod testutil {
         core.create_node(caller, parent, name, what, false)
     }
 
+    /// A core over a fresh in-memory store (the directory is for tests that need one).
     pub fn core_with(cfg: CoreConfig) -> (tempfile::TempDir, Core) {
         let dir = tempfile::tempdir().unwrap();
-        let core = Core::load(&dir.path().join("store"), cfg).unwrap();
+        let core = Core::with_engine(MemoryEngine::new(), cfg).unwrap();
         (dir, core)
     }
+
+    pub use crate::store::engine::memory::MemoryEngine;
 }

@@ -1,10 +1,10 @@
 //! rename(2) and renameat2(2): plain, over an existing file or empty directory,
-//! RENAME_NOREPLACE and RENAME_EXCHANGE, all as one sled batch.
+//! RENAME_NOREPLACE and RENAME_EXCHANGE, each as one store transaction.
 
 use super::perm::{self, W};
 use super::{check_name, live, Caller, Core, FsError, FsResult};
-use crate::store::records::{encode_dirent, Kind, Time};
-use crate::store::{keys, Batch, Store, ROOT_INO};
+use crate::store::records::{Kind, Time};
+use crate::store::{Txn, ROOT_INO};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenameMode {
@@ -80,17 +80,14 @@ impl Core {
             perm::check(&guards[is].inode, caller, W)?;
         }
         let now = Time::now();
-        let mut b = Batch::default();
+        let mut t = Txn::new();
         let mut deleted = None;
 
         match dst {
             None => {
                 perm::check(&guards[inp].inode, caller, W | perm::X)?;
-                b.remove(keys::dirent(parent, name));
-                b.insert(
-                    keys::dirent(newparent, newname),
-                    encode_dirent(src, src_kind),
-                );
+                t.unlink(parent, name);
+                t.link(newparent, newname, src, src_kind);
                 if moves_dir_across {
                     guards[ip].inode.nlink = guards[ip].inode.nlink.saturating_sub(1);
                     guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_add(1);
@@ -104,11 +101,8 @@ impl Core {
                     if parent != newparent && d_kind == Kind::Dir {
                         perm::check(&guards[id].inode, caller, W)?;
                     }
-                    b.insert(keys::dirent(parent, name), encode_dirent(d, d_kind));
-                    b.insert(
-                        keys::dirent(newparent, newname),
-                        encode_dirent(src, src_kind),
-                    );
+                    t.link(parent, name, d, d_kind);
+                    t.link(newparent, newname, src, src_kind);
                     if parent != newparent {
                         let delta = |k: Kind| i64::from(k == Kind::Dir);
                         let (ds, dd) = (delta(src_kind), delta(d_kind));
@@ -135,11 +129,8 @@ impl Core {
                         }
                         _ => {}
                     }
-                    b.remove(keys::dirent(parent, name));
-                    b.insert(
-                        keys::dirent(newparent, newname),
-                        encode_dirent(src, src_kind),
-                    );
+                    t.unlink(parent, name);
+                    t.link(newparent, newname, src, src_kind);
                     if src_kind == Kind::Dir {
                         // The replaced directory's ".." link to newparent goes away.
                         guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_sub(1);
@@ -149,7 +140,7 @@ impl Core {
                             guards[is].inode.parent = newparent;
                         }
                     }
-                    if self.drop_link(&mut b, d, &mut guards[id], now)? {
+                    if self.drop_link(&mut t, d, &mut guards[id], now)? {
                         deleted = Some(id);
                     }
                 }
@@ -162,10 +153,10 @@ impl Core {
         }
         for (k, g) in guards.iter().enumerate() {
             if Some(k) != deleted {
-                Store::put_inode(&mut b, inos[k], &g.inode);
+                t.put_inode(inos[k], &g.inode);
             }
         }
-        self.store.apply(b)?;
+        self.store.commit(t)?;
         if let Some(id) = deleted {
             self.finish_delete(inos[id], &mut guards[id]);
         }

@@ -3,7 +3,7 @@
 use super::perm::{self, R, W};
 use super::{live, Caller, Core, FsError, FsResult};
 use crate::store::records::{Kind, Time};
-use crate::store::{keys, Batch, Store};
+use crate::store::Txn;
 
 /// Linux's limits (XATTR_NAME_MAX, XATTR_SIZE_MAX).
 const NAME_MAX: usize = 255;
@@ -83,11 +83,7 @@ impl Core {
     pub fn getxattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         let inode = self.getattr(ino)?.inode;
         check_access(caller, &inode, name, R)?;
-        Ok(self
-            .store
-            .get_xattr(ino, name)?
-            .ok_or(FsError::NoAttr)?
-            .to_vec())
+        self.store.xattr(ino, name)?.ok_or(FsError::NoAttr)
     }
 
     pub fn setxattr(
@@ -104,17 +100,17 @@ impl Core {
         let n = self.node(ino)?;
         let mut g = live(&n)?;
         check_access(caller, &g.inode, name, W)?;
-        let exists = self.store.get_xattr(ino, name)?.is_some();
+        let exists = self.store.xattr(ino, name)?.is_some();
         match (how, exists) {
             (SetXattr::Create, true) => return Err(FsError::Exists),
             (SetXattr::Replace, false) => return Err(FsError::NoAttr),
             _ => {}
         }
         g.inode.ctime = Time::now();
-        let mut b = Batch::default();
-        b.insert(keys::xattr(ino, name), value);
-        Store::put_inode(&mut b, ino, &g.inode);
-        self.store.apply(b)?;
+        let mut t = Txn::new();
+        t.put_xattr(ino, name, value);
+        t.put_inode(ino, &g.inode);
+        self.store.commit(t)?;
         Ok(())
     }
 
@@ -136,14 +132,14 @@ impl Core {
         let n = self.node(ino)?;
         let mut g = live(&n)?;
         check_access(caller, &g.inode, name, W)?;
-        if self.store.get_xattr(ino, name)?.is_none() {
+        if self.store.xattr(ino, name)?.is_none() {
             return Err(FsError::NoAttr);
         }
         g.inode.ctime = Time::now();
-        let mut b = Batch::default();
-        b.remove(keys::xattr(ino, name));
-        Store::put_inode(&mut b, ino, &g.inode);
-        self.store.apply(b)?;
+        let mut t = Txn::new();
+        t.delete_xattr(ino, name);
+        t.put_inode(ino, &g.inode);
+        self.store.commit(t)?;
         Ok(())
     }
 }

@@ -1,36 +1,34 @@
-//! Every key layout of the store, in one place.
+//! Every table and key layout of the store, in one place.
 //!
-//! The store is ONE sled tree, `fs`, so that every multi-key update (a chunk together
-//! with the file size and mtime that go with it, a rename, an unlink) is one atomic
-//! `apply_batch`. Keys start with a one-byte prefix naming the record kind; integers
-//! in keys are big endian so that a range scan walks them in numeric order.
+//! Integers in keys are big endian, so that a range scan walks them in numeric order.
+//! Values are encoded in [`super::records`] and [`super::extent`]; each starts with its
+//! own version byte where it can evolve.
 //!
-//! | prefix | key | value | notes |
+//! | table | key | value | notes |
 //! | --- | --- | --- | --- |
-//! | `S` | `S` `super` | [`Superblock`](super::records::Superblock) | format version, chunk size, model fingerprint |
-//! | `I` | `I` ino:u64 | [`Inode`](super::records::Inode) | one per live inode (and per orphan) |
-//! | `D` | `D` parent:u64 name | child:u64 kind:u8 | name-ordered, so readdir resumes after a name |
-//! | `X` | `X` ino:u64 name | value bytes | extended attributes, name with its namespace (`user.foo`) |
-//! | `C` | `C` ino:u64 index:u64 | [`frame`](crate::frame) | chunk `index` covers bytes `[index*cs, (index+1)*cs)`; absent = zeros |
-//! | `O` | `O` ino:u64 | empty | orphan: unlinked while open; deleted at last close or next mount |
+//! | `meta` | `super` | [`Superblock`](super::records::Superblock) | format version, chunk size, the llmfs release that created the store |
+//! | `meta` | `next_ino` | u64 | inode numbers below it may have been handed out (reserved in blocks) |
+//! | `meta` | `profile` | codec profile bytes | what LLM frames were coded under; pinned with the first LLM frame |
+//! | `meta` | `canary` | frame bytes | a small LLM frame coded at pin time, decoded by every mount |
+//! | `inode` | ino:u64 | [`Inode`](super::records::Inode) | one per live inode (and per orphan still open) |
+//! | `dirent` | parent:u64 name | child:u64 kind:u8 | name-ordered, so readdir resumes after a name |
+//! | `xattr` | ino:u64 name | value bytes | extended attributes, name with its namespace (`user.foo`) |
+//! | `chunk` | ino:u64 index:u64 | [`HotChunk`](super::records::HotChunk): version, frame | a chunk written since it was last settled |
+//! | `extent` | ino:u64 first:u64 | [`Extent`](super::extent::Extent) | settled frames of chunks `first..` of one file, packed |
+//! | `pending` | ino:u64 index:u64 | [`Pending`](super::records::Pending): version, time written | chunks waiting for the compactor: exactly the `chunk` keys |
+//! | `orphan` | ino:u64 | empty | unlinked while open, or a big file whose chunks are being deleted |
 //!
-//! Inode numbers come from sled's persistent `generate_id` (+2, the root is 1) and are
-//! never reused, so a stale cache entry keyed by inode can never alias a new file.
+//! A chunk `index` covers bytes `[index*cs, (index+1)*cs)` of its file. It lives in exactly
+//! one place: the `chunk` table (hot: just written, in the fast codec) or one extent
+//! (settled: coded by the compactor, or tried and kept as it was); absent means zeros.
+//!
+//! Inode numbers are never reused within a store (see `next_ino`), so a stale cache
+//! entry keyed by inode can never alias a new file.
 
-pub const SUPERBLOCK: &[u8] = b"Ssuper";
-
-const INODE: u8 = b'I';
-const DIRENT: u8 = b'D';
-const XATTR: u8 = b'X';
-const CHUNK: u8 = b'C';
-const ORPHAN: u8 = b'O';
-
-fn with_ino(prefix: u8, ino: u64, extra: usize) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + extra);
-    k.push(prefix);
-    k.extend_from_slice(&ino.to_be_bytes());
-    k
-}
+pub const SUPERBLOCK: &[u8] = b"super";
+pub const NEXT_INO: &[u8] = b"next_ino";
+pub const PROFILE: &[u8] = b"profile";
+pub const CANARY: &[u8] = b"canary";
 
 /// Reads the big-endian u64 at `pos` of a key, if the key is long enough.
 pub fn u64_at(key: &[u8], pos: usize) -> Option<u64> {
@@ -39,73 +37,49 @@ pub fn u64_at(key: &[u8], pos: usize) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
-pub fn inode(ino: u64) -> Vec<u8> {
-    with_ino(INODE, ino, 0)
+/// An inode key, and the prefix of every per-inode key (dirents of a directory, xattrs,
+/// chunks, extents, pending records of a file).
+pub fn ino(ino: u64) -> Vec<u8> {
+    ino.to_be_bytes().to_vec()
 }
 
-/// Prefix of every inode key.
-pub fn inode_prefix() -> Vec<u8> {
-    vec![INODE]
-}
-
-pub fn dirent(parent: u64, name: &[u8]) -> Vec<u8> {
-    let mut k = with_ino(DIRENT, parent, name.len());
+/// Key of a per-inode record with a name (dirent, xattr).
+pub fn named(ino: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&ino.to_be_bytes());
     k.extend_from_slice(name);
     k
 }
 
-/// Prefix of every entry of directory `parent`.
-pub fn dirent_prefix(parent: u64) -> Vec<u8> {
-    with_ino(DIRENT, parent, 0)
+/// The name part of a dirent or xattr key.
+pub fn name_of(key: &[u8]) -> &[u8] {
+    key.get(8..).unwrap_or(&[])
 }
 
-/// The name part of a dirent key.
-pub fn dirent_name(key: &[u8]) -> &[u8] {
-    key.get(9..).unwrap_or(&[])
-}
-
-pub fn xattr(ino: u64, name: &[u8]) -> Vec<u8> {
-    let mut k = with_ino(XATTR, ino, name.len());
-    k.extend_from_slice(name);
-    k
-}
-
-pub fn xattr_prefix(ino: u64) -> Vec<u8> {
-    with_ino(XATTR, ino, 0)
-}
-
-/// The name part of an xattr key.
-pub fn xattr_name(key: &[u8]) -> &[u8] {
-    key.get(9..).unwrap_or(&[])
-}
-
+/// Key of chunk `index` of `ino`, in the `chunk`, `extent` (as the first index) and
+/// `pending` tables.
 pub fn chunk(ino: u64, index: u64) -> Vec<u8> {
-    let mut k = with_ino(CHUNK, ino, 8);
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&ino.to_be_bytes());
     k.extend_from_slice(&index.to_be_bytes());
     k
 }
 
-/// Prefix of every chunk of `ino`.
-pub fn chunk_prefix(ino: u64) -> Vec<u8> {
-    with_ino(CHUNK, ino, 0)
+/// (ino, index) of a chunk-shaped key.
+pub fn chunk_of(key: &[u8]) -> Option<(u64, u64)> {
+    Some((u64_at(key, 0)?, u64_at(key, 8)?))
 }
 
-/// Prefix of every chunk of every file (for statistics).
-pub fn all_chunks_prefix() -> Vec<u8> {
-    vec![CHUNK]
-}
-
-/// The chunk index of a chunk key.
-pub fn chunk_index(key: &[u8]) -> Option<u64> {
-    u64_at(key, 9)
-}
-
-pub fn orphan(ino: u64) -> Vec<u8> {
-    with_ino(ORPHAN, ino, 0)
-}
-
-pub fn orphan_prefix() -> Vec<u8> {
-    vec![ORPHAN]
+/// The smallest key after every key that starts with `prefix` (`None`: no such key).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -118,16 +92,19 @@ mod tests {
         let b = chunk(7, 256);
         let c = chunk(8, 0);
         assert!(a < b && b < c);
-        assert!(b.starts_with(&chunk_prefix(7)));
-        assert_eq!(chunk_index(&b), Some(256));
+        assert!(b.starts_with(&ino(7)));
+        assert_eq!(chunk_of(&b), Some((7, 256)));
+        assert!(prefix_end(&ino(7)).unwrap() <= c);
     }
 
     #[test]
-    fn dirents_sort_by_name_within_a_directory() {
-        let a = dirent(2, b"a");
-        let b = dirent(2, b"b");
+    fn names_sort_within_their_inode() {
+        let a = named(2, b"a");
+        let b = named(2, b"b");
         assert!(a < b);
-        assert!(b < dirent(3, b""));
-        assert_eq!(dirent_name(&b), b"b");
+        assert!(b < named(3, b""));
+        assert_eq!(name_of(&b), b"b");
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
     }
 }

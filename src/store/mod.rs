@@ -1,34 +1,87 @@
-//! The sled store: opening/creating it, the superblock, and typed access to records.
-//! It knows nothing of FUSE, permissions or caching; [`crate::fs`] builds on it.
+//! The store: one embedded database holding a filesystem's metadata and chunks, behind
+//! typed operations. Nothing outside this module names the database or builds a key.
+//!
+//! - [`keys`]: every table and key layout, in one table.
+//! - [`records`], [`extent`]: the encodings of the values.
+//! - [`txn::Txn`]: a typed batch (put inode, link, write chunk, ...), committed atomically.
+//! - [`engine`]: the database seam, with the product engine and an in-memory twin that
+//!   injects faults for tests.
+//!
+//! It knows nothing of FUSE, permissions or caching; [`crate::fs`] builds on it. Methods
+//! that read before they add to a [`Txn`] (chunk edits) are correct when the caller holds
+//! the file's lock, as the filesystem core does.
+//!
+//! ENGINE_CHOICE_DOC
 
+pub mod engine;
+pub mod extent;
 pub mod keys;
 pub mod records;
 pub mod stats;
+pub mod txn;
 
-use records::{Inode, Kind, Superblock, Time, FORMAT_VERSION};
-use std::path::Path;
+use engine::{Engine, EngineError, Table};
+use extent::{Extent, ExtentChunk};
+use parking_lot::Mutex;
+use records::{decode_dirent, HotChunk, Inode, Kind, Pending, Superblock, Time, FORMAT_VERSION};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-
-pub use sled::Batch;
+pub use txn::Txn;
 
 /// The root directory's inode number (FUSE's fixed root).
 pub const ROOT_INO: u64 = 1;
 
+/// Inode numbers are reserved this many at a time (one small commit per block).
+const INO_BLOCK: u64 = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    #[error("no space left on the device that holds the store")]
+    NoSpace,
     #[error("the store is in use by another process (is it mounted already?)")]
     InUse,
-    #[error("store is corrupted: {0}")]
+    #[error(transparent)]
+    Engine(EngineError),
+    #[error("the store is damaged: {0}")]
     Corrupt(String),
     #[error(
         "store format version {0} is not supported (this build reads version {FORMAT_VERSION}); \
          use the llmfs release that wrote it"
     )]
     UnsupportedVersion(u32),
+    #[error(
+        "{0} holds a store of format version 1, written by llmfs 0.1.0 on sled; this release \
+         reads format {FORMAT_VERSION} only: mount it with llmfs 0.1.0 and copy its files into a \
+         new store"
+    )]
+    SledStore(PathBuf),
+    #[error(
+        "{path} is not an llmfs store: it holds {found}. A store is created only in an empty or \
+         missing directory"
+    )]
+    NotAStore { path: PathBuf, found: String },
+    #[error("{0} holds no llmfs store")]
+    Missing(PathBuf),
+}
+
+impl From<EngineError> for StoreError {
+    fn from(e: EngineError) -> StoreError {
+        match e {
+            EngineError::NoSpace => StoreError::NoSpace,
+            EngineError::InUse => StoreError::InUse,
+            e => StoreError::Engine(e),
+        }
+    }
+}
+
+/// How to open a store.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Create a store when the directory is missing or empty (never otherwise).
+    pub create: Option<CreateOptions>,
 }
 
 /// Options that only matter when a store is created.
@@ -37,16 +90,43 @@ pub struct CreateOptions {
     pub chunk_size: u32,
 }
 
+/// A stored chunk and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub ver: u64,
+    pub frame: Vec<u8>,
+    /// In the `chunk` table (written since last settled) rather than in an extent.
+    pub hot: bool,
+}
+
+/// A stored chunk without its frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub index: u64,
+    pub ver: u64,
+    pub frame_len: usize,
+    pub hot: bool,
+}
+
+/// A chunk waiting for the compactor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingChunk {
+    pub ino: u64,
+    pub index: u64,
+    pub ver: u64,
+    pub written: i64,
+}
+
 pub struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
+    engine: Arc<dyn Engine>,
     superblock: Superblock,
+    /// (next inode number to hand out, first number not yet reserved in the store)
+    inos: Mutex<(u64, u64)>,
     writes: WriteProgress,
 }
 
-/// How long the oldest unfinished write has been running, for the watchdog: sled 0.34
-/// can deadlock inside `apply_batch` under concurrent load (spacejam/sled#1412), and a
-/// daemon that hangs forever is worse than one that dies and is restarted.
+/// How long the oldest unfinished write has been running, for the watchdog: a daemon
+/// whose database hangs forever is worse than one that dies and is restarted.
 #[derive(Default)]
 struct WriteProgress {
     in_flight: AtomicUsize,
@@ -79,60 +159,164 @@ impl WriteProgress {
     }
 }
 
+/// What a store directory holds, judged before anything is opened or created.
+enum DirState {
+    /// Missing, or empty but for what a fresh file system or a lock leaves.
+    Empty,
+    Ours,
+    Sled,
+    Other(String),
+}
+
+fn inspect(dir: &Path) -> Result<DirState, StoreError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirState::Empty),
+        Err(e) => {
+            return Err(StoreError::Engine(EngineError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            }))
+        }
+    };
+    let mut names = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| {
+            StoreError::Engine(EngineError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        })?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    if names.iter().any(|n| n == engine::product::DB_FILE) {
+        return Ok(DirState::Ours);
+    }
+    if names.iter().any(|n| n == "conf") && names.iter().any(|n| n == "db") {
+        return Ok(DirState::Sled);
+    }
+    names.retain(|n| n != "lost+found" && n != engine::product::LOCK_FILE);
+    if names.is_empty() {
+        return Ok(DirState::Empty);
+    }
+    names.sort();
+    let mut found = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 3 {
+        found.push_str(&format!(" and {} more", names.len() - 3));
+    }
+    Ok(DirState::Other(found))
+}
+
 impl Store {
-    /// Opens the store at `path`, creating it (with `create`) when it holds no superblock.
-    pub fn open(path: &Path, create: &CreateOptions) -> Result<Store, StoreError> {
-        // sled's own compression stays off: chunk frames are already compressed and
-        // metadata is tiny. sled uses several times `cache_capacity` in practice (measured
-        // under sustained writes), so it stays small; the chunk cache is ours.
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(16 << 20)
-            .use_compression(false)
-            .open()
-            .map_err(|e| match e {
-                // sled reports its lock file as a formatted Other error.
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::InUse
-                }
-                e => StoreError::Sled(e),
-            })?;
-        let tree = db.open_tree("fs")?;
-        let superblock = match tree.get(keys::SUPERBLOCK)? {
-            Some(b) => Superblock::decode(&b)?,
-            None => {
-                let sb = Superblock {
-                    format_version: FORMAT_VERSION,
-                    chunk_size: create.chunk_size,
-                    model_fingerprint: None,
+    /// Opens the store in directory `dir`, creating it (with `opts.create`) only when the
+    /// directory is missing or empty. A directory holding anything else, or a database
+    /// without a superblock, is an error: a damaged store is never taken for a new one.
+    pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Store, StoreError> {
+        match inspect(dir)? {
+            DirState::Ours => {
+                // A damaged file must be reported as such, even if the database panics.
+                let opened =
+                    std::panic::catch_unwind(|| engine::product::open(dir)).map_err(|_| {
+                        StoreError::Corrupt(format!(
+                            "the database in {} made its engine panic on open; `llmfs fsck` \
+                             can tell what is left",
+                            dir.display()
+                        ))
+                    })?;
+                Store::open_engine(opened?, &OpenOptions::default())
+            }
+            DirState::Empty => {
+                let Some(create) = &opts.create else {
+                    return Err(StoreError::Missing(dir.to_path_buf()));
                 };
-                let now = Time::now();
-                let mut root = Inode::new(libc::S_IFDIR | 0o755, 0, 0, now);
-                root.nlink = 2;
-                root.parent = ROOT_INO;
-                let mut b = Batch::default();
-                b.insert(keys::SUPERBLOCK, sb.encode());
-                b.insert(keys::inode(ROOT_INO), root.encode());
-                tree.apply_batch(b)?;
-                db.flush()?;
+                let engine = engine::product::create(dir, |e| {
+                    Store::init(e, create).map_err(|err| EngineError::Other(err.to_string()))
+                })?;
                 log::info!(
                     "created store at {} (chunk size {} bytes)",
-                    path.display(),
-                    sb.chunk_size
+                    dir.display(),
+                    create.chunk_size
                 );
-                sb
+                Store::open_engine(engine, &OpenOptions::default())
             }
-        };
-        if !(512..=(1 << 24)).contains(&superblock.chunk_size) {
+            DirState::Sled => Err(StoreError::SledStore(dir.to_path_buf())),
+            DirState::Other(found) => Err(StoreError::NotAStore {
+                path: dir.to_path_buf(),
+                found,
+            }),
+        }
+    }
+
+    /// Writes the superblock and root directory of a new store, durably.
+    fn init(engine: &dyn Engine, create: &CreateOptions) -> Result<(), StoreError> {
+        if !(512..=(1 << 24)).contains(&create.chunk_size) {
             return Err(StoreError::Corrupt(format!(
                 "chunk size {} out of range",
-                superblock.chunk_size
+                create.chunk_size
             )));
         }
+        let sb = Superblock {
+            format_version: FORMAT_VERSION,
+            chunk_size: create.chunk_size,
+            created_by: format!("llmfs {}", env!("CARGO_PKG_VERSION")),
+        };
+        let mut root = Inode::new(libc::S_IFDIR | 0o755, 0, 0, Time::now());
+        root.nlink = 2;
+        root.parent = ROOT_INO;
+        let mut t = Txn::new();
+        t.put_superblock(&sb);
+        t.put(
+            Table::Meta,
+            keys::NEXT_INO.to_vec(),
+            (ROOT_INO + 1).to_be_bytes().to_vec(),
+        );
+        t.put_inode(ROOT_INO, &root);
+        engine.commit(&t.into_ops(), true)?;
+        Ok(())
+    }
+
+    /// Opens a store on an engine; an empty engine is initialised when `opts.create`
+    /// says so (tests), otherwise it is refused as damaged.
+    pub fn open_engine(engine: Arc<dyn Engine>, opts: &OpenOptions) -> Result<Store, StoreError> {
+        let sb =
+            match engine.get(Table::Meta, keys::SUPERBLOCK)? {
+                Some(b) => Superblock::decode(&b)?,
+                None => {
+                    let mut empty = true;
+                    for t in Table::ALL {
+                        engine.scan(t, &[], None, &mut |_, _| {
+                            empty = false;
+                            false
+                        })?;
+                    }
+                    match &opts.create {
+                        Some(c) if empty => {
+                            Store::init(engine.as_ref(), c)?;
+                            return Store::open_engine(engine, &OpenOptions::default());
+                        }
+                        _ => return Err(StoreError::Corrupt(
+                            "the database has no superblock (its first record): it is damaged, \
+                             not empty; `llmfs fsck` can tell what is left"
+                                .into(),
+                        )),
+                    }
+                }
+            };
+        if !(512..=(1 << 24)).contains(&sb.chunk_size) {
+            return Err(StoreError::Corrupt(format!(
+                "chunk size {} out of range",
+                sb.chunk_size
+            )));
+        }
+        let next = match engine.get(Table::Meta, keys::NEXT_INO)? {
+            Some(b) => keys::u64_at(&b, 0)
+                .ok_or_else(|| StoreError::Corrupt("next_ino record malformed".into()))?,
+            None => return Err(StoreError::Corrupt("next_ino record missing".into())),
+        };
         Ok(Store {
-            db,
-            tree,
-            superblock,
+            engine,
+            superblock: sb,
+            inos: Mutex::new((next, next)),
             writes: WriteProgress::default(),
         })
     }
@@ -145,19 +329,38 @@ impl Store {
         u64::from(self.superblock.chunk_size)
     }
 
-    /// A fresh inode number, never handed out before.
+    /// A fresh inode number, never handed out before in this store.
     pub fn alloc_ino(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()? + 2)
+        let mut g = self.inos.lock();
+        if g.0 >= g.1 {
+            // Reserve a block first: commits are ordered, so no inode created with a
+            // number from it can outlive the reservation in a crash.
+            let reserved = g.1 + INO_BLOCK;
+            let mut t = Txn::new();
+            t.put(
+                Table::Meta,
+                keys::NEXT_INO.to_vec(),
+                reserved.to_be_bytes().to_vec(),
+            );
+            self.commit(t)?;
+            g.1 = reserved;
+        }
+        g.0 += 1;
+        Ok(g.0 - 1)
     }
 
-    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        Ok(self.writes.run(|| self.tree.apply_batch(batch))?)
+    /// Applies `txn` atomically; durable only with the next [`Store::sync`].
+    pub fn commit(&self, txn: Txn) -> Result<(), StoreError> {
+        if txn.is_empty() {
+            return Ok(());
+        }
+        let ops = txn.into_ops();
+        Ok(self.writes.run(|| self.engine.commit(&ops, false))?)
     }
 
-    /// Makes everything applied so far durable.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.writes.run(|| self.db.flush())?;
-        Ok(())
+    /// Makes everything committed so far durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        Ok(self.writes.run(|| self.engine.sync())?)
     }
 
     /// How long writes have been in flight without any of them finishing.
@@ -165,31 +368,162 @@ impl Store {
         self.writes.stalled_for()
     }
 
-    pub fn get_inode(&self, ino: u64) -> Result<Option<Inode>, StoreError> {
-        match self.tree.get(keys::inode(ino))? {
+    /// Writes waiting on the database right now.
+    pub fn writes_in_flight(&self) -> usize {
+        self.writes.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// One step of giving free space back (see [`Engine::reclaim`]).
+    pub fn reclaim(&self) -> Result<bool, StoreError> {
+        Ok(self.writes.run(|| self.engine.reclaim())?)
+    }
+
+    pub fn space(&self) -> Result<engine::EngineSpace, StoreError> {
+        Ok(self.engine.space()?)
+    }
+
+    pub fn meta(&self, key: MetaKey) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.engine.get(Table::Meta, key.key())?)
+    }
+
+    // ---- reads, optionally through a transaction's changes ----
+
+    fn get(
+        &self,
+        txn: Option<&Txn>,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(c) = txn.and_then(|t| t.change(table, key)) {
+            return Ok(c.map(<[u8]>::to_vec));
+        }
+        Ok(self.engine.get(table, key)?)
+    }
+
+    /// Keys and values in `[from, to)`, merged with the transaction's changes; `visit`
+    /// gets each and returns false to stop.
+    fn scan(
+        &self,
+        txn: Option<&Txn>,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let Some(txn) = txn else {
+            return Ok(self.engine.scan(table, from, to, visit)?);
+        };
+        let high = to.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut changes = txn.changes_in(table, from, high).peekable();
+        let mut stopped = false;
+        self.engine.scan(table, from, to, &mut |k, v| {
+            while let Some((ck, cv)) = changes.peek() {
+                if *ck > k {
+                    break;
+                }
+                if *ck < k {
+                    if let Some(cv) = cv {
+                        if !visit(ck, cv) {
+                            stopped = true;
+                            return false;
+                        }
+                    }
+                    changes.next();
+                    continue;
+                }
+                // Same key: the transaction's version replaces the engine's.
+                let (ck, cv) = changes.next().expect("peeked");
+                return match cv {
+                    Some(cv) => {
+                        stopped = !visit(ck, cv);
+                        !stopped
+                    }
+                    None => true,
+                };
+            }
+            stopped = !visit(k, v);
+            !stopped
+        })?;
+        if !stopped {
+            for (ck, cv) in changes {
+                if let Some(cv) = cv {
+                    if !visit(ck, cv) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry with the greatest key in `[low, high]`, through the transaction. Keys
+    /// of `table` must all have one length (the extent table's do).
+    fn floor(
+        &self,
+        txn: Option<&Txn>,
+        table: Table,
+        low: &[u8],
+        high: &[u8],
+    ) -> Result<Option<engine::Entry>, StoreError> {
+        let mut high = high.to_vec();
+        loop {
+            let stored = self.engine.floor(table, low, &high)?;
+            let changed = txn.and_then(|t| {
+                t.changes_in(table, low, Bound::Included(&high))
+                    .next_back()
+                    .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            });
+            // The greater key wins; on a tie the transaction's change does. A stored key
+            // above every changed key cannot have been changed.
+            let (key, value) = match (stored, changed) {
+                (None, None) => return Ok(None),
+                (Some((k, v)), None) => (k, Some(v)),
+                (None, Some(c)) => c,
+                (Some((k, v)), Some(c)) => {
+                    if k > c.0 {
+                        (k, Some(v))
+                    } else {
+                        c
+                    }
+                }
+            };
+            match value {
+                Some(v) => return Ok(Some((key, v))),
+                // Deleted by the transaction: look below it.
+                None => match predecessor(&key) {
+                    Some(p) if p.as_slice() >= low => high = p,
+                    _ => return Ok(None),
+                },
+            }
+        }
+    }
+
+    // ---- namespace and metadata ----
+
+    pub fn inode(&self, ino: u64) -> Result<Option<Inode>, StoreError> {
+        match self.engine.get(Table::Inode, &keys::ino(ino))? {
             Some(b) => Ok(Some(Inode::decode(&b)?)),
             None => Ok(None),
         }
     }
 
-    pub fn put_inode(batch: &mut Batch, ino: u64, inode: &Inode) {
-        batch.insert(keys::inode(ino), inode.encode());
-    }
-
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<(u64, Kind)>, StoreError> {
-        match self.tree.get(keys::dirent(parent, name))? {
-            Some(v) => Ok(Some(records::decode_dirent(&v)?)),
+        match self.engine.get(Table::Dirent, &keys::named(parent, name))? {
+            Some(v) => Ok(Some(decode_dirent(&v)?)),
             None => Ok(None),
         }
     }
 
     pub fn dir_is_empty(&self, dir: u64) -> Result<bool, StoreError> {
-        Ok(self
-            .tree
-            .scan_prefix(keys::dirent_prefix(dir))
-            .next()
-            .transpose()?
-            .is_none())
+        let mut empty = true;
+        let from = keys::ino(dir);
+        let to = keys::prefix_end(&from);
+        self.engine
+            .scan(Table::Dirent, &from, to.as_deref(), &mut |_, _| {
+                empty = false;
+                false
+            })?;
+        Ok(empty)
     }
 
     /// Up to `limit` entries of `dir` whose names sort strictly after `after`.
@@ -199,112 +533,95 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, u64, Kind)>, StoreError> {
-        let prefix = keys::dirent_prefix(dir);
+        let prefix = keys::ino(dir);
         let start = match after {
             Some(name) => {
-                // The smallest key strictly greater than `dirent(dir, name)`.
-                let mut k = keys::dirent(dir, name);
+                // The smallest key strictly greater than the entry `name`.
+                let mut k = keys::named(dir, name);
                 k.push(0);
                 k
             }
             None => prefix.clone(),
         };
+        let end = keys::prefix_end(&prefix);
         let mut out = Vec::new();
-        for item in self.tree.range(start..) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
-                break;
-            }
-            let (ino, kind) = records::decode_dirent(&v)?;
-            out.push((keys::dirent_name(&k).to_vec(), ino, kind));
+        let mut bad = None;
+        self.engine
+            .scan(Table::Dirent, &start, end.as_deref(), &mut |k, v| {
+                match decode_dirent(v) {
+                    Ok((ino, kind)) => out.push((keys::name_of(k).to_vec(), ino, kind)),
+                    Err(e) => bad = Some(e),
+                }
+                bad.is_none() && out.len() < limit
+            })?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(out)
     }
 
-    pub fn get_chunk(&self, ino: u64, index: u64) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(keys::chunk(ino, index))?)
+    pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.engine.get(Table::Xattr, &keys::named(ino, name))?)
     }
 
-    /// Stored chunks of `ino` with index >= `from` (and < `to`): (index, frame length).
-    pub fn chunks_in(&self, ino: u64, from: u64, to: u64) -> Result<Vec<(u64, usize)>, StoreError> {
+    pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let from = keys::ino(ino);
+        let to = keys::prefix_end(&from);
         let mut out = Vec::new();
-        if from >= to {
-            return Ok(out);
-        }
-        for item in self
-            .tree
-            .range(keys::chunk(ino, from)..keys::chunk(ino, to))
-        {
-            let (k, v) = item?;
-            if let Some(idx) = keys::chunk_index(&k) {
-                out.push((idx, v.len()));
-            }
-        }
+        self.engine
+            .scan(Table::Xattr, &from, to.as_deref(), &mut |k, _| {
+                out.push(keys::name_of(k).to_vec());
+                true
+            })?;
         Ok(out)
-    }
-
-    /// Adds to `batch` the removal of every record of `ino` but its directory entries.
-    pub fn delete_inode(&self, batch: &mut Batch, ino: u64) -> Result<(), StoreError> {
-        batch.remove(keys::inode(ino));
-        batch.remove(keys::orphan(ino));
-        for prefix in [keys::chunk_prefix(ino), keys::xattr_prefix(ino)] {
-            for k in self.tree.scan_prefix(prefix).keys() {
-                batch.remove(k?);
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes up to `max` chunks of `ino`; returns how many it removed.
-    pub fn delete_some_chunks(&self, ino: u64, max: usize) -> Result<usize, StoreError> {
-        let mut b = Batch::default();
-        let mut n = 0;
-        for k in self
-            .tree
-            .scan_prefix(keys::chunk_prefix(ino))
-            .keys()
-            .take(max)
-        {
-            b.remove(k?);
-            n += 1;
-        }
-        if n > 0 {
-            self.apply(b)?;
-        }
-        Ok(n)
     }
 
     /// Inodes without names still holding data: open when unlinked, or big files whose
     /// chunks the background reaper has not removed yet.
     pub fn orphans(&self) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
-        for k in self.tree.scan_prefix(keys::orphan_prefix()).keys() {
-            if let Some(ino) = keys::u64_at(&k?, 1) {
+        self.engine.scan(Table::Orphan, &[], None, &mut |k, _| {
+            if let Some(ino) = keys::u64_at(k, 0) {
                 out.push(ino);
             }
-        }
+            true
+        })?;
         Ok(out)
+    }
+
+    /// Visits every inode record in inode order (statistics, fsck, mount-time counts).
+    pub fn for_each_inode(
+        &self,
+        mut visit: impl FnMut(u64, Result<Inode, StoreError>) -> bool,
+    ) -> Result<(), StoreError> {
+        self.engine.scan(Table::Inode, &[], None, &mut |k, v| {
+            visit(keys::u64_at(k, 0).unwrap_or(0), Inode::decode(v))
+        })?;
+        Ok(())
+    }
+
+    /// Visits every directory entry: (parent, name, child, kind).
+    pub fn for_each_dirent(
+        &self,
+        mut visit: impl FnMut(u64, &[u8], Result<(u64, Kind), StoreError>) -> bool,
+    ) -> Result<(), StoreError> {
+        self.engine.scan(Table::Dirent, &[], None, &mut |k, v| {
+            visit(
+                keys::u64_at(k, 0).unwrap_or(0),
+                keys::name_of(k),
+                decode_dirent(v),
+            )
+        })?;
+        Ok(())
     }
 
     pub fn count_inodes(&self) -> Result<u64, StoreError> {
         let mut n = 0;
-        for k in self.tree.scan_prefix(keys::inode_prefix()).keys() {
-            k?;
+        self.engine.scan(Table::Inode, &[], None, &mut |_, _| {
             n += 1;
-        }
+            true
+        })?;
         Ok(n)
-    }
-
-    pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(keys::xattr(ino, name))?)
-    }
-
-    pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out = Vec::new();
-        for k in self.tree.scan_prefix(keys::xattr_prefix(ino)).keys() {
-            out.push(keys::xattr_name(&k?).to_vec());
-        }
-        Ok(out)
     }
 
     /// A path of `ino` for log lines (a full scan: only for error paths).
@@ -312,16 +629,20 @@ impl Store {
         let mut parts = Vec::new();
         let mut cur = ino;
         while cur != ROOT_INO && parts.len() < 64 {
-            let (parent, name) = self.tree.scan_prefix([b'D']).find_map(|item| {
-                let (k, v) = item.ok()?;
-                let (child, _) = records::decode_dirent(&v).ok()?;
-                (child == cur).then(|| {
-                    (
-                        keys::u64_at(&k, 1).unwrap_or(ROOT_INO),
-                        keys::dirent_name(&k).to_vec(),
-                    )
+            let mut found = None;
+            self.engine
+                .scan(Table::Dirent, &[], None, &mut |k, v| {
+                    if decode_dirent(v).is_ok_and(|(child, _)| child == cur) {
+                        found = Some((
+                            keys::u64_at(k, 0).unwrap_or(ROOT_INO),
+                            keys::name_of(k).to_vec(),
+                        ));
+                        return false;
+                    }
+                    true
                 })
-            })?;
+                .ok()?;
+            let (parent, name) = found?;
             parts.push(String::from_utf8_lossy(&name).into_owned());
             cur = parent;
         }
@@ -329,54 +650,413 @@ impl Store {
         Some(format!("/{}", parts.join("/")))
     }
 
-    /// The underlying tree, for statistics.
-    pub(crate) fn tree(&self) -> &sled::Tree {
-        &self.tree
+    // ---- chunks ----
+
+    /// Chunk `index` of `ino`: its version and frame, wherever it lives.
+    pub fn chunk(&self, ino: u64, index: u64) -> Result<Option<StoredChunk>, StoreError> {
+        self.chunk_in(None, ino, index)
     }
+
+    fn chunk_in(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        index: u64,
+    ) -> Result<Option<StoredChunk>, StoreError> {
+        if let Some(v) = self.get(txn, Table::Chunk, &keys::chunk(ino, index))? {
+            let h = HotChunk::decode(&v)?;
+            return Ok(Some(StoredChunk {
+                ver: h.ver,
+                frame: h.frame,
+                hot: true,
+            }));
+        }
+        if let Some((_, v)) = self.extent_floor(txn, ino, index)? {
+            if let Some((ver, frame)) = Extent::lookup(&v, index)? {
+                return Ok(Some(StoredChunk {
+                    ver,
+                    frame: frame.to_vec(),
+                    hot: false,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The content version of chunk `index` of `ino`, `None` for a hole: what a reader
+    /// compares before it caches what it decoded.
+    pub fn chunk_ver(&self, ino: u64, index: u64) -> Result<Option<u64>, StoreError> {
+        if let Some(v) = self.engine.get(Table::Chunk, &keys::chunk(ino, index))? {
+            return Ok(Some(HotChunk::decode_ver(&v)?));
+        }
+        match self.extent_floor(None, ino, index)? {
+            Some((_, v)) => Ok(Extent::lookup(&v, index)?.map(|(ver, _)| ver)),
+            None => Ok(None),
+        }
+    }
+
+    /// The extent of `ino` with the greatest first index <= `index`.
+    fn extent_floor(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        index: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let found = self.floor(
+            txn,
+            Table::Extent,
+            &keys::chunk(ino, 0),
+            &keys::chunk(ino, index),
+        )?;
+        Ok(found.and_then(|(k, v)| keys::chunk_of(&k).map(|(_, first)| (first, v))))
+    }
+
+    /// Extents of `ino` that may hold chunks in `[from, to)`: (first index, extent).
+    fn extents_overlapping(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Extent)>, StoreError> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        if let Some((first, v)) = self.extent_floor(txn, ino, from)? {
+            let e = Extent::decode(&v)?;
+            if first < from && e.last().is_some_and(|l| l >= from) {
+                out.push((first, e));
+            }
+        }
+        let mut bad = None;
+        self.scan(
+            txn,
+            Table::Extent,
+            &keys::chunk(ino, from),
+            Some(&keys::chunk(ino, to)),
+            &mut |k, v| {
+                match (keys::chunk_of(k), Extent::decode(v)) {
+                    (Some((_, first)), Ok(e)) => out.push((first, e)),
+                    (_, Err(e)) => bad = Some(e),
+                    (None, _) => bad = Some(StoreError::Corrupt("extent key malformed".into())),
+                }
+                bad.is_none()
+            },
+        )?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Every stored chunk of `ino` with `from <= index < to`, in index order.
+    pub fn chunks_in(&self, ino: u64, from: u64, to: u64) -> Result<Vec<ChunkInfo>, StoreError> {
+        self.chunks_in_txn(None, ino, from, to)
+    }
+
+    fn chunks_in_txn(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<ChunkInfo>, StoreError> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        let mut bad = None;
+        self.scan(
+            txn,
+            Table::Chunk,
+            &keys::chunk(ino, from),
+            Some(&keys::chunk(ino, to)),
+            &mut |k, v| {
+                match (keys::chunk_of(k), HotChunk::decode(v)) {
+                    (Some((_, index)), Ok(h)) => out.push(ChunkInfo {
+                        index,
+                        ver: h.ver,
+                        frame_len: h.frame.len(),
+                        hot: true,
+                    }),
+                    (_, Err(e)) => bad = Some(e),
+                    (None, _) => bad = Some(StoreError::Corrupt("chunk key malformed".into())),
+                }
+                bad.is_none()
+            },
+        )?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        for (_, e) in self.extents_overlapping(txn, ino, from, to)? {
+            for c in e.chunks().iter().filter(|c| (from..to).contains(&c.index)) {
+                out.push(ChunkInfo {
+                    index: c.index,
+                    ver: c.ver,
+                    frame_len: c.frame.len(),
+                    hot: false,
+                });
+            }
+        }
+        out.sort_by_key(|c| c.index);
+        Ok(out)
+    }
+
+    /// Adds to `txn` the removal of every chunk of `ino` in `[from, to)`, hot or settled;
+    /// returns the frame bytes freed.
+    pub fn remove_chunks(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<u64, StoreError> {
+        let mut freed = 0u64;
+        for c in self
+            .chunks_in_txn(Some(txn), ino, from, to)?
+            .into_iter()
+            .filter(|c| c.hot)
+        {
+            txn.delete(Table::Chunk, keys::chunk(ino, c.index));
+            txn.delete(Table::Pending, keys::chunk(ino, c.index));
+            freed += c.frame_len as u64;
+        }
+        for (first, mut e) in self.extents_overlapping(Some(txn), ino, from, to)? {
+            freed += e.remove_range(from, to);
+            self.put_extent(txn, ino, first, &e);
+        }
+        Ok(freed)
+    }
+
+    /// Writes `extent`, which was stored under `old_first`, under its (possibly new)
+    /// first index; an empty extent is deleted.
+    fn put_extent(&self, txn: &mut Txn, ino: u64, old_first: u64, e: &Extent) {
+        match e.first() {
+            None => txn.delete(Table::Extent, keys::chunk(ino, old_first)),
+            Some(first) => {
+                if first != old_first {
+                    txn.delete(Table::Extent, keys::chunk(ino, old_first));
+                }
+                txn.put(Table::Extent, keys::chunk(ino, first), e.encode());
+            }
+        }
+    }
+
+    /// Adds to `txn` chunk `index` of `ino` as a hot chunk of version `ver`, waiting for
+    /// the compactor since `written`; returns the frame bytes of what it replaces.
+    pub fn put_chunk(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        index: u64,
+        ver: u64,
+        frame: &[u8],
+        written: Time,
+    ) -> Result<u64, StoreError> {
+        let key = keys::chunk(ino, index);
+        // A chunk lives in one place: a hot one is just replaced, a settled one leaves
+        // its extent (appends, the common case, find no extent spanning them).
+        let freed = match self.get(Some(txn), Table::Chunk, &key)? {
+            Some(old) => HotChunk::decode(&old)?.frame.len() as u64,
+            None => match self.extent_floor(Some(txn), ino, index)? {
+                Some((first, v)) if Extent::lookup(&v, index)?.is_some() => {
+                    let mut e = Extent::decode(&v)?;
+                    let freed = e.remove_range(index, index + 1);
+                    self.put_extent(txn, ino, first, &e);
+                    freed
+                }
+                _ => 0,
+            },
+        };
+        txn.put(Table::Chunk, key.clone(), HotChunk::encode(ver, frame));
+        let pending = Pending {
+            ver,
+            written: written.secs,
+        };
+        txn.put(Table::Pending, key, pending.encode());
+        Ok(freed)
+    }
+
+    /// Chunks waiting for the compactor, from (ino, index) on, at most `limit`.
+    pub fn pending(&self, from: (u64, u64), limit: usize) -> Result<Vec<PendingChunk>, StoreError> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.engine.scan(
+            Table::Pending,
+            &keys::chunk(from.0, from.1),
+            None,
+            &mut |k, v| {
+                match (keys::chunk_of(k), Pending::decode(v)) {
+                    (Some((ino, index)), Ok(p)) => out.push(PendingChunk {
+                        ino,
+                        index,
+                        ver: p.ver,
+                        written: p.written,
+                    }),
+                    (_, Err(e)) => bad = Some(e),
+                    (None, _) => bad = Some(StoreError::Corrupt("pending key malformed".into())),
+                }
+                bad.is_none() && out.len() < limit
+            },
+        )?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Number of chunks waiting for the compactor.
+    pub fn count_pending(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        self.engine.scan(Table::Pending, &[], None, &mut |_, _| {
+            n += 1;
+            true
+        })?;
+        Ok(n)
+    }
+
+    /// Adds to `txn` the settling of hot chunk `index` of `ino` (which the caller checked
+    /// is still at version `ver`) with `frame`: it leaves the hot and pending tables and
+    /// joins an extent. Returns the frame bytes freed minus those added (may be
+    /// negative if the new frame is larger, which the compactor never asks).
+    pub fn settle_chunk(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        index: u64,
+        ver: u64,
+        frame: Vec<u8>,
+    ) -> Result<i64, StoreError> {
+        let key = keys::chunk(ino, index);
+        let old = match self.get(Some(txn), Table::Chunk, &key)? {
+            Some(v) => HotChunk::decode(&v)?.frame.len() as i64,
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "settling chunk {index} of inode {ino}, which is not hot"
+                )))
+            }
+        };
+        txn.delete(Table::Chunk, key.clone());
+        txn.delete(Table::Pending, key);
+        let added = frame.len() as i64;
+        let chunk = ExtentChunk { index, ver, frame };
+        let target = self.engine.extent_target();
+        let grow = Extent::growth(chunk.frame.len());
+        // Into the extent that spans `index`, or onto the end of the one before it if it
+        // has room, or onto the front of the next one if that has room, else a new one.
+        if let Some((first, v)) = self.extent_floor(Some(txn), ino, index)? {
+            let mut e = Extent::decode(&v)?;
+            let spans = e.last().is_some_and(|l| l > index);
+            if spans || e.encoded_len() + grow <= target {
+                e.insert(chunk);
+                self.put_split(txn, ino, first, e, target);
+                return Ok(old - added);
+            }
+        }
+        let mut after = None;
+        self.scan(
+            Some(txn),
+            Table::Extent,
+            &keys::chunk(ino, index),
+            keys::prefix_end(&keys::ino(ino)).as_deref(),
+            &mut |k, v| {
+                after = keys::chunk_of(k).map(|(_, f)| (f, v.to_vec()));
+                false
+            },
+        )?;
+        if let Some((first, v)) = after {
+            let mut e = Extent::decode(&v)?;
+            if e.encoded_len() + grow <= target {
+                e.insert(chunk);
+                self.put_extent(txn, ino, first, &e);
+                return Ok(old - added);
+            }
+        }
+        let mut e = Extent::default();
+        e.insert(chunk);
+        txn.put(Table::Extent, keys::chunk(ino, index), e.encode());
+        Ok(old - added)
+    }
+
+    /// Writes `e` (stored under `first`), split in two if it outgrew `target`.
+    fn put_split(&self, txn: &mut Txn, ino: u64, first: u64, mut e: Extent, target: usize) {
+        if e.encoded_len() > target && e.len() > 1 {
+            let mid = e.chunks()[e.len() / 2].index;
+            let tail = e.split_off(mid);
+            self.put_extent(txn, ino, first, &e);
+            self.put_extent(txn, ino, mid, &tail);
+        } else {
+            self.put_extent(txn, ino, first, &e);
+        }
+    }
+
+    /// Adds to `txn` the removal of up to `max` records of `ino`'s data (chunks, extents,
+    /// pending records, xattrs); returns how many. A file's data goes in bounded steps,
+    /// so deleting a big file never makes one huge commit.
+    pub fn delete_file_data(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        let from = keys::ino(ino);
+        let to = keys::prefix_end(&from);
+        let mut n = 0;
+        for table in [Table::Chunk, Table::Pending, Table::Extent, Table::Xattr] {
+            let mut doomed = Vec::new();
+            self.scan(Some(txn), table, &from, to.as_deref(), &mut |k, _| {
+                doomed.push(k.to_vec());
+                n + doomed.len() < max
+            })?;
+            n += doomed.len();
+            for k in doomed {
+                txn.delete(table, k);
+            }
+            if n >= max {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Pins what LLM frames are coded under, with the canary frame, in `txn`.
+    pub fn pin_profile(&self, txn: &mut Txn, profile: &[u8], canary: &[u8]) {
+        txn.put(Table::Meta, keys::PROFILE.to_vec(), profile.to_vec());
+        txn.put(Table::Meta, keys::CANARY.to_vec(), canary.to_vec());
+    }
+}
+
+/// Records of the `meta` table a caller may read.
+#[derive(Clone, Copy, Debug)]
+pub enum MetaKey {
+    Profile,
+    Canary,
+}
+
+impl MetaKey {
+    fn key(self) -> &'static [u8] {
+        match self {
+            MetaKey::Profile => keys::PROFILE,
+            MetaKey::Canary => keys::CANARY,
+        }
+    }
+}
+
+/// The greatest key below `k` among keys of the same length (big-endian decrement).
+fn predecessor(k: &[u8]) -> Option<Vec<u8>> {
+    let mut p = k.to_vec();
+    for i in (0..p.len()).rev() {
+        if p[i] > 0 {
+            p[i] -= 1;
+            for b in &mut p[i + 1..] {
+                *b = 0xff;
+            }
+            return Some(p);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn creates_then_reopens_with_the_same_chunk_size() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Store::open(dir.path(), &CreateOptions { chunk_size: 8192 }).unwrap();
-            assert_eq!(s.chunk_size(), 8192);
-            assert!(s.get_inode(ROOT_INO).unwrap().unwrap().is_dir());
-        }
-        let s = Store::open(dir.path(), &CreateOptions { chunk_size: 4096 }).unwrap();
-        assert_eq!(s.chunk_size(), 8192, "chunk size is fixed at creation");
-    }
-
-    #[test]
-    fn write_stall_is_zero_when_idle_and_grows_while_a_write_hangs() {
-        let p = WriteProgress::default();
-        assert_eq!(p.stalled_for(), Duration::ZERO);
-        p.run(|| {
-            std::thread::sleep(Duration::from_millis(30));
-            assert!(p.stalled_for() >= Duration::from_millis(20));
-        });
-        assert_eq!(p.stalled_for(), Duration::ZERO);
-    }
-
-    #[test]
-    fn refuses_unknown_format_version() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Store::open(dir.path(), &CreateOptions { chunk_size: 4096 }).unwrap();
-            let sb = Superblock {
-                format_version: 42,
-                ..s.superblock().clone()
-            };
-            s.tree.insert(keys::SUPERBLOCK, sb.encode()).unwrap();
-            s.flush().unwrap();
-        }
-        let err = Store::open(dir.path(), &CreateOptions { chunk_size: 4096 })
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("version 42"), "{err}");
-    }
-}
+mod tests;

@@ -2,21 +2,22 @@
 //! Integers are big endian; each record starts with its own version byte.
 
 use super::StoreError;
+use crate::frame::varint;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Version of the store layout as a whole; a store of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 1 was the sled store of llmfs 0.1.0.
+pub const FORMAT_VERSION: u32 = 2;
 const SUPER_MAGIC: &[u8; 6] = b"LLMFS\0";
-const INODE_VERSION: u8 = 1;
+const INODE_VERSION: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
     pub format_version: u32,
     /// Logical chunk size in bytes, fixed at creation.
     pub chunk_size: u32,
-    /// Fingerprint of the model LLM frames were coded with (the LLM tier sets it);
-    /// a mount with another model must be refused before any frame is decoded.
-    pub model_fingerprint: Option<Vec<u8>>,
+    /// The llmfs release that created the store, for messages.
+    pub created_by: String,
 }
 
 impl Superblock {
@@ -25,14 +26,7 @@ impl Superblock {
         v.extend_from_slice(SUPER_MAGIC);
         v.extend_from_slice(&self.format_version.to_be_bytes());
         v.extend_from_slice(&self.chunk_size.to_be_bytes());
-        match &self.model_fingerprint {
-            None => v.push(0),
-            Some(fp) => {
-                v.push(1);
-                v.extend_from_slice(&(fp.len() as u32).to_be_bytes());
-                v.extend_from_slice(fp);
-            }
-        }
+        v.extend_from_slice(self.created_by.as_bytes());
         v
     }
 
@@ -47,21 +41,11 @@ impl Superblock {
             return Err(StoreError::UnsupportedVersion(format_version));
         }
         let chunk_size = r.u32().ok_or_else(|| bad("truncated"))?;
-        let model_fingerprint = match r.u8().ok_or_else(|| bad("truncated"))? {
-            0 => None,
-            _ => {
-                let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-                Some(
-                    r.bytes(n)
-                        .ok_or_else(|| bad("truncated fingerprint"))?
-                        .to_vec(),
-                )
-            }
-        };
+        let created_by = String::from_utf8_lossy(b.get(r.pos..).unwrap_or(&[])).into_owned();
         Ok(Superblock {
             format_version,
             chunk_size,
-            model_fingerprint,
+            created_by,
         })
     }
 }
@@ -173,6 +157,10 @@ pub struct Inode {
     pub rdev: u32,
     /// For directories, the parent directory (for `..`); 0 otherwise.
     pub parent: u64,
+    /// The content version of the file's most recently written chunk: every chunk write
+    /// takes the next one, in the same commit as this record, so (ino, index, version)
+    /// names one plaintext for good (compaction and read caching compare it).
+    pub data_ver: u64,
     /// For symlinks, the target.
     pub target: Vec<u8>,
 }
@@ -191,6 +179,7 @@ impl Inode {
             ctime: now,
             rdev: 0,
             parent: 0,
+            data_ver: 0,
             target: Vec::new(),
         }
     }
@@ -204,7 +193,7 @@ impl Inode {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(81 + self.target.len());
+        let mut v = Vec::with_capacity(89 + self.target.len());
         v.push(INODE_VERSION);
         for x in [self.mode, self.uid, self.gid, self.nlink] {
             v.extend_from_slice(&x.to_be_bytes());
@@ -217,6 +206,7 @@ impl Inode {
         }
         v.extend_from_slice(&self.rdev.to_be_bytes());
         v.extend_from_slice(&self.parent.to_be_bytes());
+        v.extend_from_slice(&self.data_ver.to_be_bytes());
         v.extend_from_slice(&self.target);
         v
     }
@@ -244,6 +234,7 @@ impl Inode {
         }
         let rdev = r.u32().ok_or_else(bad)?;
         let parent = r.u64().ok_or_else(bad)?;
+        let data_ver = r.u64().ok_or_else(bad)?;
         let target = b.get(r.pos..).unwrap_or(&[]).to_vec();
         let [atime, mtime, ctime] = times;
         Ok(Inode {
@@ -258,6 +249,7 @@ impl Inode {
             ctime,
             rdev,
             parent,
+            data_ver,
             target,
         })
     }
@@ -276,6 +268,63 @@ pub fn decode_dirent(b: &[u8]) -> Result<(u64, Kind), StoreError> {
     let ino = super::keys::u64_at(b, 0).ok_or_else(bad)?;
     let kind = b.get(8).and_then(|&k| Kind::from_byte(k)).ok_or_else(bad)?;
     Ok((ino, kind))
+}
+
+/// A hot chunk's value: its content version, then its frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HotChunk {
+    pub ver: u64,
+    pub frame: Vec<u8>,
+}
+
+impl HotChunk {
+    pub fn encode(ver: u64, frame: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(frame.len() + 10);
+        varint::put(&mut v, ver);
+        v.extend_from_slice(frame);
+        v
+    }
+
+    /// The version alone, without copying the frame.
+    pub fn decode_ver(b: &[u8]) -> Result<u64, StoreError> {
+        let mut pos = 0;
+        varint::get(b, &mut pos).ok_or_else(|| StoreError::Corrupt("chunk record truncated".into()))
+    }
+
+    pub fn decode(b: &[u8]) -> Result<HotChunk, StoreError> {
+        let mut pos = 0;
+        let ver = varint::get(b, &mut pos)
+            .ok_or_else(|| StoreError::Corrupt("chunk record truncated".into()))?;
+        Ok(HotChunk {
+            ver,
+            frame: b[pos..].to_vec(),
+        })
+    }
+}
+
+/// A chunk waiting for the compactor: the version written and when (seconds since the
+/// epoch), so a restart knows what is cold without reading the chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub ver: u64,
+    pub written: i64,
+}
+
+impl Pending {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20);
+        varint::put(&mut v, self.ver);
+        varint::put(&mut v, self.written.max(0) as u64);
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Pending, StoreError> {
+        let bad = || StoreError::Corrupt("pending record truncated".into());
+        let mut pos = 0;
+        let ver = varint::get(b, &mut pos).ok_or_else(bad)?;
+        let written = varint::get(b, &mut pos).ok_or_else(bad)? as i64;
+        Ok(Pending { ver, written })
+    }
 }
 
 struct Reader<'a> {
@@ -317,6 +366,7 @@ mod tests {
             Time { secs: -5, nsecs: 7 },
         );
         i.size = 5 << 32;
+        i.data_ver = 77;
         i.target = b"/some/where".to_vec();
         assert_eq!(Inode::decode(&i.encode()).unwrap(), i);
         assert!(Inode::decode(&i.encode()[..20]).is_err());
@@ -327,7 +377,7 @@ mod tests {
         let s = Superblock {
             format_version: FORMAT_VERSION,
             chunk_size: 4096,
-            model_fingerprint: Some(b"abc".to_vec()),
+            created_by: "llmfs 9.9".into(),
         };
         assert_eq!(Superblock::decode(&s.encode()).unwrap(), s);
         let newer = Superblock {

@@ -1,0 +1,326 @@
+//! The store over the in-memory engine: chunk placement (hot or in one extent), the
+//! transaction overlay, inode numbering across crashes, refusal of damaged stores.
+
+use super::engine::memory::MemoryEngine;
+use super::*;
+
+fn store() -> (Arc<MemoryEngine>, Store) {
+    let e = MemoryEngine::new();
+    let opts = OpenOptions {
+        create: Some(CreateOptions { chunk_size: 4096 }),
+    };
+    let s = Store::open_engine(e.clone(), &opts).unwrap();
+    (e, s)
+}
+
+fn frame(index: u64, ver: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 * 31 + index * 7 + ver) as u8)
+        .collect()
+}
+
+fn write(s: &Store, ino: u64, index: u64, ver: u64, len: usize) -> u64 {
+    let mut t = Txn::new();
+    let freed = s
+        .put_chunk(
+            &mut t,
+            ino,
+            index,
+            ver,
+            &frame(index, ver, len),
+            Time::now(),
+        )
+        .unwrap();
+    s.commit(t).unwrap();
+    freed
+}
+
+fn settle(s: &Store, ino: u64, indexes: &[u64], len: usize) {
+    let mut t = Txn::new();
+    for &i in indexes {
+        let ver = s.chunk(ino, i).unwrap().unwrap().ver;
+        s.settle_chunk(&mut t, ino, i, ver, frame(i, ver + 1000, len))
+            .unwrap();
+    }
+    s.commit(t).unwrap();
+}
+
+/// Every chunk in one place; every extent keyed by its first chunk and within target.
+fn check_invariants(e: &MemoryEngine, s: &Store) {
+    let hot: Vec<Vec<u8>> = e.raw_keys(Table::Chunk);
+    assert_eq!(
+        hot,
+        e.raw_keys(Table::Pending),
+        "hot chunks are the pending ones"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for k in &hot {
+        assert!(seen.insert(keys::chunk_of(k).unwrap()));
+    }
+    for k in e.raw_keys(Table::Extent) {
+        let (ino, first) = keys::chunk_of(&k).unwrap();
+        let x = Extent::decode(&e.raw_get(Table::Extent, &k).unwrap()).unwrap();
+        assert_eq!(x.first(), Some(first), "extent keyed by its first chunk");
+        assert!(x.len() == 1 || x.encoded_len() <= 2 * 2048);
+        for c in x.chunks() {
+            assert!(
+                seen.insert((ino, c.index)),
+                "chunk {} in two places",
+                c.index
+            );
+        }
+    }
+    let _ = s;
+}
+
+#[test]
+fn chunks_move_from_hot_to_extents_and_back() {
+    let (e, s) = store();
+    for i in 0..20 {
+        write(&s, 5, i, i + 1, 1500);
+    }
+    assert_eq!(s.count_pending().unwrap(), 20);
+    settle(&s, 5, &(0..20).collect::<Vec<_>>(), 300);
+    check_invariants(&e, &s);
+    assert_eq!(s.count_pending().unwrap(), 0);
+    assert!(
+        e.raw_keys(Table::Extent).len() >= 3,
+        "2 KiB extents hold ~6 frames"
+    );
+    for i in 0..20 {
+        let c = s.chunk(5, i).unwrap().unwrap();
+        assert!(!c.hot);
+        assert_eq!(c.frame, frame(i, i + 1 + 1000, 300));
+    }
+    // Rewriting a settled chunk moves it back to the hot table and out of its extent.
+    assert_eq!(write(&s, 5, 7, 99, 1500), 300);
+    check_invariants(&e, &s);
+    let c = s.chunk(5, 7).unwrap().unwrap();
+    assert!(c.hot && c.ver == 99);
+    // Settling it again puts it back into the extent that spans it.
+    settle(&s, 5, &[7], 250);
+    check_invariants(&e, &s);
+    let infos = s.chunks_in(5, 0, 100).unwrap();
+    assert_eq!(
+        infos.iter().map(|c| c.index).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert!(infos.iter().all(|c| !c.hot));
+}
+
+#[test]
+fn removing_ranges_edits_extents_and_hot_chunks_alike() {
+    let (e, s) = store();
+    for i in 0..30 {
+        write(&s, 9, i, i + 1, 1000);
+    }
+    settle(&s, 9, &(0..24).collect::<Vec<_>>(), 300);
+    let before: u64 = s
+        .chunks_in(9, 0, 30)
+        .unwrap()
+        .iter()
+        .map(|c| c.frame_len as u64)
+        .sum();
+    let mut t = Txn::new();
+    let freed = s.remove_chunks(&mut t, 9, 3, 27).unwrap();
+    s.commit(t).unwrap();
+    check_invariants(&e, &s);
+    let left: Vec<u64> = s
+        .chunks_in(9, 0, 30)
+        .unwrap()
+        .iter()
+        .map(|c| c.index)
+        .collect();
+    assert_eq!(left, [0, 1, 2, 27, 28, 29]);
+    let after: u64 = s
+        .chunks_in(9, 0, 30)
+        .unwrap()
+        .iter()
+        .map(|c| c.frame_len as u64)
+        .sum();
+    assert_eq!(before - after, freed, "freed bytes are exact");
+    assert!(s.chunk(9, 5).unwrap().is_none());
+}
+
+#[test]
+fn one_transaction_sees_its_own_extent_edits() {
+    let (e, s) = store();
+    for i in 0..12 {
+        write(&s, 3, i, i + 1, 1000);
+    }
+    settle(&s, 3, &(0..12).collect::<Vec<_>>(), 200);
+    // Three settled chunks of one extent rewritten in one transaction: each edit must
+    // see the previous one's extent, or frames would come back.
+    let mut t = Txn::new();
+    for i in [1, 2, 4] {
+        s.put_chunk(&mut t, 3, i, 50 + i, &frame(i, 50, 900), Time::now())
+            .unwrap();
+    }
+    let freed = s.remove_chunks(&mut t, 3, 10, 12).unwrap();
+    assert_eq!(freed, 400);
+    s.commit(t).unwrap();
+    check_invariants(&e, &s);
+    let hot: Vec<u64> = s
+        .chunks_in(3, 0, 12)
+        .unwrap()
+        .iter()
+        .filter(|c| c.hot)
+        .map(|c| c.index)
+        .collect();
+    assert_eq!(hot, [1, 2, 4]);
+    assert_eq!(s.chunks_in(3, 0, 12).unwrap().len(), 10);
+}
+
+#[test]
+fn settling_out_of_order_and_with_gaps_keeps_extents_sorted() {
+    let (e, s) = store();
+    let order = [9u64, 3, 15, 4, 100, 0, 50, 51, 52, 8];
+    for &i in &order {
+        write(&s, 2, i, i + 1, 1200);
+    }
+    for &i in &order {
+        settle(&s, 2, &[i], 350);
+        check_invariants(&e, &s);
+    }
+    let mut want = order.to_vec();
+    want.sort();
+    let got: Vec<u64> = s
+        .chunks_in(2, 0, 1000)
+        .unwrap()
+        .iter()
+        .map(|c| c.index)
+        .collect();
+    assert_eq!(got, want);
+    for &i in &order {
+        assert_eq!(s.chunk(2, i).unwrap().unwrap().frame.len(), 350);
+    }
+}
+
+#[test]
+fn deleting_file_data_goes_in_bounded_steps() {
+    let (e, s) = store();
+    for i in 0..40 {
+        write(&s, 4, i, i, 500);
+    }
+    settle(&s, 4, &(0..20).collect::<Vec<_>>(), 100);
+    write(&s, 6, 0, 1, 500);
+    let records = [Table::Chunk, Table::Pending, Table::Extent]
+        .iter()
+        .map(|&t| {
+            e.raw_keys(t)
+                .iter()
+                .filter(|k| k.starts_with(&keys::ino(4)))
+                .count()
+        })
+        .sum::<usize>();
+    let mut steps = 0;
+    loop {
+        let mut t = Txn::new();
+        let n = s.delete_file_data(&mut t, 4, 16).unwrap();
+        assert!(n <= 16);
+        s.commit(t).unwrap();
+        if n == 0 {
+            break;
+        }
+        steps += 1;
+    }
+    assert_eq!(steps, records.div_ceil(16));
+    assert!(s.chunks_in(4, 0, u64::MAX).unwrap().is_empty());
+    assert_eq!(
+        s.chunks_in(6, 0, u64::MAX).unwrap().len(),
+        1,
+        "other files untouched"
+    );
+    check_invariants(&e, &s);
+}
+
+#[test]
+fn inode_numbers_are_never_reused_across_reopen_and_crash() {
+    let (e, s) = store();
+    let a = s.alloc_ino().unwrap();
+    e.sync().unwrap();
+    let mut used = vec![a];
+    for _ in 0..(INO_BLOCK + 10) {
+        used.push(s.alloc_ino().unwrap());
+    }
+    drop(s);
+    let s = Store::open_engine(e.clone(), &OpenOptions::default()).unwrap();
+    let b = s.alloc_ino().unwrap();
+    assert!(
+        used.iter().all(|&u| u < b),
+        "a reopened store continues above"
+    );
+    // A crash may lose reservations, but then also everything created with them.
+    e.crash();
+    let s = Store::open_engine(e.clone(), &OpenOptions::default()).unwrap();
+    assert!(s.alloc_ino().unwrap() > a);
+}
+
+#[test]
+fn a_database_without_superblock_is_damaged_not_new() {
+    let e = MemoryEngine::new();
+    e.raw_put(Table::Inode, &keys::ino(1), b"x");
+    let opts = OpenOptions {
+        create: Some(CreateOptions { chunk_size: 4096 }),
+    };
+    let err = Store::open_engine(e.clone(), &opts).err().unwrap();
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert!(
+        e.raw_get(Table::Meta, keys::SUPERBLOCK).is_none(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let (e, s) = store();
+    let sb = Superblock {
+        format_version: 42,
+        ..s.superblock().clone()
+    };
+    e.raw_put(Table::Meta, keys::SUPERBLOCK, &sb.encode());
+    let err = Store::open_engine(e, &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("version 42"), "{err}");
+}
+
+#[test]
+fn write_stall_is_zero_when_idle_and_grows_while_a_write_hangs() {
+    let p = WriteProgress::default();
+    assert_eq!(p.stalled_for(), Duration::ZERO);
+    p.run(|| {
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(p.stalled_for() >= Duration::from_millis(20));
+    });
+    assert_eq!(p.stalled_for(), Duration::ZERO);
+}
+
+#[test]
+fn store_directories_are_judged_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = OpenOptions {
+        create: Some(CreateOptions { chunk_size: 4096 }),
+    };
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"hi").unwrap();
+    let err = Store::open(&other, &opts).err().unwrap();
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+    let sled = dir.path().join("sled");
+    std::fs::create_dir(&sled).unwrap();
+    std::fs::write(sled.join("conf"), b"").unwrap();
+    std::fs::write(sled.join("db"), b"").unwrap();
+    let err = Store::open(&sled, &opts).err().unwrap();
+    assert!(err.to_string().contains("0.1.0"), "{err}");
+    let missing = dir.path().join("missing");
+    assert!(matches!(
+        Store::open(&missing, &OpenOptions::default()),
+        Err(StoreError::Missing(_))
+    ));
+    let s = Store::open(&missing, &opts).unwrap();
+    assert_eq!(s.chunk_size(), 4096);
+    drop(s);
+    let s = Store::open(&missing, &OpenOptions::default()).unwrap();
+    assert!(s.inode(ROOT_INO).unwrap().unwrap().is_dir());
+}
