@@ -15,7 +15,6 @@ type Key = (u64, u64);
 /// A decoded chunk: its content version and plaintext.
 #[derive(Clone, Debug)]
 pub struct Cached {
-    #[allow(dead_code)] // read by the compactor
     pub ver: u64,
     pub plain: Arc<Vec<u8>>,
 }
@@ -91,7 +90,6 @@ impl ChunkCache {
     }
 
     /// Bytes of decoded chunks held, and how many of them the model decoded.
-    #[allow(dead_code)] // reported by live statistics
     pub fn usage(&self) -> (usize, usize) {
         let g = self.inner.lock();
         let costly = g.costly.iter().map(|(_, v)| v.plain.len()).sum();

@@ -47,6 +47,7 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 4096;
 const MAX_FILE_SIZE: u64 = 1 << 50;
 
 /// How fallocate was asked to behave.
+#[derive(Clone, Copy, Debug)]
 pub enum Fallocate {
     /// Make sure the range is allocated (sizes grow unless `keep_size`).
     Allocate { keep_size: bool },
@@ -99,16 +100,27 @@ impl Core {
         Ok(self.new_fh())
     }
 
-    /// Persists the file's dirty data (close(2) calls flush).
-    pub fn flush(&self, ino: u64) -> FsResult<()> {
-        let n = self.node(ino)?;
-        let mut g = live(&n)?;
-        self.persist(ino, &mut g)
+    /// Persists the file's dirty data (close(2) calls flush). With `sync_llm`, also
+    /// codes the file's written chunks with the model before returning (or, with
+    /// [`Wait::NoModel`], persists and says [`FsError::WouldBlock`] if that is needed).
+    pub fn flush(&self, ino: u64, wait: Wait) -> FsResult<()> {
+        {
+            let n = self.node(ino)?;
+            let mut g = live(&n)?;
+            self.persist(ino, &mut g)?;
+        }
+        if self.cfg.sync_llm && self.tier.get().is_some() && self.has_pending(ino)? {
+            if wait == Wait::NoModel {
+                return Err(FsError::WouldBlock);
+            }
+            self.compact_file_now(ino)?;
+        }
+        Ok(())
     }
 
     /// Persists the file's dirty data and makes everything durable before returning.
-    pub fn fsync(&self, ino: u64) -> FsResult<()> {
-        self.flush(ino)?;
+    pub fn fsync(&self, ino: u64, wait: Wait) -> FsResult<()> {
+        self.flush(ino, wait)?;
         self.store.sync()?;
         Ok(())
     }
@@ -209,6 +221,49 @@ impl Core {
             }
             None if now.is_none() => Ok(Some(None)),
             _ => Ok(None),
+        }
+    }
+
+    /// Decodes chunk `idx` of `ino` into the cache in the background, if the model is
+    /// idle and the chunk is LLM-coded and not cached: a sequential reader then finds
+    /// the next chunk decoded.
+    pub fn prefetch(self: &Arc<Self>, ino: u64, idx: u64) {
+        let Some(tier) = self.tier.get() else {
+            return;
+        };
+        if !tier.idle() || self.cache.get(ino, idx).is_some() {
+            return;
+        }
+        let Ok(Some(c)) = self.store.chunk(ino, idx) else {
+            return;
+        };
+        if !frame::parse_header(&c.frame).is_ok_and(|h| h.codec == Codec::Llm) {
+            return;
+        }
+        let core = Arc::clone(self);
+        let ver = c.ver;
+        tier.prefetch(
+            (ino, idx, ver),
+            c.frame,
+            Box::new(move |r| {
+                if let Ok(plain) = r {
+                    core.cache_if_current(ino, idx, ver, plain);
+                }
+            }),
+        );
+    }
+
+    /// Caches a model-decoded chunk if it is still the file's current version.
+    fn cache_if_current(&self, ino: u64, idx: u64, ver: u64, plain: Arc<Vec<u8>>) {
+        let Ok(n) = self.node(ino) else {
+            return;
+        };
+        let g = n.lock();
+        if g.deleted || g.dirty.contains_key(&idx) {
+            return;
+        }
+        if self.store.chunk_ver(ino, idx).ok().flatten() == Some(ver) {
+            self.cache.put(ino, idx, Cached { ver, plain }, true);
         }
     }
 
@@ -757,7 +812,7 @@ mod tests {
         let mut want = vec![0u8; 1000];
         want.extend_from_slice(&data);
         assert_eq!(core.read(f, 0, 100_000, Wait::Model).unwrap(), want);
-        core.flush(f).unwrap();
+        core.flush(f, Wait::Model).unwrap();
         assert_eq!(core.read(f, 0, 100_000, Wait::Model).unwrap(), want);
         assert_eq!(
             core.read(f, 4000, 200, Wait::Model).unwrap(),
@@ -776,7 +831,7 @@ mod tests {
             let core = Core::load(&path, CoreConfig::default()).unwrap();
             f = new_file(&core, b"f");
             core.write(f, 5 << 32, &data, false, Wait::Model).unwrap();
-            core.fsync(f).unwrap();
+            core.fsync(f, Wait::Model).unwrap();
             let e = core.getattr(f).unwrap();
             assert_eq!(e.inode.size, (5 << 32) + 10_000);
             assert!(
@@ -795,7 +850,7 @@ mod tests {
         let f = new_file(&core, b"f");
         let data = pattern(20_000, 3);
         core.write(f, 0, &data, false, Wait::Model).unwrap();
-        core.flush(f).unwrap();
+        core.flush(f, Wait::Model).unwrap();
         for size in [5000, 9000] {
             let set = super::super::attr::SetAttr {
                 size: Some(size),
@@ -815,7 +870,7 @@ mod tests {
         let f = new_file(&core, b"f");
         core.write(f, 0, &pattern(40_000, 4), false, Wait::Model)
             .unwrap();
-        core.flush(f).unwrap();
+        core.flush(f, Wait::Model).unwrap();
         let before = core.getattr(f).unwrap().inode.stored;
         core.fallocate(f, 100, 30_000, Fallocate::PunchHole, Wait::Model)
             .unwrap();
@@ -835,7 +890,7 @@ mod tests {
         core.write(f, 0, b"still here", false, Wait::Model).unwrap();
         core.unlink(&Caller::root(), ROOT_INO, b"f").unwrap();
         assert_eq!(core.read(f, 0, 100, Wait::Model).unwrap(), b"still here");
-        core.fsync(f).unwrap();
+        core.fsync(f, Wait::Model).unwrap();
         // A crash now leaves an orphan, which the next mount deletes.
         drop(core);
         let core = Core::load(&path, CoreConfig::default()).unwrap();
@@ -878,8 +933,8 @@ mod tests {
             .unwrap();
         core.write(b, 0, &pattern(9000, 6), false, Wait::Model)
             .unwrap();
-        core.fsync(a).unwrap();
-        core.fsync(b).unwrap();
+        core.fsync(a, Wait::Model).unwrap();
+        core.fsync(b, Wait::Model).unwrap();
         let key = crate::store::keys::chunk(a, 1);
         let mut record = engine.raw_get(Table::Chunk, &key).unwrap();
         let last = record.len() - 1;
@@ -913,7 +968,7 @@ mod tests {
         let c = core.clone();
         std::thread::spawn(move || {
             let r = c.read(b, 0, 5, Wait::Model).unwrap();
-            c.flush(b).unwrap();
+            c.flush(b, Wait::Model).unwrap();
             let what = NewNode::File {
                 mode: libc::S_IFREG | 0o644,
                 rdev: 0,
@@ -943,7 +998,7 @@ mod tests {
                 .unwrap();
             assert!(core.dirty_total.load(Ordering::Relaxed) <= (64 << 10) + 8192);
         }
-        core.flush(f).unwrap();
+        core.flush(f, Wait::Model).unwrap();
         let got = core.read(f, 0, u32::MAX, Wait::Model).unwrap();
         assert_eq!(got.len(), 20_000 * rec.len());
         assert!(got.chunks(rec.len()).all(|c| c == rec));

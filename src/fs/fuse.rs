@@ -7,7 +7,7 @@ use super::dir::NewNode;
 use super::perm::R;
 use super::rename::RenameMode;
 use super::xattr::SetXattr;
-use super::{Caller, Core, Entry, FsError};
+use super::{Caller, Core, Entry, FsError, FsResult};
 use crate::store::records::{Kind, Time};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -15,10 +15,11 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
+use parking_lot::Mutex;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
 /// How long the kernel may cache attributes and entries. The kernel invalidates them
@@ -34,6 +35,50 @@ const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 pub struct FuseFs {
     core: Arc<Core>,
     store_path: PathBuf,
+    slow: SlowPool,
+}
+
+/// Threads that run the requests which must wait for the language model (a cold read of
+/// an LLM chunk takes seconds), so that the FUSE request threads stay free for `stat`,
+/// `lookup` and everything else meanwhile. fuser's replies may be sent from any thread.
+struct SlowPool {
+    jobs: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+}
+
+/// Requests waiting for the model at once; more queue. They mostly wait on the model
+/// thread, which codes one chunk at a time, so a few suffice.
+const SLOW_THREADS: usize = 4;
+
+impl SlowPool {
+    fn new() -> SlowPool {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..SLOW_THREADS {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("llmfs-slow-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                log::error!("starting a worker thread for slow requests: {e}");
+            }
+        }
+        SlowPool {
+            jobs: Mutex::new(tx),
+        }
+    }
+
+    fn run(&self, job: Box<dyn FnOnce() + Send>) {
+        if let Err(mpsc::SendError(job)) = self.jobs.lock().send(job) {
+            // No worker is left (they failed to start): run it here rather than drop it.
+            job();
+        }
+    }
 }
 
 impl FuseFs {
@@ -41,28 +86,51 @@ impl FuseFs {
         FuseFs {
             core,
             store_path: store_path.to_path_buf(),
+            slow: SlowPool::new(),
+        }
+    }
+
+    /// Runs `op` without waiting for the model; if it needs the model, runs it again on
+    /// a slow-request thread, where it may. `done` gets the result either way.
+    fn dispatch<T: 'static>(
+        &self,
+        op: impl Fn(&Core, Wait) -> FsResult<T> + Send + 'static,
+        done: impl FnOnce(FsResult<T>) + Send + 'static,
+    ) {
+        self.core.touch();
+        match op(&self.core, Wait::NoModel) {
+            Err(FsError::WouldBlock) => {
+                let core = Arc::clone(&self.core);
+                self.slow
+                    .run(Box::new(move || done(op(&core, Wait::Model))));
+            }
+            r => done(r),
         }
     }
 
     fn attr(&self, e: &Entry) -> FileAttr {
-        let i = &e.inode;
-        FileAttr {
-            ino: INodeNo(e.ino),
-            size: i.size,
-            blocks: i.stored.div_ceil(512),
-            atime: i.atime.to_system(),
-            mtime: i.mtime.to_system(),
-            ctime: i.ctime.to_system(),
-            crtime: i.ctime.to_system(),
-            kind: file_type(i.kind()),
-            perm: (i.mode & 0o7777) as u16,
-            nlink: i.nlink,
-            uid: i.uid,
-            gid: i.gid,
-            rdev: i.rdev,
-            blksize: self.core.chunk_size() as u32,
-            flags: 0,
-        }
+        file_attr(e, self.core.chunk_size() as u32)
+    }
+}
+
+fn file_attr(e: &Entry, blksize: u32) -> FileAttr {
+    let i = &e.inode;
+    FileAttr {
+        ino: INodeNo(e.ino),
+        size: i.size,
+        blocks: i.stored.div_ceil(512),
+        atime: i.atime.to_system(),
+        mtime: i.mtime.to_system(),
+        ctime: i.ctime.to_system(),
+        crtime: i.ctime.to_system(),
+        kind: file_type(i.kind()),
+        perm: (i.mode & 0o7777) as u16,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize,
+        flags: 0,
     }
 }
 
@@ -119,7 +187,14 @@ fn reply_xattr(r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
 }
 
 impl Filesystem for FuseFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // The kernel's readahead would turn a 100-byte read into 32 chunk decodes of the
+        // model (minutes). One chunk: a large read(2) still gets large requests, and the
+        // core reads the next chunk ahead itself when the model is idle.
+        let chunk = self.core.chunk_size().min(u64::from(u32::MAX)) as u32;
+        if let Err(max) = config.set_max_readahead(chunk) {
+            let _ = config.set_max_readahead(max.min(chunk));
+        }
         Ok(())
     }
 
@@ -170,10 +245,14 @@ impl Filesystem for FuseFs {
             mtime: mtime.map(set_time),
             via_handle: fh.is_some(),
         };
-        match self.core.setattr(&caller(req), ino.0, &set, Wait::Model) {
-            Ok(e) => reply.attr(&TTL, &self.attr(&e)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let (caller, ino, blksize) = (caller(req), ino.0, self.core.chunk_size() as u32);
+        self.dispatch(
+            move |core, wait| core.setattr(&caller, ino, &set, wait),
+            move |r| match r {
+                Ok(e) => reply.attr(&TTL, &file_attr(&e, blksize)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -316,10 +395,21 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(ino.0, offset, size, Wait::Model) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let ino = ino.0;
+        let core = Arc::clone(&self.core);
+        self.dispatch(
+            move |c, wait| c.read(ino, offset, size, wait),
+            move |r| {
+                match r {
+                    Ok(d) => {
+                        reply.data(&d);
+                        // Next chunk ahead, when the model has nothing else to do.
+                        core.prefetch(ino, (offset + d.len() as u64).div_ceil(core.chunk_size()));
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
     }
 
     fn write(
@@ -335,8 +425,23 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let kill = req.uid() != 0 || write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.core.write(ino.0, offset, data, kill, Wait::Model) {
-            Ok(n) => reply.written(n),
+        let ino = ino.0;
+        match self.core.write(ino, offset, data, kill, Wait::NoModel) {
+            Err(FsError::WouldBlock) => {
+                // The chunk it edits needs the model: copy the data for a slow thread.
+                let data = data.to_vec();
+                self.dispatch(
+                    move |c, wait| c.write(ino, offset, &data, kill, wait),
+                    move |r| match r {
+                        Ok(n) => reply.written(n),
+                        Err(e) => reply.error(errno(&e)),
+                    },
+                );
+            }
+            Ok(n) => {
+                self.core.touch();
+                reply.written(n)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -349,7 +454,11 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.flush(ino.0), reply);
+        let ino = ino.0;
+        self.dispatch(
+            move |c, wait| c.flush(ino, wait),
+            move |r| reply_empty(r, reply),
+        );
     }
 
     fn release(
@@ -373,7 +482,11 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.fsync(ino.0), reply);
+        let ino = ino.0;
+        self.dispatch(
+            move |c, wait| c.fsync(ino, wait),
+            move |r| reply_empty(r, reply),
+        );
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -540,16 +653,18 @@ impl Filesystem for FuseFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self.core.copy_range(
+        let (from, to, kill) = (
             (ino_in.0, offset_in),
             (ino_out.0, offset_out),
-            len,
             req.uid() != 0,
-            Wait::Model,
-        ) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
-        }
+        );
+        self.dispatch(
+            move |c, wait| c.copy_range(from, to, len, kill, wait),
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn ioctl(
@@ -597,9 +712,10 @@ impl Filesystem for FuseFs {
             libc::FALLOC_FL_ZERO_RANGE => Fallocate::ZeroRange { keep_size },
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        reply_empty(
-            self.core.fallocate(ino.0, offset, length, how, Wait::Model),
-            reply,
+        let ino = ino.0;
+        self.dispatch(
+            move |c, wait| c.fallocate(ino, offset, length, how, wait),
+            move |r| reply_empty(r, reply),
         );
     }
 }

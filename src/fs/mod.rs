@@ -11,12 +11,15 @@
 
 pub mod attr;
 mod cache;
+pub mod compact;
 pub mod data;
 pub mod dir;
 pub mod error;
 pub mod fuse;
 pub mod perm;
 pub mod rename;
+pub mod report;
+pub mod tier;
 pub mod xattr;
 
 use crate::frame::FrameError;
@@ -30,7 +33,7 @@ pub use perm::Caller;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Validated configuration of the core (the CLI builds it from mount options).
@@ -50,6 +53,13 @@ pub struct CoreConfig {
     pub update_atime: bool,
     /// A read-only mount: nothing is written to the store, not even orphan cleanup.
     pub read_only: bool,
+    /// Chunks not written for this long are compacted (a file's partial tail chunk once
+    /// the whole file has not been written for this long).
+    pub cold_after: Duration,
+    /// Whether the compactor runs (with a model attached).
+    pub compact: bool,
+    /// flush and fsync return once the file's written chunks are LLM-coded (or tried).
+    pub sync_llm: bool,
 }
 
 impl Default for CoreConfig {
@@ -64,6 +74,9 @@ impl Default for CoreConfig {
             },
             update_atime: true,
             read_only: false,
+            cold_after: compact::DEFAULT_COLD_AFTER,
+            compact: true,
+            sync_llm: false,
         }
     }
 }
@@ -127,6 +140,15 @@ pub struct Core {
     next_fh: AtomicU64,
     inode_count: AtomicU64,
     shutdown: (Mutex<bool>, Condvar),
+    /// The language model, when one is attached ([`Core::attach_model`]).
+    tier: OnceLock<Arc<tier::ModelWorker>>,
+    /// The compactor's state and wake-up call.
+    compactor: compact::CompactorState,
+    /// Milliseconds since `origin` of the last request, for idle work.
+    last_activity: AtomicU64,
+    origin: std::time::Instant,
+    /// The store's directory (for `du` in live statistics); none for in-memory stores.
+    store_dir: Option<std::path::PathBuf>,
 }
 
 impl Core {
@@ -136,7 +158,9 @@ impl Core {
         let opts = OpenOptions {
             create: (!cfg.read_only).then(|| cfg.create.clone()),
         };
-        Core::with_store(Store::open(path, &opts)?, cfg)
+        let mut core = Core::with_store(Store::open(path, &opts)?, cfg)?;
+        core.store_dir = Some(path.to_path_buf());
+        Ok(core)
     }
 
     /// The core over a store on any engine (tests use the in-memory one).
@@ -159,6 +183,11 @@ impl Core {
             next_fh: AtomicU64::new(1),
             inode_count: AtomicU64::new(0),
             shutdown: (Mutex::new(false), Condvar::new()),
+            tier: OnceLock::new(),
+            compactor: compact::CompactorState::default(),
+            last_activity: AtomicU64::new(0),
+            origin: std::time::Instant::now(),
+            store_dir: None,
         };
         let orphans = if core.cfg.read_only {
             Vec::new()
@@ -182,6 +211,23 @@ impl Core {
         core.inode_count
             .store(core.store.count_inodes()?, Ordering::Relaxed);
         Ok(core)
+    }
+
+    /// Attaches the language model: LLM chunks become readable, and the compactor (if
+    /// `compact`) has something to code with.
+    pub fn attach_model(&self, worker: tier::ModelWorker) -> Result<(), String> {
+        self.tier
+            .set(Arc::new(worker))
+            .map_err(|_| "a model is attached already".to_string())
+    }
+
+    /// The attached model, if any.
+    pub fn model(&self) -> Option<&Arc<tier::ModelWorker>> {
+        self.tier.get()
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
     }
 
     pub fn store(&self) -> &Store {
@@ -262,14 +308,19 @@ impl Core {
             *stop = true;
             self.shutdown.1.notify_all();
         }
+        self.chunks_written(); // wakes the compactor, which sees the stop
+        if let Some(t) = self.tier.get() {
+            t.stop();
+        }
         self.persist_all()?;
         self.store.sync()?;
         Ok(())
     }
 
     /// Runs the background flusher until [`Core::shutdown`]: dirty chunks of files that
-    /// stay open are persisted every `flush_interval`, so little is lost on a crash, and
-    /// the chunks of big deleted files are removed (woken at once by the deletion).
+    /// stay open are persisted every `flush_interval`, so little is lost on a crash, the
+    /// chunks of big deleted files are removed (woken at once by the deletion), what was
+    /// committed is made durable, and an idle filesystem gives free space back.
     pub fn spawn_flusher(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let core = Arc::clone(self);
         std::thread::Builder::new()
@@ -290,6 +341,14 @@ impl Core {
                 if !core.cfg.read_only {
                     if let Err(e) = core.reap_orphans() {
                         log::error!("deleting unlinked files failed: {e}");
+                    }
+                    // Commits are cheap and not durable: a crash of the machine loses
+                    // at most this interval of what was not fsync'd.
+                    if let Err(e) = core.store.sync() {
+                        log::error!("making the store durable failed: {e}");
+                    }
+                    if let Err(e) = core.reclaim_when_idle() {
+                        log::error!("giving free space back failed: {e}");
                     }
                 }
             })
@@ -339,18 +398,33 @@ impl Core {
             })
     }
 
-    /// Told after chunks were written: wakes the compactor.
-    fn chunks_written(&self) {}
-
     /// Decodes an LLM frame with the model (blocking: seconds on a CPU).
     fn decode_llm(
         &self,
-        _ino: u64,
-        _idx: u64,
-        _ver: u64,
-        _framed: &[u8],
+        ino: u64,
+        idx: u64,
+        ver: u64,
+        framed: &[u8],
     ) -> Result<Vec<u8>, FrameError> {
-        Err(FrameError::NeedsModel)
+        let Some(tier) = self.tier.get() else {
+            return Err(FrameError::NeedsModel);
+        };
+        match tier.decode((ino, idx, ver), framed) {
+            Ok(plain) => Ok(Arc::unwrap_or_clone(plain)),
+            Err(why) => Err(FrameError::Model(why)),
+        }
+    }
+
+    /// Notes a request: idle work (giving space back) waits for a quiet filesystem.
+    pub fn touch(&self) {
+        let now = self.origin.elapsed().as_millis() as u64;
+        self.last_activity.store(now, Ordering::Relaxed);
+    }
+
+    /// How long no request came.
+    pub fn idle_for(&self) -> Duration {
+        let now = self.origin.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_activity.load(Ordering::Relaxed)))
     }
 
     /// Inodes in use, for statfs.

@@ -5,6 +5,11 @@ use super::{live, Caller, Core, FsError, FsResult};
 use crate::store::records::{Kind, Time};
 use crate::store::Txn;
 
+/// Attributes llmfs computes: read-only, not listed (so copies do not carry them).
+/// `user.llmfs.stored` (bytes stored), `user.llmfs.codecs` (chunks per codec) on any
+/// file, and `user.llmfs.stats` (live statistics as JSON) on the root.
+const LLMFS_PREFIX: &[u8] = b"user.llmfs.";
+
 /// Linux's limits (XATTR_NAME_MAX, XATTR_SIZE_MAX).
 const NAME_MAX: usize = 255;
 const VALUE_MAX: usize = 65536;
@@ -83,6 +88,9 @@ impl Core {
     pub fn getxattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         let inode = self.getattr(ino)?.inode;
         check_access(caller, &inode, name, R)?;
+        if let Some(what) = name.strip_prefix(LLMFS_PREFIX) {
+            return self.computed_xattr(ino, &inode, what);
+        }
         self.store.xattr(ino, name)?.ok_or(FsError::NoAttr)
     }
 
@@ -96,6 +104,9 @@ impl Core {
     ) -> FsResult<()> {
         if value.len() > VALUE_MAX {
             return Err(FsError::TooBig);
+        }
+        if name.starts_with(LLMFS_PREFIX) {
+            return Err(FsError::Perm);
         }
         let n = self.node(ino)?;
         let mut g = live(&n)?;
@@ -128,7 +139,42 @@ impl Core {
         Ok(out)
     }
 
+    /// The value of a computed `user.llmfs.*` attribute.
+    fn computed_xattr(
+        &self,
+        ino: u64,
+        inode: &crate::store::records::Inode,
+        what: &[u8],
+    ) -> FsResult<Vec<u8>> {
+        match what {
+            b"stored" => Ok(inode.stored.to_string().into_bytes()),
+            b"codecs" => {
+                let mut counts = [0u64; 3];
+                let mut damaged = 0;
+                for c in self.store.chunks_in(ino, 0, u64::MAX)? {
+                    match c.codec {
+                        Some(codec) => counts[codec as usize] += 1,
+                        None => damaged += 1,
+                    }
+                }
+                let mut s = format!("llm={} zstd={} raw={}", counts[2], counts[1], counts[0]);
+                if damaged > 0 {
+                    s.push_str(&format!(" damaged={damaged}"));
+                }
+                Ok(s.into_bytes())
+            }
+            b"stats" if ino == crate::store::ROOT_INO => {
+                let m = self.live_stats()?;
+                Ok(serde_json::Value::Object(m).to_string().into_bytes())
+            }
+            _ => Err(FsError::NoAttr),
+        }
+    }
+
     pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<()> {
+        if name.starts_with(LLMFS_PREFIX) {
+            return Err(FsError::Perm);
+        }
         let n = self.node(ino)?;
         let mut g = live(&n)?;
         check_access(caller, &g.inode, name, W)?;

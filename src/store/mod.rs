@@ -106,6 +106,8 @@ pub struct ChunkInfo {
     pub ver: u64,
     pub frame_len: usize,
     pub hot: bool,
+    /// The frame's codec (`None` when its header is damaged).
+    pub codec: Option<crate::frame::Codec>,
 }
 
 /// A chunk waiting for the compactor.
@@ -779,6 +781,7 @@ impl Store {
                         ver: h.ver,
                         frame_len: h.frame.len(),
                         hot: true,
+                        codec: codec_of(&h.frame),
                     }),
                     (_, Err(e)) => bad = Some(e),
                     (None, _) => bad = Some(StoreError::Corrupt("chunk key malformed".into())),
@@ -796,6 +799,7 @@ impl Store {
                     ver: c.ver,
                     frame_len: c.frame.len(),
                     hot: false,
+                    codec: codec_of(&c.frame),
                 });
             }
         }
@@ -1041,6 +1045,10 @@ impl MetaKey {
             MetaKey::Canary => keys::CANARY,
         }
     }
+}
+
+fn codec_of(frame: &[u8]) -> Option<crate::frame::Codec> {
+    crate::frame::parse_header(frame).ok().map(|h| h.codec)
 }
 
 /// The greatest key below `k` among keys of the same length (big-endian decrement).

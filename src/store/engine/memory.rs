@@ -143,12 +143,7 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    fn floor(
-        &self,
-        table: Table,
-        low: &[u8],
-        high: &[u8],
-    ) -> Result<Option<Entry>, EngineError> {
+    fn floor(&self, table: Table, low: &[u8], high: &[u8]) -> Result<Option<Entry>, EngineError> {
         if low > high {
             return Ok(None);
         }

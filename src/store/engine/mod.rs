@@ -113,12 +113,7 @@ pub trait Engine: Send + Sync {
     ) -> Result<(), EngineError>;
 
     /// The entry with the greatest key in `[low, high]`.
-    fn floor(
-        &self,
-        table: Table,
-        low: &[u8],
-        high: &[u8],
-    ) -> Result<Option<Entry>, EngineError>;
+    fn floor(&self, table: Table, low: &[u8], high: &[u8]) -> Result<Option<Entry>, EngineError>;
 
     /// Applies `ops` atomically, in order; `durable` returns only once they (and every
     /// earlier commit) would survive a power loss.

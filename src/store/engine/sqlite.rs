@@ -270,7 +270,10 @@ impl SqliteEngine {
         sql_error(&self.db, e)
     }
 
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, EngineError>) -> Result<T, EngineError> {
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
         f(&self.writer.lock())
     }
 
@@ -398,12 +401,7 @@ impl Engine for SqliteEngine {
         }
     }
 
-    fn floor(
-        &self,
-        table: Table,
-        low: &[u8],
-        high: &[u8],
-    ) -> Result<Option<Entry>, EngineError> {
+    fn floor(&self, table: Table, low: &[u8], high: &[u8]) -> Result<Option<Entry>, EngineError> {
         let sql = format!(
             "SELECT k, v FROM {} WHERE k >= ?1 AND k <= ?2 ORDER BY k DESC LIMIT 1",
             table_name(table)
