@@ -10,10 +10,11 @@ use llmfs::store::CreateOptions;
 use nix::sys::signal::{SigSet, Signal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args)]
 pub struct MountArgs {
-    /// Directory holding the sled store (created on first use).
+    /// Directory holding the store (created when missing or empty).
     pub store: PathBuf,
     /// Where to mount.
     pub mountpoint: PathBuf,
@@ -22,7 +23,12 @@ pub struct MountArgs {
     /// noexec, atime, noatime, sync, async, dirsync, fsname=, subtype=) and llmfs's:
     /// cache_size=SIZE (decoded chunk cache, default 64M), chunk_size=SIZE (only when
     /// the store is created, default 4K), threads=N (request threads, default 4),
-    /// dirty_limit=SIZE (unsaved data held in memory, default 64M).
+    /// dirty_limit=SIZE (unsaved data held in memory, default 64M), model=PATH (GGUF
+    /// model, default as for `compress`), llm_threads=N (llama.cpp threads, default all
+    /// cores), gpu_layers=N (with a GPU build), cold_after=DURATION (compact chunks not
+    /// written for this long, default 5m; e.g. 0, 30s, 5m, 1h), compact=on|off (default
+    /// on), sync_llm (flush and fsync wait for LLM coding), nomodel (no model: LLM chunks
+    /// read as EIO, everything else works), no_default_permissions.
     #[arg(short = 'o')]
     pub options: Vec<String>,
 }
@@ -42,6 +48,48 @@ pub struct MountConfig {
     /// `chunk_size=` was given: a store of another chunk size is refused, not silently
     /// mounted with its own.
     pub chunk_size_given: bool,
+    pub model: ModelChoice,
+}
+
+/// Which language model the daemon runs, from the mount options.
+#[derive(Clone, Debug, Default)]
+pub struct ModelChoice {
+    /// `model=`; else `$LLMFS_MODEL`, else the default location.
+    pub path: Option<PathBuf>,
+    pub threads: Option<u32>,
+    pub gpu_layers: u32,
+    /// `nomodel`: never load one.
+    pub none: bool,
+}
+
+/// `0`, `90` (seconds), `500ms`, `30s`, `5m`, `2h`, `1d`.
+fn parse_duration(key: &str, v: &str) -> Result<Duration, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "{key}={v}: expected a duration such as 0, 30s, 5m or 2h"
+        ))
+    };
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(bad)
+}
+
+fn parse_count(key: &str, v: &str, max: u32) -> Result<u32, UsageError> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(UsageError(format!(
+            "{key}={v}: expected a number from 1 to {max}"
+        ))),
+    }
 }
 
 /// Options mount(8), mount.fuse3 and systemd pass along that mean nothing to a FUSE
@@ -80,6 +128,7 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
         threads: 4,
         core: CoreConfig::default(),
         chunk_size_given: false,
+        model: ModelChoice::default(),
     };
     let options = args.options;
     let mut default_permissions: Option<bool> = None;
@@ -142,6 +191,50 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
                     chunk_size: n as u32,
                 };
                 cfg.chunk_size_given = true;
+                continue;
+            }
+            ("model", v) => {
+                cfg.model.path = Some(PathBuf::from(need(key, v)?));
+                continue;
+            }
+            ("llm_threads", v) => {
+                cfg.model.threads = Some(parse_count(key, need(key, v)?, 1024)?);
+                continue;
+            }
+            ("gpu_layers", v) => {
+                let v = need(key, v)?;
+                cfg.model.gpu_layers = v
+                    .parse()
+                    .map_err(|_| UsageError(format!("gpu_layers={v}: expected a number")))?;
+                if cfg.model.gpu_layers > 0
+                    && !cfg!(any(feature = "cuda", feature = "metal", feature = "vulkan"))
+                {
+                    return Err(UsageError(format!(
+                        "gpu_layers={v} needs a build with GPU support (cargo build --features cuda, metal or vulkan)"
+                    )));
+                }
+                continue;
+            }
+            ("cold_after", v) => {
+                cfg.core.cold_after = parse_duration(key, need(key, v)?)?;
+                continue;
+            }
+            ("compact", v) => {
+                cfg.core.compact = match need(key, v)? {
+                    "on" => true,
+                    "off" => false,
+                    other => {
+                        return Err(UsageError(format!("compact={other}: expected on or off")))
+                    }
+                };
+                continue;
+            }
+            ("sync_llm", None) => {
+                cfg.core.sync_llm = true;
+                continue;
+            }
+            ("nomodel", None) => {
+                cfg.model.none = true;
                 continue;
             }
             ("threads", v) => {

@@ -1,50 +1,118 @@
-//! `llmfs stats`: what a store holds, in which codec, against what it costs on disk.
+//! `llmfs stats`: what a store holds, in which codec, against what it costs on disk; live
+//! from the daemon for a mount point (its root's `user.llmfs.stats`), or read from an
+//! unmounted store.
 
+use anyhow::Context;
 use clap::Args;
-use llmfs::store::stats::StoreStats;
-use std::path::PathBuf;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct StatsArgs {
-    /// The store directory (unmounted).
-    pub store: PathBuf,
+    /// A mount point (live figures from the daemon) or an unmounted store directory.
+    pub path: PathBuf,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// On a mount point: wait until no chunk is pending compaction and the model is
+    /// idle (progress on a terminal), then print.
+    #[arg(long)]
+    pub wait_idle: bool,
 }
 
-fn ratio(a: u64, b: u64) -> f64 {
-    a as f64 / b.max(1) as f64
+const LIVE_ATTR: &str = "user.llmfs.stats";
+
+/// The daemon's live figures, if `path` is the root of an llmfs mount.
+fn live(path: &Path) -> anyhow::Result<Option<Map<String, Value>>> {
+    let Ok(Some(raw)) = xattr::get(path, LIVE_ATTR) else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&raw).context("the daemon's statistics are not JSON")? {
+        Value::Object(m) => Ok(Some(m)),
+        _ => anyhow::bail!("the daemon's statistics are not a JSON object"),
+    }
 }
 
-/// Prints `fields` (plus the ratios derived from them) as a table or a JSON object.
-pub fn print(st: &StoreStats, json: bool) {
-    let mut fields: Vec<(String, String)> = st
-        .fields()
-        .into_iter()
-        .map(|(k, v)| (k, v.to_string()))
-        .collect();
-    fields.push((
-        "ratio_stored".into(),
-        format!("{:.2}", ratio(st.logical_bytes, st.stored_bytes)),
-    ));
-    fields.push((
-        "ratio_disk".into(),
-        format!("{:.2}", ratio(st.logical_bytes, st.disk_bytes)),
-    ));
+fn num(m: &Map<String, Value>, key: &str) -> u64 {
+    m.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn print(m: &Map<String, Value>, json: bool) {
     if json {
-        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-        println!("{{{}}}", body.join(","));
-    } else {
-        for (k, v) in fields {
-            println!("{k:<24} {v:>16}");
+        println!("{}", Value::Object(m.clone()));
+        return;
+    }
+    for (k, v) in m {
+        println!("{k:<28} {v:>16}");
+    }
+}
+
+/// Polls the daemon until nothing is pending and the model is idle.
+fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        b
+    });
+    let start = Instant::now();
+    let mut first_pending = None;
+    loop {
+        let m = live(path)?.context("the mount went away")?;
+        let pending = num(&m, "pending_chunks");
+        if num(&m, "compact") == 0 && pending > 0 {
+            anyhow::bail!(
+                "{pending} chunks are pending but compaction is off on this mount (compact=off, \
+                 nomodel, or no model): nothing will drain them"
+            );
         }
+        if pending == 0 && num(&m, "model_idle") == 1 {
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            return Ok(m);
+        }
+        let first = *first_pending.get_or_insert(pending);
+        if let Some(b) = &bar {
+            let done = first.saturating_sub(pending);
+            let eta = if done > 0 {
+                let per = start.elapsed().as_secs_f64() / done as f64;
+                format!(", about {:.0} s left", per * pending as f64)
+            } else {
+                String::new()
+            };
+            b.set_message(format!(
+                "{pending} chunks pending compaction ({} bytes/s of text{eta})",
+                m.get("compaction_bytes_per_s")
+                    .cloned()
+                    .unwrap_or(Value::from(0))
+            ));
+            b.tick();
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
-    let st = llmfs::store::stats::collect(&args.store)
-        .map_err(|e| anyhow::anyhow!("reading store {}: {e}", args.store.display()))?;
-    print(&st, args.json);
+    if let Some(m) = live(&args.path)? {
+        let m = if args.wait_idle {
+            wait_idle(&args.path)?
+        } else {
+            m
+        };
+        print(&m, args.json);
+        return Ok(());
+    }
+    if args.wait_idle {
+        anyhow::bail!(
+            "{} is not an llmfs mount point: --wait-idle needs a mounted filesystem",
+            args.path.display()
+        );
+    }
+    let st = llmfs::store::stats::collect(&args.path)
+        .map_err(|e| anyhow::anyhow!("reading store {}: {e}", args.path.display()))?;
+    print(&llmfs::fs::report::store_fields(&st), args.json);
     Ok(())
 }

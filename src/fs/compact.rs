@@ -139,7 +139,7 @@ impl Core {
 
     /// Compacts cold chunks from `cursor` on, for at most a few seconds of model time
     /// after the first coded chunk; returns how long to wait before the next pass.
-    fn compact_pass(&self, cursor: &mut (u64, u64)) -> FsResult<Duration> {
+    pub(super) fn compact_pass(&self, cursor: &mut (u64, u64)) -> FsResult<Duration> {
         let cold_after = self.cfg.cold_after;
         let mut next_due: Option<Duration> = None;
         let started = Instant::now();
@@ -178,7 +178,11 @@ impl Core {
     }
 
     /// `None` when chunk `p` is cold now, else how long until it is.
-    fn cold_in(&self, p: &PendingChunk, cold_after: Duration) -> FsResult<Option<Duration>> {
+    pub(super) fn cold_in(
+        &self,
+        p: &PendingChunk,
+        cold_after: Duration,
+    ) -> FsResult<Option<Duration>> {
         let now = crate::store::records::Time::now().secs;
         let since = |t: i64| Duration::from_secs(now.saturating_sub(t).max(0) as u64);
         let written = since(p.written);

@@ -12,6 +12,8 @@
 pub mod attr;
 mod cache;
 pub mod compact;
+#[cfg(test)]
+mod compact_tests;
 pub mod data;
 pub mod dir;
 pub mod error;
@@ -485,4 +487,70 @@ pub(crate) mod testutil {
     }
 
     pub use crate::store::engine::memory::MemoryEngine;
+
+    /// A stand-in for the language model in tests: its "LLM" frames are real LLM-codec
+    /// frames whose payload is zstd level 19, so they decode only through the tier, and
+    /// each call can take `delay` (checking the cancel flag every millisecond, as the
+    /// real coder checks it every token).
+    pub struct FakeCodec {
+        pub delay: std::time::Duration,
+        pub profile: Vec<u8>,
+        cancel: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FakeCodec {
+        fn wait(&self) -> Result<(), FrameError> {
+            let end = std::time::Instant::now() + self.delay;
+            while std::time::Instant::now() < end {
+                if self.cancel.load(Ordering::SeqCst) {
+                    return Err(FrameError::Cancelled);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(())
+        }
+    }
+
+    impl tier::ChunkCodec for FakeCodec {
+        fn encode(&mut self, plain: &[u8]) -> Result<tier::Encoded, FrameError> {
+            self.wait()?;
+            let z =
+                zstd::bulk::compress(plain, 19).map_err(|e| FrameError::Model(e.to_string()))?;
+            let f = crate::frame::assemble(crate::frame::Codec::Llm, plain, &z);
+            if f.len() < crate::frame::encode_fast(plain).len() {
+                Ok(tier::Encoded::Llm(f))
+            } else {
+                Ok(tier::Encoded::NotWon)
+            }
+        }
+        fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+            self.wait()?;
+            let h = crate::frame::parse_header(frame)?;
+            let plain = zstd::bulk::decompress(&frame[h.header_len..], h.plain_len as usize)
+                .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+            crate::frame::verify(&h, &plain)?;
+            Ok(plain)
+        }
+        fn set_cancel(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+            self.cancel = flag;
+        }
+        fn profile(&self) -> Vec<u8> {
+            self.profile.clone()
+        }
+    }
+
+    /// A model worker running a [`FakeCodec`].
+    pub fn fake_tier(delay: std::time::Duration, profile: &[u8]) -> tier::ModelWorker {
+        let profile = profile.to_vec();
+        tier::ModelWorker::start(Box::new(move |serve| {
+            let mut c = FakeCodec {
+                delay,
+                profile,
+                cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            };
+            serve(&mut c);
+            Ok(())
+        }))
+        .unwrap()
+    }
 }

@@ -1,0 +1,414 @@
+//! The LLM tier's races and contracts, over the in-memory store and a fake codec, in
+//! milliseconds: compaction racing writes, truncates and unlinks; exact stored bytes;
+//! profile pinning; no file lock held across a model decode; crashes mid-compaction.
+
+use super::compact::Outcome;
+use super::data::Wait;
+use super::dir::NewNode;
+use super::testutil::{fake_tier, MemoryEngine};
+use super::*;
+use crate::store::ROOT_INO;
+use std::time::{Duration, Instant};
+
+/// LLM-log-like text: words drawn by a fixed generator, so that zstd -19 (the fake
+/// model) beats zstd -3 (the fast tier) on every chunk.
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the",
+        "model",
+        "answered",
+        "question",
+        "with",
+        "a",
+        "short",
+        "example",
+        "and",
+        "then",
+        "explained",
+        "why",
+        "function",
+        "returns",
+        "value",
+        "list",
+        "of",
+        "steps",
+        "user",
+        "assistant",
+        "{\"role\":",
+        "\"content\":",
+        "because",
+        "first",
+        "second",
+        "finally",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize].as_bytes());
+        out.push(if x % 11 == 0 { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        cold_after: Duration::ZERO,
+        ..CoreConfig::default()
+    }
+}
+
+fn core_on(engine: &Arc<MemoryEngine>, delay: Duration, profile: &[u8]) -> Arc<Core> {
+    let core = Core::with_engine(engine.clone(), cfg()).unwrap();
+    core.attach_model(fake_tier(delay, profile)).unwrap();
+    Arc::new(core)
+}
+
+fn file(core: &Core, name: &str, data: &[u8]) -> u64 {
+    let what = NewNode::File {
+        mode: libc::S_IFREG | 0o644,
+        rdev: 0,
+    };
+    let ino = core
+        .create_node(&Caller::root(), ROOT_INO, name.as_bytes(), what, false)
+        .unwrap()
+        .ino;
+    core.write(ino, 0, data, false, Wait::Model).unwrap();
+    core.flush(ino, Wait::Model).unwrap();
+    ino
+}
+
+fn read_all(core: &Core, ino: u64) -> Vec<u8> {
+    core.read(ino, 0, u32::MAX, Wait::Model).unwrap()
+}
+
+/// Runs compaction passes until nothing is pending.
+fn compact_all(core: &Core) {
+    let mut cursor = (0, 0);
+    for _ in 0..1000 {
+        if core.store().count_pending().unwrap() == 0 {
+            return;
+        }
+        core.compact_pass(&mut cursor).unwrap();
+    }
+    panic!("compaction did not finish");
+}
+
+/// Stored bytes of every file equal the sum of its frames.
+fn check_stored(core: &Core, inos: &[u64]) {
+    for &ino in inos {
+        let frames: u64 = core
+            .store()
+            .chunks_in(ino, 0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|c| c.frame_len as u64)
+            .sum();
+        assert_eq!(
+            core.getattr(ino).unwrap().inode.stored,
+            frames,
+            "inode {ino} in memory"
+        );
+        assert_eq!(
+            core.store().inode(ino).unwrap().unwrap().stored,
+            frames,
+            "inode {ino} stored"
+        );
+    }
+}
+
+#[test]
+fn cold_chunks_become_llm_frames_and_read_back_identical_from_a_cold_cache() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"fake-1");
+    let sizes = [100, 4096, 4097, 20_000, 33_333];
+    let inos: Vec<u64> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| file(&core, &format!("f{i}"), &text(n, i as u64)))
+        .collect();
+    compact_all(&core);
+    let st = core.store().stats().unwrap();
+    assert!(st.codec(crate::frame::Codec::Llm).chunks >= 15, "{st:?}");
+    assert_eq!(st.pending_chunks, 0);
+    assert!(st.extents >= 1);
+    check_stored(&core, &inos);
+    core.shutdown().unwrap();
+    drop(core);
+    // A new core: nothing cached, every chunk decodes through the model.
+    let core = core_on(&engine, Duration::ZERO, b"fake-1");
+    assert!(matches!(
+        core.read(inos[3], 0, 100, Wait::NoModel),
+        Err(FsError::WouldBlock)
+    ));
+    for (i, &ino) in inos.iter().enumerate() {
+        assert_eq!(read_all(&core, ino), text(sizes[i], i as u64), "file {i}");
+    }
+    assert!(core.model().unwrap().stats().decodes >= 15);
+}
+
+#[test]
+fn the_partial_tail_chunk_waits_for_the_whole_file_to_be_cold() {
+    let engine = MemoryEngine::new();
+    let core = Core::with_engine(
+        engine,
+        CoreConfig {
+            cold_after: Duration::from_secs(3600),
+            ..CoreConfig::default()
+        },
+    )
+    .unwrap();
+    core.attach_model(fake_tier(Duration::ZERO, b"p")).unwrap();
+    let ino = file(&core, "log", &text(10_000, 1));
+    let pending = core.store().pending((0, 0), 100).unwrap();
+    assert_eq!(pending.len(), 3);
+    // Written just now: nothing is cold.
+    for p in &pending {
+        assert!(core
+            .cold_in(p, Duration::from_secs(3600))
+            .unwrap()
+            .is_some());
+    }
+    // With cold_after 0 the full chunks are cold, and so is the tail once the file is.
+    for p in &pending {
+        assert!(core.cold_in(p, Duration::ZERO).unwrap().is_none());
+    }
+    let _ = ino;
+}
+
+#[test]
+fn a_write_during_compaction_wins_and_the_result_is_dropped() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::from_millis(300), b"p");
+    let ino = file(&core, "f", &text(8192, 7));
+    let p = core.store().pending((ino, 0), 1).unwrap()[0];
+    let c = core.clone();
+    let compacting = std::thread::spawn(move || c.compact_chunk(&p, false).unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    core.write(ino, 10, b"CHANGED", false, Wait::Model).unwrap();
+    core.flush(ino, Wait::Model).unwrap();
+    assert_eq!(compacting.join().unwrap(), Outcome::Changed);
+    let mut want = text(8192, 7);
+    want[10..17].copy_from_slice(b"CHANGED");
+    assert_eq!(read_all(&core, ino), want);
+    assert_eq!(core.compact_stats().dropped, 1);
+    compact_all(&core);
+    check_stored(&core, &[ino]);
+    assert_eq!(read_all(&core, ino), want);
+}
+
+#[test]
+fn truncate_and_unlink_during_compaction_drop_the_result() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::from_millis(200), b"p");
+    let a = file(&core, "a", &text(12_000, 1));
+    let b = file(&core, "b", &text(12_000, 2));
+    let pa = core.store().pending((a, 2), 1).unwrap()[0];
+    let pb = core.store().pending((b, 0), 1).unwrap()[0];
+    let c = core.clone();
+    let ta = std::thread::spawn(move || c.compact_chunk(&pa, false).unwrap());
+    std::thread::sleep(Duration::from_millis(30));
+    let set = attr::SetAttr {
+        size: Some(5000),
+        ..Default::default()
+    };
+    core.setattr(&Caller::root(), a, &set, Wait::Model).unwrap();
+    assert_eq!(ta.join().unwrap(), Outcome::Changed);
+    let c = core.clone();
+    let tb = std::thread::spawn(move || c.compact_chunk(&pb, false).unwrap());
+    std::thread::sleep(Duration::from_millis(30));
+    core.unlink(&Caller::root(), ROOT_INO, b"b").unwrap();
+    assert_eq!(tb.join().unwrap(), Outcome::Changed);
+    assert_eq!(read_all(&core, a), text(12_000, 1)[..5000].to_vec());
+    assert!(core.store().chunks_in(b, 0, u64::MAX).unwrap().is_empty());
+    compact_all(&core);
+    check_stored(&core, &[a]);
+    assert_eq!(read_all(&core, a), text(12_000, 1)[..5000].to_vec());
+}
+
+#[test]
+fn a_model_decode_holds_no_file_lock() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    let ino = file(&core, "f", &text(8192, 3));
+    compact_all(&core);
+    core.shutdown().unwrap();
+    drop(core);
+    let core = core_on(&engine, Duration::from_millis(400), b"p");
+    // Chunk 1 is rewritten (hot); chunk 0 stays LLM-coded and not cached.
+    core.write(ino, 5000, b"hot", false, Wait::Model).unwrap();
+    let c = core.clone();
+    let slow = std::thread::spawn(move || c.read(ino, 0, 100, Wait::Model).unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = Instant::now();
+    core.getattr(ino).unwrap();
+    assert_eq!(
+        core.read(ino, 4996, 12, Wait::NoModel).unwrap(),
+        [
+            &text(8192, 3)[4996..5000],
+            b"hot",
+            &text(8192, 3)[5003..5008]
+        ]
+        .concat()
+    );
+    core.write(ino, 6000, b"more", false, Wait::NoModel)
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(200),
+        "waited {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(slow.join().unwrap(), text(8192, 3)[..100].to_vec());
+}
+
+#[test]
+fn an_edit_of_a_model_coded_chunk_decodes_it_once() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    let ino = file(&core, "f", &text(4096, 4));
+    compact_all(&core);
+    core.shutdown().unwrap();
+    drop(core);
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    assert!(matches!(
+        core.write(ino, 100, b"xy", false, Wait::NoModel),
+        Err(FsError::WouldBlock)
+    ));
+    core.write(ino, 100, b"xy", false, Wait::Model).unwrap();
+    core.write(ino, 200, b"zw", false, Wait::NoModel).unwrap();
+    let mut want = text(4096, 4);
+    want[100..102].copy_from_slice(b"xy");
+    want[200..202].copy_from_slice(b"zw");
+    assert_eq!(read_all(&core, ino), want);
+    assert_eq!(core.model().unwrap().stats().decodes, 1);
+    // A truncate that cuts the chunk needs it too, and does not need it again.
+    let set = attr::SetAttr {
+        size: Some(1000),
+        ..Default::default()
+    };
+    core.setattr(&Caller::root(), ino, &set, Wait::NoModel)
+        .unwrap();
+    assert_eq!(read_all(&core, ino), want[..1000].to_vec());
+}
+
+#[test]
+fn the_first_llm_frame_pins_the_profile_and_the_canary_guards_it() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"profile-A");
+    let same = |a: &[u8], b: &[u8]| {
+        if a == b {
+            vec![]
+        } else {
+            vec![format!(
+                "stored {}, loaded {}",
+                String::from_utf8_lossy(a),
+                String::from_utf8_lossy(b)
+            )]
+        }
+    };
+    assert!(
+        core.check_pinned_profile(same).is_ok(),
+        "no LLM frames: any model"
+    );
+    file(&core, "f", &text(9000, 5));
+    compact_all(&core);
+    assert_eq!(
+        core.store()
+            .meta(crate::store::MetaKey::Profile)
+            .unwrap()
+            .as_deref(),
+        Some(&b"profile-A"[..])
+    );
+    core.shutdown().unwrap();
+    drop(core);
+    let core = core_on(&engine, Duration::ZERO, b"profile-A");
+    core.check_pinned_profile(same).unwrap();
+    drop(core);
+    let core = core_on(&engine, Duration::ZERO, b"profile-B");
+    let err = core.check_pinned_profile(same).unwrap_err();
+    assert!(
+        err.contains("profile-A") && err.contains("profile-B"),
+        "{err}"
+    );
+    drop(core);
+    // A canary that no longer decodes to its text is caught.
+    let key = crate::store::keys::CANARY;
+    let mut canary = engine
+        .raw_get(crate::store::engine::Table::Meta, key)
+        .unwrap();
+    let last = canary.len() - 1;
+    canary[last] ^= 1;
+    engine.raw_put(crate::store::engine::Table::Meta, key, &canary);
+    let core = core_on(&engine, Duration::ZERO, b"profile-A");
+    assert!(core.check_pinned_profile(same).is_err());
+}
+
+#[test]
+fn without_a_model_only_llm_chunks_are_unreadable() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    let ino = file(&core, "f", &text(8192, 6));
+    compact_all(&core);
+    core.write(ino, 4096, &text(4096, 9), false, Wait::Model)
+        .unwrap();
+    core.flush(ino, Wait::Model).unwrap();
+    core.shutdown().unwrap();
+    drop(core);
+    let core = Core::with_engine(engine, cfg()).unwrap();
+    assert!(matches!(
+        core.read(ino, 0, 100, Wait::Model),
+        Err(FsError::Io(_))
+    ));
+    assert_eq!(
+        core.read(ino, 4096, 4096, Wait::Model).unwrap(),
+        text(4096, 9)
+    );
+}
+
+#[test]
+fn a_crash_mid_compaction_loses_nothing_fsynced() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    let inos: Vec<u64> = (0..4)
+        .map(|i| file(&core, &format!("f{i}"), &text(7000 + i * 3000, i as u64)))
+        .collect();
+    core.store().sync().unwrap();
+    // Some chunks settle, not durably, then the machine dies.
+    let mut cursor = (0, 0);
+    core.compact_pass(&mut cursor).unwrap();
+    engine.crash();
+    drop(core);
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    for (i, &ino) in inos.iter().enumerate() {
+        assert_eq!(read_all(&core, ino), text(7000 + i * 3000, i as u64));
+    }
+    compact_all(&core);
+    core.store().sync().unwrap();
+    engine.crash();
+    drop(core);
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    check_stored(&core, &inos);
+    for (i, &ino) in inos.iter().enumerate() {
+        assert_eq!(read_all(&core, ino), text(7000 + i * 3000, i as u64));
+    }
+}
+
+#[test]
+fn the_compactor_thread_drains_pending_chunks_and_stops_at_shutdown() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::from_millis(2), b"p");
+    let handle = core.spawn_compactor().unwrap();
+    let ino = file(&core, "f", &text(30_000, 8));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while core.store().count_pending().unwrap() > 0 {
+        assert!(Instant::now() < deadline, "compactor did not drain");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    core.shutdown().unwrap();
+    handle.join().unwrap();
+    check_stored(&core, &[ino]);
+    assert!(core.compact_stats().chunks_llm >= 7);
+}
