@@ -13,3 +13,4 @@ mod concurrency;
 mod crash;
 mod data;
 mod posix;
+mod store;

@@ -49,11 +49,11 @@ fn normalize_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
 
 pub fn main() -> i32 {
     // fuser's session warns that its own unmount failed after every unmount done from
-    // outside (fusermount3 -u): the mount is already gone, so that warning is noise.
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,fuser::session=error"),
-    )
-    .init();
+    // outside (fusermount3 -u): the mount is already gone, so that warning is noise, also
+    // when RUST_LOG is set.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .filter_module("fuser::session", log::LevelFilter::Error)
+        .init();
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {

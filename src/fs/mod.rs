@@ -316,6 +316,7 @@ impl Core {
         }
         self.persist_all()?;
         self.store.sync()?;
+        self.store.close()?;
         Ok(())
     }
 

@@ -197,7 +197,30 @@ fn inspect(dir: &Path) -> Result<DirState, StoreError> {
     if names.iter().any(|n| n == "conf") && names.iter().any(|n| n == "db") {
         return Ok(DirState::Sled);
     }
-    names.retain(|n| n != "lost+found" && n != engine::product::LOCK_FILE);
+    // What creation leaves if it is interrupted (see `engine::product::create`): the
+    // lock and the database under its temporary name. A lock (or the database's
+    // journal) without the database means the database was deleted: not an empty store.
+    let creating = names
+        .iter()
+        .any(|n| n.starts_with(engine::product::CREATING));
+    let leftovers = names
+        .iter()
+        .filter(|n| n.starts_with(engine::product::DB_FILE) || *n == engine::product::LOCK_FILE)
+        .count();
+    if leftovers > 0 && !creating {
+        return Err(StoreError::Corrupt(format!(
+            "{} has no database file {} but holds what a store leaves ({}): the database \
+             was deleted or moved; restore it, or use an empty directory for a new store",
+            dir.display(),
+            engine::product::DB_FILE,
+            names.join(", ")
+        )));
+    }
+    names.retain(|n| {
+        n != "lost+found"
+            && n != engine::product::LOCK_FILE
+            && !n.starts_with(engine::product::CREATING)
+    });
     if names.is_empty() {
         return Ok(DirState::Empty);
     }
@@ -373,6 +396,12 @@ impl Store {
     /// Writes waiting on the database right now.
     pub fn writes_in_flight(&self) -> usize {
         self.writes.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Leaves the database compact and self-contained (see [`Engine::close`]): the last
+    /// thing before the daemon exits, after [`Store::sync`].
+    pub fn close(&self) -> Result<(), StoreError> {
+        Ok(self.writes.run(|| self.engine.close())?)
     }
 
     /// One step of giving free space back (see [`Engine::reclaim`]).

@@ -128,6 +128,12 @@ pub trait Engine: Send + Sync {
         Ok(false)
     }
 
+    /// Leaves the database compact and self-contained before the daemon exits (folds a
+    /// journal into the main file); everything must be durable already.
+    fn close(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     fn space(&self) -> Result<EngineSpace, EngineError>;
 
     /// The size extents of settled frames aim at: what packs into the database's pages

@@ -30,13 +30,13 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const DB_FILE: &str = "llmfs.db";
 pub const LOCK_FILE: &str = "llmfs.lock";
-const CREATING: &str = "llmfs.db.creating";
+pub const CREATING: &str = "llmfs.creating.db";
 
 const PAGE_SIZE: u64 = 4096;
 /// Rows a scan copies out per turn of the connection's lock.
@@ -45,6 +45,32 @@ const SCAN_BATCH: usize = 256;
 const VACUUM_STEP: u32 = 256;
 /// Free pages below this are not worth a vacuum (they are reused by the next writes).
 const VACUUM_MIN: u64 = 64;
+/// Free space kept on the device: 2% of it, at least what the WAL may hold (it must be
+/// folded into the file, growing it, to give space back) plus a commit, at most 64 MiB.
+const RESERVE_MIN: u64 = 8 << 20;
+const RESERVE_MAX: u64 = 64 << 20;
+
+/// What the device has room for: free space (and free pages inside the database) as last
+/// measured, less what was committed since; measured again every 50 ms, and whenever it
+/// gets close to the reserve.
+#[derive(Default)]
+struct Gauge {
+    avail: u64,
+    reserve: u64,
+    since: u64,
+    at: Option<Instant>,
+}
+
+/// An upper bound of the bytes a commit adds to the WAL: its values and a page per change.
+fn wal_estimate(ops: &[RawOp]) -> u64 {
+    ops.iter()
+        .map(|o| match o {
+            RawOp::Put(_, k, v) => (k.len() + v.len()) as u64 + PAGE_SIZE,
+            RawOp::Delete(..) => PAGE_SIZE / 4,
+        })
+        .sum::<u64>()
+        + 2 * PAGE_SIZE
+}
 
 fn table_name(t: Table) -> &'static str {
     match t {
@@ -88,11 +114,8 @@ pub struct SqliteEngine {
     writer: Mutex<Connection>,
     /// Commits made since the last durable point.
     unsynced: AtomicBool,
-    /// When free space was last found short (`u64::MAX`: not short), and when it was
-    /// last looked at, in milliseconds since `origin`: statvfs at most every 50 ms.
-    space_checked_ms: AtomicU64,
-    space_short: AtomicBool,
-    origin: Instant,
+    /// What the device has room for (see [`Gauge`]).
+    gauge: Mutex<Gauge>,
     _lock: File,
 }
 
@@ -144,8 +167,8 @@ fn configure(c: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
         "PRAGMA locking_mode=EXCLUSIVE;
          PRAGMA synchronous=NORMAL;
          PRAGMA cache_size=-{cache_kib};
-         PRAGMA journal_size_limit=67108864;
-         PRAGMA wal_autocheckpoint=4000;"
+         PRAGMA journal_size_limit=4194304;
+         PRAGMA wal_autocheckpoint=1000;"
     ))
 }
 
@@ -228,9 +251,7 @@ impl SqliteEngine {
             db: db.to_path_buf(),
             writer: Mutex::new(c),
             unsynced: AtomicBool::new(false),
-            space_checked_ms: AtomicU64::new(0),
-            space_short: AtomicBool::new(false),
-            origin: Instant::now(),
+            gauge: Mutex::new(Gauge::default()),
             _lock: lock,
         })
     }
@@ -277,29 +298,67 @@ impl SqliteEngine {
         f(&self.writer.lock())
     }
 
-    /// Whether the device has less free space than the reserve kept for deletes
-    /// (looked at no more than every 50 ms: a statvfs per commit cost 4% of creates).
-    fn below_reserve(&self) -> bool {
-        let now = self.origin.elapsed().as_millis() as u64 + 100;
-        let last = self.space_checked_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < 50 {
-            return self.space_short.load(Ordering::Relaxed);
+    /// Checkpoints the WAL into the database file and truncates it (best effort). The
+    /// reserve guarantees the room this needs: the WAL never outgrows it.
+    fn fold_wal(&self) {
+        let r = self
+            .writer
+            .lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        if let Err(e) = r {
+            log::debug!("checkpoint on a full device: {e}");
         }
-        self.space_checked_ms.store(now, Ordering::Relaxed);
-        let short = self.measure_short();
-        self.space_short.store(short, Ordering::Relaxed);
-        short
+        self.gauge.lock().at = None;
     }
 
-    fn measure_short(&self) -> bool {
-        let Ok(s) = nix::sys::statvfs::statvfs(&self.dir) else {
-            return false;
-        };
-        let frag = s.fragment_size().max(1);
-        let total = s.blocks() * frag;
-        let avail = s.blocks_available() * frag;
-        let reserve = (total / 100).clamp(1 << 20, 64 << 20);
-        avail < reserve
+    /// Whether a commit frees more than it adds: it deletes something and writes little.
+    fn frees_space(&self, ops: &[RawOp]) -> bool {
+        let deletes = ops.iter().any(|o| matches!(o, RawOp::Delete(..)));
+        let put_bytes: usize = ops
+            .iter()
+            .map(|o| match o {
+                RawOp::Put(_, k, v) => k.len() + v.len(),
+                RawOp::Delete(..) => 0,
+            })
+            .sum();
+        deletes && put_bytes <= 128 << 10
+    }
+
+    fn free_pages(&self) -> Result<u64, EngineError> {
+        let free: i64 = self
+            .writer
+            .lock()
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(free.max(0) as u64)
+    }
+
+    /// (bytes available to us, total bytes) of the device holding the store.
+    fn device(&self) -> (u64, u64) {
+        match nix::sys::statvfs::statvfs(&self.dir) {
+            Ok(s) => {
+                let frag = s.fragment_size().max(1);
+                (s.blocks_available() * frag, s.blocks() * frag)
+            }
+            Err(_) => (u64::MAX, u64::MAX),
+        }
+    }
+
+    /// Whether `need` more bytes may be committed with the reserve still free.
+    fn room_for(&self, need: u64) -> Result<bool, EngineError> {
+        let mut g = self.gauge.lock();
+        let near = g.avail.saturating_sub(g.since) < g.reserve + need + (16 << 20);
+        let stale = g.at.is_none_or(|t| t.elapsed() > Duration::from_millis(50));
+        if near || stale {
+            let (avail, total) = self.device();
+            // Pages free inside the database take new data without growing the file.
+            let inside = self.free_pages()? * PAGE_SIZE;
+            g.avail = avail.saturating_add(inside);
+            g.reserve = (total / 50).clamp(RESERVE_MIN, RESERVE_MAX);
+            g.since = 0;
+            g.at = Some(Instant::now());
+        }
+        Ok(g.avail.saturating_sub(g.since) >= g.reserve + need)
     }
 
     fn write(&self, ops: &[RawOp], durable: bool) -> Result<(), EngineError> {
@@ -417,22 +476,29 @@ impl Engine for SqliteEngine {
     }
 
     fn commit(&self, ops: &[RawOp], durable: bool) -> Result<(), EngineError> {
-        if self.below_reserve() {
-            // Near full: only what frees space may go on (it deletes something and
-            // writes little), so `rm` can always make room.
-            let deletes = ops.iter().any(|o| matches!(o, RawOp::Delete(..)));
-            let put_bytes: usize = ops
-                .iter()
-                .map(|o| match o {
-                    RawOp::Put(_, k, v) => k.len() + v.len(),
-                    RawOp::Delete(..) => 0,
-                })
-                .sum();
-            if !deletes || put_bytes > 128 << 10 {
-                return Err(EngineError::NoSpace);
+        let need = wal_estimate(ops);
+        if !self.room_for(need)? {
+            // The WAL holds space that comes back once it is folded into the file.
+            self.fold_wal();
+            if !self.room_for(need)? {
+                // Below the reserve only what frees space goes on (deletes, truncates,
+                // the compactor), so `rm` can always make room.
+                if !self.frees_space(ops) || self.device().0 < need {
+                    return Err(EngineError::NoSpace);
+                }
             }
         }
-        self.write(ops, durable)
+        let r = match self.write(ops, durable) {
+            Err(EngineError::NoSpace) => {
+                self.fold_wal();
+                self.write(ops, durable)
+            }
+            r => r,
+        };
+        if r.is_ok() {
+            self.gauge.lock().since += need;
+        }
+        r
     }
 
     fn sync(&self) -> Result<(), EngineError> {
@@ -477,6 +543,13 @@ impl Engine for SqliteEngine {
                 .map_err(|e| self.err(e))?;
         }
         Ok(false)
+    }
+
+    fn close(&self) -> Result<(), EngineError> {
+        self.writer
+            .lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
     }
 
     fn space(&self) -> Result<EngineSpace, EngineError> {

@@ -1,0 +1,272 @@
+//! The store through the daemon, under the faults found by probing earlier builds: a
+//! damaged or deleted database is an error (never a new empty store, never a panic), the
+//! store and the mount point may not nest, a full disk gives ENOSPC and `rm` makes room,
+//! allow_other implies the kernel's permission checks, a clean unmount logs no warning.
+
+use crate::harness::{is_mounted, llmfs_bin, pseudo_random, sh, Mount};
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn mount_once(store: &Path, mnt: &Path, opts: &[&str]) -> Output {
+    let mut c = Command::new(llmfs_bin());
+    c.arg("mount").arg(store).arg(mnt);
+    if !opts.is_empty() {
+        c.arg("-o").arg(opts.join(","));
+    }
+    // A refused mount exits at once; one that mounts is stopped by the caller's timeout.
+    let out = c.env("RUST_LOG", "info").output().unwrap();
+    if is_mounted(mnt) {
+        let _ = Command::new("fusermount3").arg("-u").arg(mnt).status();
+    }
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A store with a few files, unmounted.
+fn filled_store() -> Mount {
+    let mut m = Mount::new();
+    for i in 0..20 {
+        fs::write(m.path(&format!("f{i}")), pseudo_random(20_000, i)).unwrap();
+    }
+    m.stop();
+    m
+}
+
+fn db(m: &Mount) -> std::path::PathBuf {
+    m.store.join("llmfs.db")
+}
+
+#[test]
+fn garbage_in_the_database_is_an_error_never_an_empty_store() {
+    let m = filled_store();
+    let len = fs::metadata(db(&m)).unwrap().len();
+    let mut f = fs::OpenOptions::new().write(true).open(db(&m)).unwrap();
+    // The first pages hold the schema and the tables' roots.
+    f.seek(SeekFrom::Start(4096)).unwrap();
+    f.write_all(&pseudo_random(4 * 4096, 99)).unwrap();
+    drop(f);
+    assert!(fs::metadata(db(&m)).unwrap().len() == len);
+    for args in [vec!["stats"]] {
+        let out = Command::new(llmfs_bin())
+            .args(&args)
+            .arg(&m.store)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{args:?} on a damaged store: {err}"
+        );
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = mount_once(&m.store, &m.mnt, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "mounted a damaged store: {err}");
+    assert!(
+        !err.contains("created store"),
+        "a damaged store became a new one: {err}"
+    );
+    assert!(
+        err.contains("llmfs.db"),
+        "the message must name the file: {err}"
+    );
+}
+
+#[test]
+fn flipped_bits_never_panic_the_daemon_or_stats() {
+    let m = filled_store();
+    let pristine = fs::read(db(&m)).unwrap();
+    let mut x = 12345u64;
+    for round in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut bytes = pristine.clone();
+        let pos = (x as usize) % bytes.len();
+        bytes[pos] ^= 1 << (x % 8);
+        fs::write(db(&m), &bytes).unwrap();
+        let out = Command::new(llmfs_bin())
+            .arg("stats")
+            .arg(&m.store)
+            .output()
+            .unwrap();
+        assert_ne!(
+            out.status.code(),
+            Some(101),
+            "round {round}, byte {pos}: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_deleted_database_or_a_foreign_directory_is_refused() {
+    let m = filled_store();
+    fs::remove_file(db(&m)).unwrap();
+    let out = mount_once(&m.store, &m.mnt, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "mounted without its database: {err}");
+    assert!(
+        err.contains("llmfs.db") && err.contains("missing") || err.contains("deleted"),
+        "{err}"
+    );
+    assert!(!m.store.join("llmfs.db").exists(), "nothing was created");
+
+    let other = m.scratch("foreign");
+    fs::write(other.join("notes.txt"), b"mine").unwrap();
+    let out = mount_once(&other, &m.mnt, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("notes.txt"), "{err}");
+    assert_eq!(
+        fs::read_dir(&other).unwrap().count(),
+        1,
+        "nothing was added"
+    );
+}
+
+#[test]
+fn store_and_mount_point_may_not_nest() {
+    let m = Mount::unmounted(&[]);
+    let nested = m.mnt.join("store");
+    for (store, mnt) in [
+        (m.mnt.clone(), m.mnt.clone()),
+        (nested.clone(), m.mnt.clone()),
+        (m.store.clone(), m.store.join("mnt")),
+    ] {
+        fs::create_dir_all(&mnt).unwrap();
+        let out = mount_once(&store, &mnt, &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(!is_mounted(&mnt));
+    }
+    let out = mount_once(&m.store, &m.scratch("x").join("missing"), &[]);
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn chunk_size_of_an_existing_store_is_not_silently_ignored() {
+    let m = filled_store();
+    let out = mount_once(&m.store, &m.mnt, &["chunk_size=16K"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("4096"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_clean_unmount_logs_no_warning() {
+    let mut m = Mount::new();
+    fs::write(m.path("f"), b"x").unwrap();
+    m.stop();
+    let log = m.log();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn allow_other_implies_the_kernels_permission_checks() {
+    let m = Mount::with_options(&["allow_other"]);
+    let secret_dir = m.path("private");
+    fs::create_dir(&secret_dir).unwrap();
+    fs::write(secret_dir.join("secret"), b"root only").unwrap();
+    sh(&format!(
+        "chmod 700 {}; chmod 644 {}/secret",
+        secret_dir.display(),
+        secret_dir.display()
+    ));
+    let path = secret_dir.join("secret");
+    let mut leaked = 0;
+    for _ in 0..100 {
+        // Root keeps the dentries cached; nobody then goes straight for the file.
+        let _ = fs::metadata(&path);
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            leaked += 1;
+        }
+    }
+    assert_eq!(
+        leaked, 0,
+        "user nobody read a file inside a 0700 directory {leaked} times"
+    );
+}
+
+/// A small file system of its own for the store, so that it fills up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(mib: u32) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("llmfs-full-")
+            .tempdir()
+            .unwrap();
+        sh(&format!(
+            "mount -t tmpfs -o size={mib}m tmpfs {}",
+            dir.path().display()
+        ));
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_gives_enospc_and_rm_makes_room() {
+    let disk = SmallDisk::new(48);
+    let mut m = Mount::unmounted(&[]);
+    m.store = disk.dir.path().join("store");
+    m.start();
+    let mut written = 0u64;
+    let mut n = 0;
+    let err = loop {
+        let data = pseudo_random(1 << 20, n);
+        let r = fs::File::create(m.path(&format!("big{n}")))
+            .and_then(|mut f| f.write_all(&data).and_then(|()| f.sync_all()));
+        match r {
+            Ok(()) => written += 1 << 20,
+            Err(e) => break e,
+        }
+        n += 1;
+        assert!(n < 100, "48 MiB never filled up");
+    };
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOSPC),
+        "a full disk must read as ENOSPC, got {err} after {written} bytes"
+    );
+    // The engine keeps 8 MiB free for deletes and its journal.
+    assert!(written >= 24 << 20, "only {written} bytes fit");
+    // The mount keeps working: metadata, reads, and deletes that make room.
+    fs::read_dir(&m.mnt).unwrap().count();
+    assert_eq!(fs::read(m.path("big0")).unwrap(), pseudo_random(1 << 20, 0));
+    for i in 0..n {
+        fs::remove_file(m.path(&format!("big{i}"))).unwrap();
+    }
+    // Freed pages are reused: writing resumes.
+    let mut again = 0;
+    for i in 0..4 {
+        let data = pseudo_random(1 << 20, 1000 + i);
+        let mut f = fs::File::create(m.path(&format!("again{i}"))).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        again += 1;
+    }
+    assert_eq!(again, 4);
+    m.stop();
+}
