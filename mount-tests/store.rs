@@ -51,7 +51,7 @@ fn garbage_in_the_database_is_an_error_never_an_empty_store() {
     f.write_all(&pseudo_random(4 * 4096, 99)).unwrap();
     drop(f);
     assert!(fs::metadata(db(&m)).unwrap().len() == len);
-    for args in [vec!["stats"]] {
+    for args in [vec!["stats"], vec!["stats", "--json"]] {
         let out = Command::new(llmfs_bin())
             .args(&args)
             .arg(&m.store)
