@@ -140,3 +140,131 @@ pub trait Engine: Send + Sync {
     /// with the least waste ([`super::extent`]).
     fn extent_target(&self) -> usize;
 }
+
+#[cfg(test)]
+mod tests {
+    //! The same contract checked on every engine.
+
+    use super::*;
+    use std::sync::Arc;
+
+    fn engines() -> Vec<(&'static str, Arc<dyn Engine>, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = sqlite::create(&dir.path().join("s"), |_| Ok(())).unwrap();
+        vec![
+            (
+                "memory",
+                memory::MemoryEngine::new() as Arc<dyn Engine>,
+                None,
+            ),
+            ("sqlite", sqlite, Some(dir)),
+        ]
+    }
+
+    fn put(t: Table, k: &[u8], v: &[u8]) -> RawOp {
+        RawOp::Put(t, k.to_vec(), v.to_vec())
+    }
+
+    fn keys(e: &dyn Engine, t: Table, from: &[u8], to: Option<&[u8]>) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        e.scan(t, from, to, &mut |k, _| {
+            out.push(k.to_vec());
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn ordered_tables_scans_floors_and_overwrites() {
+        for (name, e, _dir) in engines() {
+            let ops: Vec<RawOp> = (0u32..600)
+                .map(|i| put(Table::Chunk, &i.to_be_bytes(), &[i as u8; 100]))
+                .chain([put(Table::Extent, &5u32.to_be_bytes(), b"other table")])
+                .collect();
+            e.commit(&ops, false).unwrap();
+            e.commit(&[put(Table::Chunk, &7u32.to_be_bytes(), b"new")], false)
+                .unwrap();
+            assert_eq!(
+                e.get(Table::Chunk, &7u32.to_be_bytes()).unwrap().unwrap(),
+                b"new",
+                "{name}"
+            );
+            let got = keys(
+                &*e,
+                Table::Chunk,
+                &10u32.to_be_bytes(),
+                Some(&500u32.to_be_bytes()),
+            );
+            assert_eq!(got.len(), 490, "{name}: a scan crosses batches");
+            assert_eq!(got[0], 10u32.to_be_bytes());
+            assert_eq!(keys(&*e, Table::Chunk, &[], None).len(), 600, "{name}");
+            let (k, _) = e
+                .floor(Table::Chunk, &0u32.to_be_bytes(), &[0, 0, 1, 0xff, 0xff])
+                .unwrap()
+                .unwrap();
+            assert_eq!(k, 511u32.to_be_bytes(), "{name}");
+            assert!(e
+                .floor(Table::Extent, &6u32.to_be_bytes(), &9u32.to_be_bytes())
+                .unwrap()
+                .is_none());
+            e.commit(
+                &[RawOp::Delete(Table::Chunk, 7u32.to_be_bytes().to_vec())],
+                false,
+            )
+            .unwrap();
+            assert!(
+                e.get(Table::Chunk, &7u32.to_be_bytes()).unwrap().is_none(),
+                "{name}"
+            );
+            e.sync().unwrap();
+        }
+    }
+
+    #[test]
+    fn sqlite_gives_freed_space_back_when_reclaiming() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = sqlite::create(&dir.path().join("s"), |_| Ok(())).unwrap();
+        let big: Vec<RawOp> = (0u32..3000)
+            .map(|i| put(Table::Chunk, &i.to_be_bytes(), &vec![(i % 251) as u8; 3000]))
+            .collect();
+        e.commit(&big, false).unwrap();
+        e.sync().unwrap();
+        e.close().unwrap();
+        let full = e.space().unwrap();
+        let dels: Vec<RawOp> = (0u32..3000)
+            .filter(|i| i % 4 != 0)
+            .map(|i| RawOp::Delete(Table::Chunk, i.to_be_bytes().to_vec()))
+            .collect();
+        e.commit(&dels, false).unwrap();
+        assert!(e.space().unwrap().free_bytes > full.file_bytes / 2);
+        let mut steps = 0;
+        while e.reclaim().unwrap() {
+            steps += 1;
+            assert!(steps < 100);
+        }
+        let after = e.space().unwrap();
+        assert!(
+            after.file_bytes < full.file_bytes * 4 / 10,
+            "{} bytes after reclaim, {} before",
+            after.file_bytes,
+            full.file_bytes
+        );
+        assert!(after.free_bytes < 32 * 8192);
+        assert_eq!(keys(&*e, Table::Chunk, &[], None).len(), 750);
+        assert_eq!(
+            e.get(Table::Chunk, &4u32.to_be_bytes()).unwrap().unwrap()[0],
+            4
+        );
+    }
+
+    #[test]
+    fn a_second_open_of_a_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _e = sqlite::create(&dir.path().join("s"), |_| Ok(())).unwrap();
+        assert!(matches!(
+            sqlite::open(&dir.path().join("s")),
+            Err(EngineError::InUse)
+        ));
+    }
+}

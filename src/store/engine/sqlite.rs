@@ -38,13 +38,18 @@ pub const DB_FILE: &str = "llmfs.db";
 pub const LOCK_FILE: &str = "llmfs.lock";
 pub const CREATING: &str = "llmfs.creating.db";
 
-const PAGE_SIZE: u64 = 4096;
+/// 8 KiB pages: a hot chunk's 1.5 KB zstd frame packs 5 to a page (92% full) where a
+/// 4 KiB page holds 2 (73%), and a raw 4 KiB chunk still fits in a leaf (measured: the
+/// growing store sat at 1.59x on disk against 1.76x with 4 KiB pages before the idle
+/// reclaim, 1.12x against 1.20x after it).
+const PAGE_SIZE: u64 = 8192;
 /// Rows a scan copies out per turn of the connection's lock.
 const SCAN_BATCH: usize = 256;
-/// Free pages given back per reclaim step (1 MiB): a step holds the writer briefly.
+/// Free pages given back per reclaim step (2 MiB): a step holds the database for tens of
+/// milliseconds (measured: at most ~100 ms on a busy 2-core machine).
 const VACUUM_STEP: u32 = 256;
 /// Free pages below this are not worth a vacuum (they are reused by the next writes).
-const VACUUM_MIN: u64 = 64;
+const VACUUM_MIN: u64 = 32;
 /// Free space kept on the device: 2% of it, at least what the WAL may hold (it must be
 /// folded into the file, growing it, to give space back) plus a commit, at most 64 MiB.
 const RESERVE_MIN: u64 = 8 << 20;
@@ -532,8 +537,13 @@ impl Engine for SqliteEngine {
             .map_err(|e| self.err(e))?;
         let free = free.max(0) as u64;
         if free >= VACUUM_MIN {
-            c.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))
+            // The pragma frees one page per step of its statement: step it to the end
+            // (execute_batch would free a single page).
+            let mut stmt = c
+                .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))
                 .map_err(|e| self.err(e))?;
+            let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+            while rows.next().map_err(|e| self.err(e))?.is_some() {}
             return Ok(true);
         }
         // Nothing left to move: fold the WAL into the file and truncate it.
