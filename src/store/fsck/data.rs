@@ -68,11 +68,23 @@ struct Leftover {
 }
 
 impl Leftover {
+    /// "2 hot chunks and 1 xattr": what there is, nothing of what there is not.
     fn describe(&self) -> String {
-        format!(
-            "{} hot chunks, {} extents, {} pending records and {} xattrs",
-            self.chunks, self.extents, self.pending, self.xattrs
-        )
+        let parts: Vec<String> = [
+            (self.chunks, "hot chunk"),
+            (self.extents, "extent"),
+            (self.pending, "pending record"),
+            (self.xattrs, "xattr"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}{}", if n == 1 { "" } else { "s" }))
+        .collect();
+        match parts.split_last() {
+            None => "nothing".into(),
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        }
     }
 }
 
@@ -208,8 +220,8 @@ impl Checker<'_> {
                     K::Unreferenced,
                     Some(ino),
                     format!(
-                        "does not exist and is not being deleted, yet {} of it remain: \
-                         nothing references them",
+                        "does not exist and is not being deleted, yet {} of it remain \
+                         (nothing references them)",
                         left.describe()
                     ),
                 )
@@ -515,16 +527,16 @@ impl Checker<'_> {
         let found = [
             (
                 missing,
-                "hot chunks have no pending record: the compactor never codes them",
+                "hot chunks without a pending record, which the compactor never codes",
             ),
             (
                 stale,
-                "pending records do not match their hot chunk's version (or do not decode): \
-                 the compactor skips them forever",
+                "pending records that do not match their hot chunk's version (or do not \
+                 decode), which the compactor skips forever",
             ),
             (
                 extra,
-                "pending records name chunks that are not hot: the compactor skips them \
+                "pending records of chunks that are not hot, which the compactor skips \
                  forever",
             ),
         ];
@@ -535,7 +547,7 @@ impl Checker<'_> {
                         K::Pending,
                         Some(ino),
                         format!(
-                            "{} {what} (chunks {})",
+                            "{what}: {} (chunks {})",
                             indexes.len(),
                             list_indexes(&indexes)
                         ),

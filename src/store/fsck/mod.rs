@@ -293,7 +293,8 @@ pub struct CheckCounts {
     pub settled_chunks: u64,
     pub extents: u64,
     pub pending: u64,
-    /// Bytes of frames (hot and settled) and of the plaintext their headers promise.
+    /// Bytes of frames (hot and settled) of existing inodes, and of the plaintext their
+    /// headers promise. (Chunk and record counts include the data of deleted inodes.)
     pub frame_bytes: u64,
     pub plain_bytes: u64,
     pub llm_frames: u64,

@@ -570,6 +570,8 @@ fn chunk_damage_is_found_and_what_nothing_reads_removed() {
             (K::Unreferenced, Some(s), true),
         ],
     );
+    let left = &problem(&r, K::Unreferenced).message;
+    assert!(left.contains("yet 1 hot chunk and 1 pending record of it"), "{left}");
     fx.repair_to_clean(&r);
     assert!(fx.store().chunks_in(g, 0, u64::MAX).unwrap().len() == 1);
     assert!(fx.store().chunks_in(d, 0, u64::MAX).unwrap().is_empty());
