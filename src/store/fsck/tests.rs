@@ -571,7 +571,10 @@ fn chunk_damage_is_found_and_what_nothing_reads_removed() {
         ],
     );
     let left = &problem(&r, K::Unreferenced).message;
-    assert!(left.contains("yet 1 hot chunk and 1 pending record of it"), "{left}");
+    assert!(
+        left.contains("yet 1 hot chunk and 1 pending record of it"),
+        "{left}"
+    );
     fx.repair_to_clean(&r);
     assert!(fx.store().chunks_in(g, 0, u64::MAX).unwrap().len() == 1);
     assert!(fx.store().chunks_in(d, 0, u64::MAX).unwrap().is_empty());
@@ -805,4 +808,41 @@ fn repair_fixes_exactly_the_repairable_problems() {
     let none = fx.store().repair(&after).unwrap();
     assert_eq!((none.repaired, none.commits), (0, 0));
     assert_eq!(fx.engine.commits(), commits);
+}
+
+#[test]
+fn renames_and_a_big_deletion_leave_the_store_clean() {
+    use crate::fs::rename::RenameMode;
+    let fx = Fixture::new();
+    let root = Caller::root();
+    let c = &fx.core;
+    let dir = |parent, name: &[u8]| {
+        c.create_node(&root, parent, name, NewNode::Dir { mode: 0o755 }, false)
+            .unwrap()
+            .ino
+    };
+    let r1 = dir(ROOT_INO, b"r1");
+    let sub = dir(r1, b"sub");
+    dir(sub, b"deeper");
+    let r2 = dir(ROOT_INO, b"r2");
+    c.rename(&root, r1, b"sub", r2, b"moved", RenameMode::Replace)
+        .unwrap();
+    dir(r1, b"empty");
+    c.rename(&root, r2, b"moved", r1, b"empty", RenameMode::Replace)
+        .unwrap();
+    c.rename(&root, r1, b"empty", ROOT_INO, b"r2", RenameMode::Exchange)
+        .unwrap();
+    write_file(c, ROOT_INO, b"t1", 0, &text(10));
+    let t2 = write_file(c, ROOT_INO, b"t2", 0, &text(20));
+    c.link(&root, t2, r1, b"t2b").unwrap();
+    c.rename(&root, ROOT_INO, b"t1", ROOT_INO, b"t2", RenameMode::Replace)
+        .unwrap();
+    // More chunks than an unlink deletes inline: left to the background reaper.
+    let big = write_file(c, ROOT_INO, b"big", 0, &text(1100 * CS as usize));
+    c.unlink(&root, ROOT_INO, b"big").unwrap();
+    let r = fx.check();
+    assert!(r.is_clean(), "{:#?}", found(&r));
+    assert_eq!(fx.inode(t2).nlink, 1);
+    let note = r.problems.iter().find(|p| p.ino == Some(big)).unwrap();
+    assert!(note.message.contains("1100 hot chunks"), "{}", note.message);
 }
