@@ -12,7 +12,7 @@ use llmfs::store::{OpenOptions, Store, StoreError};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The store is clean (after `--repair`: clean now).
 pub const EXIT_CLEAN: i32 = 0;
@@ -273,22 +273,26 @@ fn problem_json(p: &Problem) -> Value {
     })
 }
 
-/// A progress line on stderr, only on a terminal: records read, inodes checked, then
-/// bytes of text verified with an ETA.
+/// A progress line on stderr, only on a terminal and once the check has run for a
+/// second: records read, inodes checked, then bytes of text verified with an ETA.
 struct ProgressDisplay {
     bar: Option<ProgressBar>,
     phase: Option<CheckPhase>,
+    started: Instant,
+    shown: bool,
 }
 
 impl ProgressDisplay {
     fn new() -> ProgressDisplay {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            // Redrawn while one slow LLM frame decodes, so the ETA keeps moving.
-            bar.enable_steady_tick(Duration::from_millis(250));
-            bar
-        });
-        ProgressDisplay { bar, phase: None }
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden()));
+        ProgressDisplay {
+            bar,
+            phase: None,
+            started: Instant::now(),
+            shown: false,
+        }
     }
 
     fn update(&mut self, p: CheckProgress) {
@@ -307,6 +311,12 @@ impl ProgressDisplay {
         }
         bar.set_length(p.total);
         bar.set_position(p.done);
+        if !self.shown && self.started.elapsed() > Duration::from_secs(1) {
+            self.shown = true;
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            // Redrawn while one slow LLM frame decodes, so the ETA keeps moving.
+            bar.enable_steady_tick(Duration::from_millis(250));
+        }
     }
 }
 
