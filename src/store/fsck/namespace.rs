@@ -395,160 +395,8 @@ impl Checker<'_> {
     fn check_links(&mut self) {
         let mut found = Vec::new();
         for (&ino, n) in &self.nodes {
-            let Some(r) = n.rec else {
-                continue;
-            };
-            let orphan = self.orphans.contains(&ino);
-            let want_nlink = if r.kind == Kind::Dir {
-                2u32.saturating_add(n.subdirs)
-            } else {
-                n.names
-            };
-            let holder = n.holder.as_ref().map(|h| h.0);
-            let set_nlink = |why: &str| {
-                Problem::error(
-                    K::LinkCount,
-                    Some(ino),
-                    format!(
-                        "the link count is {}, but {why} make it {want_nlink}",
-                        r.nlink
-                    ),
-                )
-                .repair(Repair::SetNlink {
-                    ino,
-                    nlink: want_nlink,
-                })
-            };
-            let nlink_ok = r.nlink == want_nlink;
-            if orphan && (n.names > 0 || ino == ROOT_INO) {
-                found.push(
-                    Problem::error(
-                        K::Orphan,
-                        Some(ino),
-                        "is marked as an orphan (unlinked, to be deleted) but has a name: the \
-                         next mount would delete it",
-                    )
-                    .repair(Repair::ClearOrphan { ino }),
-                );
-            }
-            if ino == ROOT_INO {
-                if r.kind == Kind::Dir && r.parent != ROOT_INO {
-                    found.push(
-                        Problem::error(
-                            K::Root,
-                            Some(ino),
-                            format!("the root's parent is {}, not itself", r.parent),
-                        )
-                        .repair(Repair::SetParent {
-                            ino,
-                            parent: ROOT_INO,
-                        }),
-                    );
-                }
-                if r.kind == Kind::Dir && !nlink_ok {
-                    found.push(set_nlink("its subdirectories"));
-                }
-                continue;
-            }
-            if n.names > 0 {
-                if r.kind == Kind::Dir {
-                    if n.names > 1 {
-                        found.push(Problem::error(
-                            K::LinkCount,
-                            Some(ino),
-                            format!(
-                                "this directory has {} names; a directory has one (rmdir of \
-                                 one name leaves the others dangling); report it",
-                                n.names
-                            ),
-                        ));
-                    }
-                    if !nlink_ok {
-                        found.push(set_nlink("its subdirectories"));
-                    }
-                    match holder {
-                        Some(h) if n.names == 1 && !n.named_in_bad_dir && r.parent != h => found
-                            .push(
-                                Problem::error(
-                                    K::Parent,
-                                    Some(ino),
-                                    format!(
-                                        "the directory's parent is {}, but directory {h} holds \
-                                         it: `..` leads to the wrong place",
-                                        r.parent
-                                    ),
-                                )
-                                .repair(Repair::SetParent { ino, parent: h }),
-                            ),
-                        _ => {}
-                    }
-                } else if !nlink_ok {
-                    if n.named_in_bad_dir {
-                        found.push(Problem::error(
-                            K::LinkCount,
-                            Some(ino),
-                            format!(
-                                "the link count is {} and {} entries name it, some in \
-                                 directories that are damaged: the right count is unknown; \
-                                 report it",
-                                r.nlink, n.names
-                            ),
-                        ));
-                    } else {
-                        found.push(set_nlink("its names"));
-                    }
-                }
-                continue;
-            }
-            // No name: an orphan (unlinked while open, deleted by the next mount), or lost.
-            if r.kind == Kind::Dir && n.entries > 0 {
-                // rmdir needs an empty directory: deleting this one would lose its entries.
-                found.push(Problem::error(
-                    K::Disconnected,
-                    Some(ino),
-                    format!(
-                        "this directory has no name but holds {} entries: they are \
-                         unreachable (no lost+found yet); report it",
-                        n.entries
-                    ),
-                ));
-                continue;
-            }
-            match (r.nlink, orphan) {
-                (0, true) => found.push(Problem::info(
-                    K::Orphan,
-                    Some(ino),
-                    "was unlinked while open: the next mount deletes it",
-                )),
-                (0, false) => found.push(
-                    Problem::error(
-                        K::Orphan,
-                        Some(ino),
-                        "has no name and no links but is not marked as an orphan: it is \
-                         deleted but never goes away",
-                    )
-                    .repair(Repair::MarkOrphan { ino }),
-                ),
-                (_, true) => found.push(
-                    Problem::error(
-                        K::LinkCount,
-                        Some(ino),
-                        format!(
-                            "is marked as an orphan and has no name, but its link count is {}",
-                            r.nlink
-                        ),
-                    )
-                    .repair(Repair::SetNlink { ino, nlink: 0 }),
-                ),
-                (_, false) => found.push(Problem::error(
-                    K::Disconnected,
-                    Some(ino),
-                    format!(
-                        "has {} links but no name: its data is kept but unreachable (no \
-                         lost+found yet); report it",
-                        r.nlink
-                    ),
-                )),
+            if let Some(r) = n.rec {
+                links_of(ino, n, r, self.orphans.contains(&ino), &mut found);
             }
         }
         for p in found {
@@ -627,4 +475,154 @@ impl Checker<'_> {
             ));
         }
     }
+}
+
+/// The link-count, parent and orphan problems of one inode.
+fn links_of(ino: u64, n: &Node, r: Record, orphan: bool, found: &mut Vec<Problem>) {
+    if orphan && (n.names > 0 || ino == ROOT_INO) {
+        found.push(
+            Problem::error(
+                K::Orphan,
+                Some(ino),
+                "is marked as an orphan (unlinked, to be deleted) but has a name: the next \
+                 mount would delete it",
+            )
+            .repair(Repair::ClearOrphan { ino }),
+        );
+    }
+    if ino == ROOT_INO {
+        if r.kind == Kind::Dir && r.parent != ROOT_INO {
+            found.push(
+                Problem::error(
+                    K::Root,
+                    Some(ino),
+                    format!("the root's parent is {}, not itself", r.parent),
+                )
+                .repair(Repair::SetParent {
+                    ino,
+                    parent: ROOT_INO,
+                }),
+            );
+        }
+        if r.kind == Kind::Dir {
+            found.extend(wrong_nlink(ino, n, r));
+        }
+    } else if n.names > 0 {
+        named_links(ino, n, r, found);
+    } else {
+        unnamed_links(ino, n, r, orphan, found);
+    }
+}
+
+/// What the link count should be: 2 + subdirectories for a directory, the number of
+/// names for anything else.
+fn wrong_nlink(ino: u64, n: &Node, r: Record) -> Option<Problem> {
+    let (want, why) = if r.kind == Kind::Dir {
+        (2u32.saturating_add(n.subdirs), "its subdirectories")
+    } else {
+        (n.names, "its names")
+    };
+    (r.nlink != want).then(|| {
+        Problem::error(
+            K::LinkCount,
+            Some(ino),
+            format!("the link count is {}, but {why} make it {want}", r.nlink),
+        )
+        .repair(Repair::SetNlink { ino, nlink: want })
+    })
+}
+
+fn named_links(ino: u64, n: &Node, r: Record, found: &mut Vec<Problem>) {
+    if r.kind != Kind::Dir {
+        match wrong_nlink(ino, n, r) {
+            Some(_) if n.named_in_bad_dir => found.push(Problem::error(
+                K::LinkCount,
+                Some(ino),
+                format!(
+                    "the link count is {} and {} entries name it, some in directories that \
+                     are damaged: the right count is unknown; report it",
+                    r.nlink, n.names
+                ),
+            )),
+            p => found.extend(p),
+        }
+        return;
+    }
+    if n.names > 1 {
+        found.push(Problem::error(
+            K::LinkCount,
+            Some(ino),
+            format!(
+                "this directory has {} names; a directory has one (rmdir of one name leaves \
+                 the others dangling); report it",
+                n.names
+            ),
+        ));
+    }
+    found.extend(wrong_nlink(ino, n, r));
+    match &n.holder {
+        Some((h, _)) if n.names == 1 && !n.named_in_bad_dir && r.parent != *h => found.push(
+            Problem::error(
+                K::Parent,
+                Some(ino),
+                format!(
+                    "the directory's parent is {}, but directory {h} holds it: `..` leads to \
+                     the wrong place",
+                    r.parent
+                ),
+            )
+            .repair(Repair::SetParent { ino, parent: *h }),
+        ),
+        _ => {}
+    }
+}
+
+/// An inode without a name: an orphan (unlinked while open, deleted by the next mount),
+/// or lost.
+fn unnamed_links(ino: u64, n: &Node, r: Record, orphan: bool, found: &mut Vec<Problem>) {
+    if r.kind == Kind::Dir && n.entries > 0 {
+        // rmdir needs an empty directory: deleting this one would lose its entries.
+        found.push(Problem::error(
+            K::Disconnected,
+            Some(ino),
+            format!(
+                "this directory has no name but holds {} entries: they are unreachable (no \
+                 lost+found yet); report it",
+                n.entries
+            ),
+        ));
+        return;
+    }
+    found.push(match (r.nlink, orphan) {
+        (0, true) => Problem::info(
+            K::Orphan,
+            Some(ino),
+            "was unlinked while open: the next mount deletes it",
+        ),
+        (0, false) => Problem::error(
+            K::Orphan,
+            Some(ino),
+            "has no name and no links but is not marked as an orphan: it is deleted but \
+             never goes away",
+        )
+        .repair(Repair::MarkOrphan { ino }),
+        (_, true) => Problem::error(
+            K::LinkCount,
+            Some(ino),
+            format!(
+                "is marked as an orphan and has no name, but its link count is {}",
+                r.nlink
+            ),
+        )
+        .repair(Repair::SetNlink { ino, nlink: 0 }),
+        (_, false) => Problem::error(
+            K::Disconnected,
+            Some(ino),
+            format!(
+                "has {} links but no name: its data is kept but unreachable (no lost+found \
+                 yet); report it",
+                r.nlink
+            ),
+        ),
+    });
 }

@@ -43,6 +43,59 @@ impl InodeFix {
     }
 }
 
+/// A report's repairs, grouped by what applies them.
+#[derive(Default)]
+struct Plan<'r> {
+    inodes: BTreeMap<u64, InodeFix>,
+    /// Directory entry repairs.
+    names: Vec<&'r Repair>,
+    /// Inodes whose data goes (they do not exist).
+    leftovers: BTreeSet<u64>,
+    next_ino: Option<u64>,
+    repaired: usize,
+}
+
+impl<'r> Plan<'r> {
+    fn of(report: &'r CheckReport) -> Plan<'r> {
+        fn fix(inodes: &mut BTreeMap<u64, InodeFix>, ino: u64) -> &mut InodeFix {
+            inodes.entry(ino).or_default()
+        }
+        let mut plan = Plan::default();
+        for r in report.problems.iter().filter_map(|p| p.repair.as_ref()) {
+            plan.repaired += 1;
+            match r {
+                Repair::DropSettledCopy { ino, index } => {
+                    fix(&mut plan.inodes, *ino).drop_settled.insert(*index);
+                }
+                Repair::DeleteChunksFrom { ino, from } => {
+                    let f = fix(&mut plan.inodes, *ino);
+                    f.delete_from = Some(f.delete_from.map_or(*from, |d| d.min(*from)));
+                }
+                Repair::SyncPending { ino } => fix(&mut plan.inodes, *ino).sync_pending = true,
+                Repair::RecomputeStored { ino } => {
+                    fix(&mut plan.inodes, *ino).recompute_stored = true
+                }
+                Repair::SetNlink { ino, nlink } => fix(&mut plan.inodes, *ino).nlink = Some(*nlink),
+                Repair::SetParent { ino, parent } => {
+                    fix(&mut plan.inodes, *ino).parent = Some(*parent)
+                }
+                Repair::RaiseDataVer { ino, data_ver } => {
+                    let f = fix(&mut plan.inodes, *ino);
+                    f.data_ver = f.data_ver.max(Some(*data_ver));
+                }
+                Repair::ClearOrphan { ino } => fix(&mut plan.inodes, *ino).orphan = Some(false),
+                Repair::MarkOrphan { ino } => fix(&mut plan.inodes, *ino).orphan = Some(true),
+                Repair::DeleteDirent { .. } | Repair::FixDirentKind { .. } => plan.names.push(r),
+                Repair::DeleteData { ino } => {
+                    plan.leftovers.insert(*ino);
+                }
+                Repair::RaiseNextIno(n) => plan.next_ino = plan.next_ino.max(Some(*n)),
+            }
+        }
+        plan
+    }
+}
+
 /// A transaction that commits itself every so often.
 struct Batch<'s> {
     store: &'s Store,
@@ -53,11 +106,11 @@ struct Batch<'s> {
 
 impl Batch<'_> {
     fn commit(&mut self) -> Result<(), StoreError> {
-        if self.items > 0 {
+        if !self.txn.is_empty() {
             self.store.commit(std::mem::take(&mut self.txn))?;
             self.commits += 1;
-            self.items = 0;
         }
+        self.items = 0;
         Ok(())
     }
 
@@ -75,51 +128,14 @@ impl Store {
     /// syncs. `report` must come from [`Store::check`] on this store, with nothing
     /// written since.
     pub fn repair(&self, report: &CheckReport) -> Result<RepairSummary, StoreError> {
-        let mut inodes: BTreeMap<u64, InodeFix> = BTreeMap::new();
-        let mut names = Vec::new();
-        let mut leftovers = BTreeSet::new();
-        let mut next_ino = None;
-        let mut repaired = 0;
-        for r in report.problems.iter().filter_map(|p| p.repair.as_ref()) {
-            repaired += 1;
-            match r {
-                Repair::RaiseNextIno(n) => next_ino = next_ino.max(Some(*n)),
-                Repair::DeleteData { ino } => {
-                    leftovers.insert(*ino);
-                }
-                Repair::DeleteDirent { .. } | Repair::FixDirentKind { .. } => names.push(r),
-                Repair::DropSettledCopy { ino, index } => {
-                    inodes.entry(*ino).or_default().drop_settled.insert(*index);
-                }
-                Repair::DeleteChunksFrom { ino, from } => {
-                    let f = inodes.entry(*ino).or_default();
-                    f.delete_from = Some(f.delete_from.map_or(*from, |d| d.min(*from)));
-                }
-                Repair::SyncPending { ino } => inodes.entry(*ino).or_default().sync_pending = true,
-                Repair::RecomputeStored { ino } => {
-                    inodes.entry(*ino).or_default().recompute_stored = true
-                }
-                Repair::SetNlink { ino, nlink } => {
-                    inodes.entry(*ino).or_default().nlink = Some(*nlink)
-                }
-                Repair::SetParent { ino, parent } => {
-                    inodes.entry(*ino).or_default().parent = Some(*parent)
-                }
-                Repair::RaiseDataVer { ino, data_ver } => {
-                    let f = inodes.entry(*ino).or_default();
-                    f.data_ver = f.data_ver.max(Some(*data_ver));
-                }
-                Repair::ClearOrphan { ino } => inodes.entry(*ino).or_default().orphan = Some(false),
-                Repair::MarkOrphan { ino } => inodes.entry(*ino).or_default().orphan = Some(true),
-            }
-        }
+        let plan = Plan::of(report);
         let mut b = Batch {
             store: self,
             txn: Txn::new(),
             items: 0,
             commits: 0,
         };
-        for r in names {
+        for r in &plan.names {
             match r {
                 Repair::DeleteDirent { parent, name } => b.txn.unlink(*parent, name),
                 Repair::FixDirentKind {
@@ -133,7 +149,7 @@ impl Store {
             b.done_one(NAMES_PER_COMMIT)?;
         }
         b.commit()?;
-        for (ino, fix) in &inodes {
+        for (ino, fix) in &plan.inodes {
             self.fix_inode(&mut b.txn, *ino, fix)?;
             let limit = if fix.deletes_chunks() {
                 1
@@ -143,19 +159,19 @@ impl Store {
             b.done_one(limit)?;
         }
         b.commit()?;
-        for ino in leftovers {
+        for &ino in &plan.leftovers {
             while self.delete_file_data(&mut b.txn, ino, RECORDS_PER_COMMIT)? > 0 {
                 b.done_one(1)?;
             }
         }
-        if let Some(n) = next_ino {
+        if let Some(n) = plan.next_ino {
             self.raise_next_ino(&mut b.txn, n)?;
             b.done_one(1)?;
         }
         b.commit()?;
         self.sync()?;
         Ok(RepairSummary {
-            repaired,
+            repaired: plan.repaired,
             commits: b.commits,
         })
     }
