@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod compress;
+mod fsck;
 mod model;
 mod mount;
 mod stats;
@@ -26,6 +27,9 @@ enum Command {
     Mount(mount::MountArgs),
     /// Print what an unmounted store holds: logical bytes, chunk bytes per codec, disk use.
     Stats(stats::StatsArgs),
+    /// Check an unmounted store's consistency; with --repair, fix what can be proven.
+    #[command(after_help = fsck::EXIT_HELP)]
+    Fsck(fsck::FsckArgs),
     /// Compress a file with the language model into a .llz container.
     Compress(compress::CompressArgs),
     /// Decompress a .llz container.
@@ -34,7 +38,17 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "stats", "compress", "decompress", "bench", "help"];
+/// Subcommand names win over the mount form: a store named like one needs a path
+/// (`llmfs ./fsck MOUNTPOINT`).
+const SUBCOMMANDS: &[&str] = &[
+    "mount",
+    "stats",
+    "fsck",
+    "compress",
+    "decompress",
+    "bench",
+    "help",
+];
 
 /// `mount -t fuse.llmfs STORE DIR -o OPTS` runs `llmfs STORE DIR -o OPTS` through
 /// mount.fuse3: a first argument that is not a subcommand or a flag means `mount`.
@@ -70,6 +84,7 @@ pub fn main() -> i32 {
             }
         },
         Command::Stats(args) => stats::run(args),
+        Command::Fsck(args) => return fsck::run(args),
         Command::Compress(args) => compress::run_compress(args),
         Command::Decompress(args) => compress::run_decompress(args),
         Command::Bench(args) => bench::run(args),
@@ -84,5 +99,27 @@ pub fn main() -> i32 {
             eprintln!("llmfs: error: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_args;
+    use std::ffi::OsString;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn subcommands_win_over_the_mount_form() {
+        for sub in ["fsck", "stats", "mount"] {
+            let a = args(&["llmfs", sub, "store"]);
+            assert_eq!(normalize_args(a.clone()), a);
+        }
+        assert_eq!(
+            normalize_args(args(&["llmfs", "./fsck", "mnt"])),
+            args(&["llmfs", "mount", "./fsck", "mnt"])
+        );
     }
 }

@@ -39,6 +39,7 @@
 
 pub mod engine;
 pub mod extent;
+pub mod fsck;
 pub mod keys;
 pub mod records;
 pub mod stats;

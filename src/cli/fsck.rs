@@ -1,0 +1,329 @@
+//! `llmfs fsck`: checks an unmounted store and, with `--repair`, applies the repairs
+//! the check proves safe (see [`llmfs::store::fsck`]).
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use llmfs::store::engine::EngineError;
+use llmfs::store::fsck::{
+    CheckOptions, CheckPhase, CheckProgress, CheckReport, LlmDecoder, Problem, ProblemKind,
+    Severity,
+};
+use llmfs::store::{OpenOptions, Store, StoreError};
+use serde_json::{json, Value};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The store is clean (after `--repair`: clean now).
+pub const EXIT_CLEAN: i32 = 0;
+/// Problems were found (and, with `--repair`, some remain).
+pub const EXIT_PROBLEMS: i32 = 1;
+/// The store could not be checked: missing, in use, not a store, unreadable.
+pub const EXIT_FAILED: i32 = 8;
+
+pub const EXIT_HELP: &str = "Exit status: 0 the store is clean (with --repair: clean after \
+the repairs), 1 problems were found (with --repair: some remain), 2 usage error, 8 the store \
+could not be checked (missing, mounted, not a store, unreadable).";
+
+#[derive(Args)]
+pub struct FsckArgs {
+    /// The store directory (unmounted: a mounted store is refused).
+    pub store: PathBuf,
+    /// Also decode every chunk and check its CRC (LLM-coded chunks need the model and
+    /// take seconds each on a CPU; without the model they are reported as not verified).
+    #[arg(long)]
+    pub verify: bool,
+    /// Apply the repairs the check proves safe (recompute derived fields, remove records
+    /// nothing references), then check again. Without it nothing is written.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A decoder of LLM frames, owned.
+type ModelDecoder = Box<dyn FnMut(&[u8]) -> Result<Vec<u8>, String>>;
+
+/// The hook where `--verify` gets the language model for LLM-coded chunks: a decoder of
+/// whole frames (header included) to plaintext. None yet: LLM chunks are reported as
+/// not verified. Called only with `--verify`.
+fn model_decoder(_args: &FsckArgs) -> anyhow::Result<Option<ModelDecoder>> {
+    Ok(None)
+}
+
+pub fn run(args: FsckArgs) -> i32 {
+    let store = match Store::open(&args.store, &OpenOptions::default()) {
+        Ok(s) => s,
+        Err(e) => return cannot_check(&args, "opening it", &e),
+    };
+    let mut decoder = if args.verify {
+        match model_decoder(&args) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("llmfs fsck: loading the model: {e:#}");
+                return EXIT_FAILED;
+            }
+        }
+    } else {
+        None
+    };
+    let opts = CheckOptions {
+        verify: args.verify,
+    };
+    let mut shown = ProgressDisplay::new();
+    // Spelled out: a coercion to the shorter trait-object lifetime does not reach
+    // inside an Option.
+    let llm: Option<LlmDecoder<'_>> = match decoder.as_mut() {
+        Some(d) => Some(d.as_mut()),
+        None => None,
+    };
+    let checked = store.check(&opts, llm, &mut |p| shown.update(p));
+    drop(shown);
+    let report = match checked {
+        Ok(r) => r,
+        Err(e) => return cannot_check(&args, "checking it", &e),
+    };
+    if !args.repair || report.repairable() == 0 {
+        print_report(&args, &report, None);
+        return if report.is_clean() {
+            EXIT_CLEAN
+        } else {
+            EXIT_PROBLEMS
+        };
+    }
+    match repair_and_recheck(&store, &report) {
+        Ok(after) => {
+            print_report(&args, &report, Some(&after));
+            if after.report.is_clean() {
+                EXIT_CLEAN
+            } else {
+                EXIT_PROBLEMS
+            }
+        }
+        Err(e) => {
+            print_report(&args, &report, None);
+            cannot_check(&args, "repairing it", &e)
+        }
+    }
+}
+
+/// A failure to open or read the store: damage is a problem found (exit 1), anything
+/// else means the check could not run (exit 8).
+fn cannot_check(args: &FsckArgs, doing: &str, e: &StoreError) -> i32 {
+    let damaged = matches!(
+        e,
+        StoreError::Corrupt(_) | StoreError::Engine(EngineError::Corrupt { .. })
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "store": args.store.display().to_string(),
+                "clean": false,
+                "error": format!("{doing}: {e}"),
+            })
+        );
+    }
+    if damaged {
+        eprintln!("error: {}: {doing}: {e}", args.store.display());
+        EXIT_PROBLEMS
+    } else {
+        eprintln!(
+            "llmfs fsck: cannot check {}: {doing}: {e}",
+            args.store.display()
+        );
+        EXIT_FAILED
+    }
+}
+
+/// What `--repair` did, and what a check found after it.
+struct Repaired {
+    repaired: usize,
+    report: CheckReport,
+}
+
+fn repair_and_recheck(store: &Store, first: &CheckReport) -> Result<Repaired, StoreError> {
+    let summary = store.repair(first)?;
+    let mut report = store.check(&CheckOptions::default(), None, &mut |_| {})?;
+    // The second check does not decode frames again (hours with LLM frames): what the
+    // first one's decoding found still stands where its chunk is still there.
+    for p in &first.problems {
+        let carried = match (p.kind, p.ino, p.chunk) {
+            (ProblemKind::Decode, Some(ino), Some(index)) => store.chunk(ino, index)?.is_some(),
+            (ProblemKind::Decode | ProblemKind::Unverified, _, _) => true,
+            _ => false,
+        };
+        if carried {
+            report.problems.push(p.clone());
+        }
+    }
+    Ok(Repaired {
+        repaired: summary.repaired,
+        report,
+    })
+}
+
+fn print_report(args: &FsckArgs, report: &CheckReport, after: Option<&Repaired>) {
+    let last = after.map_or(report, |a| &a.report);
+    if args.json {
+        let mut v = json!({
+            "store": args.store.display().to_string(),
+            "chunk_size": report.chunk_size,
+            "created_by": report.created_by,
+            "verified": report.verified,
+            "clean": last.is_clean(),
+            "counts": report.counts.fields().iter().map(|(k, v)| (k.to_string(), json!(v)))
+                .collect::<serde_json::Map<String, Value>>(),
+            "problems": report.problems.iter().map(problem_json).collect::<Vec<_>>(),
+        });
+        if let Some(a) = after {
+            v["repaired"] = json!(a.repaired);
+            v["remaining"] = json!(a
+                .report
+                .problems
+                .iter()
+                .map(problem_json)
+                .collect::<Vec<_>>());
+        }
+        println!("{v}");
+        return;
+    }
+    for p in &report.problems {
+        println!("{p}");
+    }
+    let c = &report.counts;
+    println!(
+        "{}: chunk size {}, created by {}",
+        args.store.display(),
+        report.chunk_size,
+        report.created_by
+    );
+    println!(
+        "checked {} inodes ({} files, {} directories), {} names, {} orphans, {} chunks ({} hot, \
+         {} settled in {} extents, {} LLM-coded), {} bytes of frames for {} bytes of text",
+        c.inodes,
+        c.files,
+        c.dirs,
+        c.dirents,
+        c.orphans,
+        c.hot_chunks + c.settled_chunks,
+        c.hot_chunks,
+        c.settled_chunks,
+        c.extents,
+        c.llm_frames,
+        c.frame_bytes,
+        c.plain_bytes
+    );
+    if report.verified {
+        println!(
+            "verified {} frames ({} bytes of text); {} LLM-coded not verified",
+            c.verified_frames, c.verified_bytes, c.unverified_frames
+        );
+    }
+    println!("{}", tally(report));
+    match after {
+        None if report.repairable() > 0 => println!(
+            "{} problems are repairable: run `llmfs fsck --repair {}`",
+            report.repairable(),
+            args.store.display()
+        ),
+        None => {}
+        Some(a) => {
+            println!("repaired {} problems; checked again:", a.repaired);
+            for p in a
+                .report
+                .problems
+                .iter()
+                .filter(|p| p.severity != Severity::Info)
+            {
+                println!("{p}");
+            }
+            println!("{}", tally(&a.report));
+        }
+    }
+    println!(
+        "{}",
+        if last.is_clean() {
+            "the store is clean"
+        } else {
+            "the store is NOT clean"
+        }
+    );
+}
+
+fn tally(r: &CheckReport) -> String {
+    format!(
+        "{} errors, {} warnings, {} notes",
+        r.count(Severity::Error),
+        r.count(Severity::Warning),
+        r.count(Severity::Info)
+    )
+}
+
+fn problem_json(p: &Problem) -> Value {
+    json!({
+        "severity": p.severity.name(),
+        "kind": p.kind.name(),
+        "ino": p.ino,
+        "chunk": p.chunk,
+        "path": p.path,
+        "message": p.message,
+        "repairable": p.repairable(),
+    })
+}
+
+/// A progress line on stderr, only on a terminal and once the check has run for a
+/// second: records read, inodes checked, then bytes of text verified with an ETA.
+struct ProgressDisplay {
+    bar: Option<ProgressBar>,
+    phase: Option<CheckPhase>,
+    started: Instant,
+    shown: bool,
+}
+
+impl ProgressDisplay {
+    fn new() -> ProgressDisplay {
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden()));
+        ProgressDisplay {
+            bar,
+            phase: None,
+            started: Instant::now(),
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, p: CheckProgress) {
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        if self.phase != Some(p.phase) {
+            self.phase = Some(p.phase);
+            let template = match p.phase {
+                CheckPhase::Namespace => "{spinner} reading inodes and names: {pos} records",
+                CheckPhase::Data => "{bar:30} {pos}/{len} inodes' data checked, ETA {eta}",
+                CheckPhase::Verify => "{bar:30} {bytes}/{total_bytes} of text verified, ETA {eta}",
+            };
+            bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+            bar.reset();
+        }
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        if !self.shown && self.started.elapsed() > Duration::from_secs(1) {
+            self.shown = true;
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            // Redrawn while one slow LLM frame decodes, so the ETA keeps moving.
+            bar.enable_steady_tick(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for ProgressDisplay {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
