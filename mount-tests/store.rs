@@ -51,7 +51,7 @@ fn garbage_in_the_database_is_an_error_never_an_empty_store() {
     f.write_all(&pseudo_random(4 * 4096, 99)).unwrap();
     drop(f);
     assert!(fs::metadata(db(&m)).unwrap().len() == len);
-    for args in [vec!["stats"], vec!["stats", "--json"]] {
+    for args in [vec!["stats"], vec!["fsck"]] {
         let out = Command::new(llmfs_bin())
             .args(&args)
             .arg(&m.store)
@@ -250,8 +250,9 @@ fn a_full_disk_gives_enospc_and_rm_makes_room() {
         Some(libc::ENOSPC),
         "a full disk must read as ENOSPC, got {err} after {written} bytes"
     );
-    // The engine keeps 8 MiB free for deletes and its journal.
-    assert!(written >= 24 << 20, "only {written} bytes fit");
+    // The engine keeps 8 MiB free for deletes and its journal, and an incompressible
+    // chunk takes a whole 8 KiB page until the compactor packs it.
+    assert!(written >= 12 << 20, "only {written} bytes fit");
     // The mount keeps working: metadata, reads, and deletes that make room.
     fs::read_dir(&m.mnt).unwrap().count();
     assert_eq!(fs::read(m.path("big0")).unwrap(), pseudo_random(1 << 20, 0));
