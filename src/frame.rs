@@ -70,6 +70,10 @@ pub enum FrameError {
     NeedsModel,
     #[error("the language model failed: {0}")]
     Model(String),
+    /// The caller's cancel flag was set ([`crate::codec::segment::SegmentCoder::set_cancel`]):
+    /// nothing is wrong with the data, try again later.
+    #[error("coding was cancelled")]
+    Cancelled,
 }
 
 /// The fixed part of a frame, parsed without touching the payload.
