@@ -158,6 +158,9 @@ fn user_errors_are_clear() {
     for args in [
         &["compress", "--segment-size", "0", "x"][..],
         &["compress", "--segment-size", "4Q", "x"],
+        &["compress", "--segment-size", "17M", "x"],
+        &["bench", "--segment-size", "4K,17M", "x"],
+        &["mount", "/nonexistent/store", "/nonexistent/mnt", "-o", "cache_size=16Q"],
         &["compress", "--bogus", "x"],
         &["bench"],
         &["frobnicate"],
@@ -168,4 +171,21 @@ fn user_errors_are_clear() {
     let o = llmfs(&["decompress", p(&input)], None);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("-o OUTPUT"), "{}", stderr(&o));
+}
+
+#[test]
+fn mount_sizes_take_the_syntax_of_every_size_flag() {
+    // Parsed, then refused for the missing mount point: not a usage error.
+    let o = llmfs(
+        &[
+            "mount",
+            "/nonexistent/store",
+            "/nonexistent/mnt",
+            "-o",
+            "cache_size=16KiB,dirty_limit=1MiB,chunk_size=4kb",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
 }

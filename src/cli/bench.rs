@@ -2,7 +2,7 @@
 //! printed as markdown tables. Every ratio is measured in-process on the given files;
 //! every LLM result is decoded again and compared before it is reported.
 
-use super::model::{parse_size, ModelArgs};
+use super::model::{parse_segment_size, ModelArgs};
 use anyhow::{ensure, Context};
 use clap::Args;
 use llmfs::codec::container::{self, Container};
@@ -17,7 +17,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Segment sizes to measure, comma separated (e.g. 1K,4K,16K).
-    #[arg(long, default_value = "4K", value_delimiter = ',', value_parser = parse_size)]
+    #[arg(long, default_value = "4K", value_delimiter = ',', value_parser = parse_segment_size)]
     segment_size: Vec<usize>,
     /// Files to compress.
     #[arg(required = true)]

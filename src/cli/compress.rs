@@ -1,6 +1,6 @@
 //! `llmfs compress` and `llmfs decompress`: the codec on its own, file to file.
 
-use super::model::{parse_size, ModelArgs};
+use super::model::{parse_segment_size, ModelArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -23,7 +23,7 @@ pub struct CompressArgs {
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Plaintext bytes per independently decodable segment (e.g. 4K, 16K).
-    #[arg(long, default_value = "4K", value_parser = parse_size)]
+    #[arg(long, default_value = "4K", value_parser = parse_segment_size)]
     segment_size: usize,
     /// Skip decoding each LLM segment again before accepting it. For benchmarks only:
     /// without verification a nondeterministic backend could store undecodable data.
