@@ -7,6 +7,7 @@ mod bench;
 mod compress;
 mod model;
 mod mount;
+mod output;
 mod stats;
 
 #[derive(Parser)]
