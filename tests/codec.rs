@@ -3,11 +3,13 @@
 
 mod common;
 
-use llmfs::codec::container::{self, Container, ContainerError};
+use llmfs::codec::container::{self, Container, ContainerError, Recorded};
 use llmfs::codec::llm::{LlmModel, ModelConfig};
 use llmfs::codec::segment::SegmentCoder;
-use llmfs::frame::Codec;
-use std::sync::OnceLock;
+use llmfs::frame::{Codec, FrameError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 fn model() -> &'static LlmModel {
     static MODEL: OnceLock<LlmModel> = OnceLock::new();
@@ -30,9 +32,9 @@ fn round_trip(data: &[u8], segment_size: usize) -> (Vec<u8>, Vec<Codec>) {
     let (packed, reports) =
         container::compress(data, segment_size, &mut coder(true), |_, _| {}).unwrap();
     let c = Container::parse(&packed).unwrap();
-    assert_eq!(c.plain_len, data.len() as u64);
+    assert_eq!(c.plain_len(), data.len() as u64);
     let out = c
-        .read_range(0, c.plain_len, Some(&mut coder(true)))
+        .read_range(0, c.plain_len(), Some(&mut coder(true)))
         .unwrap();
     assert_eq!(out, data, "round trip changed the bytes");
     (packed, reports.iter().map(|r| r.codec.unwrap()).collect())
@@ -152,10 +154,10 @@ fn random_access_decodes_only_touched_segments() {
     let (packed, _) = container::compress(&text, 512, &mut coder(false), |_, _| {}).unwrap();
     let c = Container::parse(&packed).unwrap();
     let mut dec = coder(false);
-    let steps0 = dec.session().stats.steps;
+    let steps0 = dec.stats().steps;
     let got = c.read_range(1000, 100, Some(&mut dec)).unwrap();
     assert_eq!(got, &text[1000..1100]);
-    let steps = dec.session().stats.steps - steps0;
+    let steps = dec.stats().steps - steps0;
     // One 512-byte segment is about 120 tokens; the whole file is over 500.
     assert!(steps < 200, "{steps} model steps for one segment");
 }
@@ -190,19 +192,115 @@ fn corrupted_container_fails_cleanly() {
 #[test]
 fn model_mismatch_names_both_fingerprints() {
     let text = common::corpus("SmolLM2-135M-Instruct.Q4_1-005.md");
-    let (mut packed, _) = container::compress(&text, 4096, &mut coder(false), |_, _| {}).unwrap();
-    // Pretend the file was written by another model: the fingerprint sits at bytes 5..13.
-    packed[5..13].copy_from_slice(&[0xab; 8]);
+    let (packed, _) = container::compress(&text, 4096, &mut coder(false), |_, _| {}).unwrap();
+    // Pretend the file was written by another model.
     let c = Container::parse(&packed).unwrap();
+    let mut header = c.header.clone();
+    let Recorded::Profile(profile) = &mut header.recorded else {
+        panic!("an LLM-coded file records its profile")
+    };
+    assert_eq!(*profile, model().profile().short());
+    profile.model.fingerprint = vec![0xab; 8];
+    let frames: Vec<Vec<u8>> = (0..c.segments()).map(|i| c.frame(i).to_vec()).collect();
+    let other = container::assemble(&header, &frames);
+    let c = Container::parse(&other).unwrap();
     let err = c.check_model(Some(&coder(false))).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ContainerError::WrongModel { .. }));
-    assert!(msg.contains("abababababababab"), "{msg}");
+    assert!(matches!(err, ContainerError::ProfileMismatch(_)));
+    assert!(
+        msg.contains("model: recorded abababababababab, loaded "),
+        "{msg}"
+    );
     assert!(msg.contains(&model().fingerprint().to_string()), "{msg}");
     assert!(matches!(
         c.check_model(None),
         Err(ContainerError::NeedsModel(_))
     ));
+}
+
+#[test]
+fn the_profile_records_this_build() {
+    let p = model().profile();
+    assert_eq!(p.coder_version, llmfs::codec::profile::CODER_VERSION);
+    assert_eq!(p.build, llmfs::codec::profile::LLAMA_CPP_SYS_VERSION);
+    assert_eq!(p.kernels.arch, std::env::consts::ARCH);
+    assert_ne!(p.kernels.features, 0, "ggml reports its CPU features: {p}");
+    assert!(p.model.name.to_lowercase().contains("smollm2"), "{p}");
+    assert_eq!(p.model.fingerprint, model().fingerprint().0);
+}
+
+/// The context length is not part of the profile: the filesystem and `compress` may
+/// size contexts differently. With flash attention off, attention over the unused
+/// cells adds exact zeros.
+#[test]
+fn the_context_length_does_not_change_the_code() {
+    let mut text = Vec::new();
+    for i in 0..3 {
+        text.extend(common::corpus(&format!("gemma-3-270m-q4_k_m-{i:03}.md")));
+    }
+    text.truncate(4096);
+    let tokens = model()
+        .tokenize_exact(std::str::from_utf8(&text).unwrap())
+        .unwrap()
+        .len();
+    assert!(
+        tokens > 512,
+        "long enough for llama.cpp's long-KV paths: {tokens}"
+    );
+    let mut codes = Vec::new();
+    for n_ctx in [tokens as u32 + 2, 4098, 8192] {
+        let mut coder = SegmentCoder::new(model().session_with_n_ctx(n_ctx).unwrap(), false);
+        let (frame, report) = coder.encode(&text).unwrap();
+        assert_eq!(report.codec, Some(Codec::Llm));
+        codes.push((n_ctx, frame));
+    }
+    for (n_ctx, frame) in &codes[1..] {
+        assert!(
+            *frame == codes[0].1,
+            "n_ctx {n_ctx} gave another code than {}",
+            codes[0].0
+        );
+    }
+}
+
+#[test]
+fn cancel_stops_a_real_model_within_a_step() {
+    let mut text = Vec::new();
+    for i in 0..3 {
+        text.extend(common::corpus(&format!(
+            "SmolLM2-135M-Instruct.Q4_1-{i:03}.md"
+        )));
+    }
+    text.truncate(4096);
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut coder = coder(false);
+    coder.set_cancel(Arc::clone(&flag));
+    let steps = coder.live_steps().unwrap();
+    let setter = {
+        let (flag, steps) = (Arc::clone(&flag), Arc::clone(&steps));
+        std::thread::spawn(move || {
+            while steps.load(Ordering::Relaxed) < 50 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let at = steps.load(Ordering::Relaxed);
+            flag.store(true, Ordering::Relaxed);
+            (at, Instant::now())
+        })
+    };
+    let err = coder.encode(&text).unwrap_err();
+    let returned = Instant::now();
+    let (at, set) = setter.join().unwrap();
+    assert_eq!(err, FrameError::Cancelled);
+    let after = steps.load(Ordering::Relaxed) - at;
+    assert!(after <= 2, "{after} model steps after the flag was set");
+    assert!(
+        returned - set < Duration::from_secs(1),
+        "{:?}",
+        returned - set
+    );
+    // Cleared, the same coder codes again.
+    flag.store(false, Ordering::Relaxed);
+    assert!(coder.encode(b"Short text after a cancel.").is_ok());
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! `llmfs bench`: compression ratio and speed of the LLM codec against gzip, xz and zstd,
 //! printed as markdown tables. Every ratio is measured in-process on the given files;
-//! every LLM result is decoded again and compared before it is reported.
+//! every LLM result is decoded again and compared before it is reported, and decoded
+//! once more with another thread count to show that the code does not depend on it.
 
-use super::model::{parse_size, ModelArgs};
+use super::model::{parse_segment_size, ModelArgs};
 use anyhow::{ensure, Context};
 use clap::Args;
 use llmfs::codec::container::{self, Container};
@@ -17,8 +18,12 @@ pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Segment sizes to measure, comma separated (e.g. 1K,4K,16K).
-    #[arg(long, default_value = "4K", value_delimiter = ',', value_parser = parse_size)]
+    #[arg(long, default_value = "4K", value_delimiter = ',', value_parser = parse_segment_size)]
     segment_size: Vec<usize>,
+    /// Also decode every file with this many llama.cpp threads and report whether that
+    /// gives the same bytes [default: 1, or 2 when --threads is 1]; 0 skips the check.
+    #[arg(long, value_name = "N")]
+    other_threads: Option<u32>,
     /// Files to compress.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -45,6 +50,9 @@ struct Row {
     dec: Duration,
     dec_llama: Duration,
     dec_tokens: u64,
+    /// Files decoded with another thread count, and how many of them gave the same bytes.
+    cross_checked: usize,
+    cross_identical: usize,
 }
 
 impl Row {
@@ -67,6 +75,8 @@ impl Row {
         self.dec += o.dec;
         self.dec_llama += o.dec_llama;
         self.dec_tokens += o.dec_tokens;
+        self.cross_checked += o.cross_checked;
+        self.cross_identical += o.cross_identical;
     }
 }
 
@@ -97,13 +107,15 @@ fn zstd19(data: &[u8]) -> usize {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
     eprintln!(
-        "model: {} ({}), fingerprint {}, backend {}, {} GPU layers",
+        "model: {} ({}), {} llama.cpp threads; codec profile: {}",
         model.name(),
         args.model.config().path.display(),
-        &model.fingerprint().to_string()[..16],
-        model.backend().name(),
-        model.gpu_layers()
+        model.threads(),
+        model.profile()
     );
+    let other_threads = args
+        .other_threads
+        .unwrap_or(if model.threads() == 1 { 2 } else { 1 });
     let mut rows = Vec::new();
     for path in &args.files {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -117,20 +129,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let t0 = Instant::now();
             let (packed, reports) = container::compress(&data, seg, &mut coder, |_, _| {})?;
             let enc = t0.elapsed();
-            let enc_llama = coder.session().stats.llama_time;
+            let enc_llama = coder.stats().llama_time;
             let c = Container::parse(&packed)?;
             c.check_model(Some(&coder))?;
-            let (llama_before, steps_before) = (
-                coder.session().stats.llama_time,
-                coder.session().stats.steps,
-            );
+            let (llama_before, steps_before) = (coder.stats().llama_time, coder.stats().steps);
             let t1 = Instant::now();
-            let plain = c.read_range(0, c.plain_len, Some(&mut coder))?;
+            let plain = c.read_range(0, c.plain_len(), Some(&mut coder))?;
             let dec = t1.elapsed();
             ensure!(
                 plain == data,
                 "{name}: decoding did not give back the original bytes"
             );
+            let (cross_checked, cross_identical) = if other_threads > 0 && c.needs_model() {
+                let mut other =
+                    SegmentCoder::new(model.session_with_threads(seg, other_threads)?, false);
+                let same = c
+                    .read_range(0, c.plain_len(), Some(&mut other))
+                    .is_ok_and(|p| p == data);
+                eprintln!(
+                    "{name} @ {seg} B segments: decoding with {other_threads} threads {}",
+                    if same {
+                        "gave the same bytes"
+                    } else {
+                        "FAILED"
+                    }
+                );
+                (1, usize::from(same))
+            } else {
+                (0, 0)
+            };
             let mut row = Row {
                 name: name.clone(),
                 segment_size: seg,
@@ -143,8 +170,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 enc_llama,
                 enc_steps: steps_before,
                 dec,
-                dec_llama: coder.session().stats.llama_time - llama_before,
-                dec_tokens: coder.session().stats.steps - steps_before,
+                dec_llama: coder.stats().llama_time - llama_before,
+                dec_tokens: coder.stats().steps - steps_before,
+                cross_checked,
+                cross_identical,
                 ..Default::default()
             };
             for r in &reports {
@@ -166,11 +195,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rows.push(row);
         }
     }
-    print_tables(&rows, &args.segment_size);
+    print_tables(&rows, &args.segment_size, model.threads(), other_threads);
     Ok(())
 }
 
-fn print_tables(rows: &[Row], sizes: &[usize]) {
+fn print_tables(rows: &[Row], sizes: &[usize], threads: u32, other_threads: u32) {
     let mut all = rows.to_vec();
     for &seg in sizes {
         let mut total = Row {
@@ -184,11 +213,17 @@ fn print_tables(rows: &[Row], sizes: &[usize]) {
         all.push(total);
     }
     println!("\n### Compression ratio\n");
-    println!("| file | bytes | segment | llmfs | gzip -9 | xz -9 | zstd -19 | bits/byte | segments llm/zstd/raw | format overhead |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| file | bytes | segment | llmfs | gzip -9 | xz -9 | zstd -19 | bits/byte | segments llm/zstd/raw | format overhead | coded with {threads} threads, decodes with {other_threads} |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in &all {
+        let cross = match (r.cross_checked, r.cross_identical) {
+            (0, _) => "not checked".to_string(),
+            (n, k) if n == k && n == 1 => "identical".to_string(),
+            (n, k) if n == k => format!("identical ({n} of {n} files)"),
+            (n, k) => format!("**DIFFERENT** ({} of {n} files)", n - k),
+        };
         println!(
-            "| {} | {} | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.3} | {}/{}/{} | {} B ({:.1}%) |",
+            "| {} | {} | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.3} | {}/{}/{} | {} B ({:.1}%) | {} |",
             r.name,
             r.plain,
             r.segment_size,
@@ -202,6 +237,7 @@ fn print_tables(rows: &[Row], sizes: &[usize]) {
             r.segments[2],
             r.packed - r.data,
             100.0 * (r.packed - r.data) as f64 / r.packed.max(1) as f64,
+            cross,
         );
     }
     println!("\nFormat overhead: every byte of the container that is not coded data (header, segment table, frame headers with their CRCs, UTF-8 edge bytes).");

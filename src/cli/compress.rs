@@ -1,13 +1,15 @@
 //! `llmfs compress` and `llmfs decompress`: the codec on its own, file to file.
 
-use super::model::{parse_size, ModelArgs};
+use super::model::{parse_segment_size, ModelArgs};
+use super::output::Output;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use llmfs::codec::container::{self, Container};
+use llmfs::codec::container::{self, ContainerReader, Recorded};
+use llmfs::codec::legacy::LegacyDecoder;
 use llmfs::codec::segment::SegmentCoder;
 use llmfs::codec::DEFAULT_SEGMENT_SIZE;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,7 @@ pub struct CompressArgs {
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Plaintext bytes per independently decodable segment (e.g. 4K, 16K).
-    #[arg(long, default_value = "4K", value_parser = parse_size)]
+    #[arg(long, default_value = "4K", value_parser = parse_segment_size)]
     segment_size: usize,
     /// Skip decoding each LLM segment again before accepting it. For benchmarks only:
     /// without verification a nondeterministic backend could store undecodable data.
@@ -42,38 +44,31 @@ pub struct DecompressArgs {
     output: Option<PathBuf>,
 }
 
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn Read>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    if path.is_dir() {
+        bail!("{} is a directory", path.display());
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Box::new(file))
+}
+
 fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut data = Vec::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin()
-            .read_to_end(&mut data)
-            .context("reading standard input")?;
-    } else {
-        if path.is_dir() {
-            bail!("{} is a directory", path.display());
-        }
-        data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    }
+    open_input(path)?
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {}", input_name(path)))?;
     Ok(data)
 }
 
-/// Writes to a temporary file renamed into place, so a failure never leaves a partial
-/// output behind under the final name.
-fn write_output(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+fn input_name(path: &Path) -> String {
     if path.as_os_str() == "-" {
-        let mut out = std::io::stdout().lock();
-        out.write_all(data)
-            .and_then(|_| out.flush())
-            .context("writing standard output")?;
-        return Ok(());
+        "standard input".into()
+    } else {
+        path.display().to_string()
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".llmfs-partial");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
 }
 
 fn default_output(input: &Path, compress: bool) -> anyhow::Result<PathBuf> {
@@ -200,17 +195,23 @@ pub fn run_compress(args: CompressArgs) -> anyhow::Result<()> {
         None => default_output(&args.input, true)?,
     };
     let plain = read_input(&args.input)?;
+    // Opened before minutes of coding, so that an unusable output fails at once.
+    let mut out = Output::open(&output)?;
     let model = args.model.load()?;
     let max_tokens = args.segment_size.max(DEFAULT_SEGMENT_SIZE);
     let mut coder = SegmentCoder::new(model.session(max_tokens)?, !args.no_verify);
-    let progress = Progress::new(plain.len() as u64, Some(coder.session().live_steps()));
-    let steps = coder.session().live_steps();
+    let steps = coder.live_steps();
+    let progress = Progress::new(plain.len() as u64, steps.clone());
     let (bytes, reports) =
         container::compress(&plain, args.segment_size, &mut coder, |done, _| {
-            progress.update(done as u64, steps.load(Ordering::Relaxed))
+            progress.update(
+                done as u64,
+                steps.as_ref().map_or(0, |s| s.load(Ordering::Relaxed)),
+            )
         })?;
     progress.finish();
-    write_output(&output, &bytes)?;
+    out.write_all(&bytes)?;
+    out.commit()?;
     let llm = reports
         .iter()
         .filter(|r| r.codec == Some(llmfs::frame::Codec::Llm))
@@ -226,38 +227,74 @@ pub fn run_compress(args: CompressArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a file's segments are decoded.
+enum Decoder<'m> {
+    /// No segment needs a model.
+    Plain,
+    Current(SegmentCoder<'m>),
+    Legacy(LegacyDecoder<'m>),
+}
+
+/// Decodes segment by segment, writing each as it comes: memory stays within a segment
+/// or two whatever the file claims.
 pub fn run_decompress(args: DecompressArgs) -> anyhow::Result<()> {
     let output = match &args.output {
         Some(o) => o.clone(),
         None => default_output(&args.input, false)?,
     };
-    let bytes = read_input(&args.input)?;
-    let c = Container::parse(&bytes).with_context(|| format!("{}", args.input.display()))?;
-    let model = if c.needs_model() {
+    let name = input_name(&args.input);
+    let input = open_input(&args.input)?;
+    let mut reader = ContainerReader::new(BufReader::new(input)).with_context(|| name.clone())?;
+    let header = reader.header.clone();
+    let mut out = Output::open(&output)?;
+    let model = if header.needs_model() {
         Some(args.model.load()?)
     } else {
         None
     };
-    let mut coder = match &model {
-        Some(m) => Some(SegmentCoder::new(
-            m.session((c.segment_size as usize).max(DEFAULT_SEGMENT_SIZE))?,
-            true,
-        )),
-        None => None,
+    let segment_size = header.segment_size as usize;
+    let mut decoder = match (&header.recorded, &model) {
+        (Recorded::Profile(_), Some(m)) => {
+            let coder = SegmentCoder::new(m.session(segment_size.max(DEFAULT_SEGMENT_SIZE))?, true);
+            header
+                .check_profile(Some(coder.profile()))
+                .with_context(|| name.clone())?;
+            Decoder::Current(coder)
+        }
+        (Recorded::V1 { .. }, Some(m)) => {
+            header
+                .check_profile(Some(m.profile()))
+                .with_context(|| name.clone())?;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            Decoder::Legacy(LegacyDecoder::new(m, args.model.threads, cores.max(4)))
+        }
+        _ => Decoder::Plain,
     };
-    c.check_model(coder.as_ref())?;
-    let mut plain = Vec::with_capacity(c.plain_len.min(1 << 30) as usize);
-    let progress = Progress::new(
-        c.plain_len,
-        coder.as_ref().map(|c| c.session().live_steps()),
-    );
-    for i in 0..c.segments() {
-        plain.extend_from_slice(&c.decode_segment(i, coder.as_mut())?);
+    let steps = match &decoder {
+        Decoder::Current(c) => c.live_steps(),
+        _ => None,
+    };
+    let progress = Progress::new(header.plain_len, steps.clone());
+    let mut done = 0u64;
+    while let Some((index, frame)) = reader.next_frame().with_context(|| name.clone())? {
+        let data = match &mut decoder {
+            Decoder::Plain => container::decode_frame(&header, index, &frame, None),
+            Decoder::Current(c) => container::decode_frame(&header, index, &frame, Some(c)),
+            Decoder::Legacy(l) => l.decode(&header, index, &frame),
+        }
+        .with_context(|| name.clone())?;
+        out.write_all(&data)?;
+        done += data.len() as u64;
         progress.update(
-            plain.len() as u64,
-            coder.as_ref().map_or(0, |c| c.session().stats.steps),
+            done,
+            steps.as_ref().map_or(0, |s| s.load(Ordering::Relaxed)),
         );
     }
     progress.finish();
-    write_output(&output, &plain)
+    if let Decoder::Legacy(l) = &decoder {
+        if let Some(t) = l.threads() {
+            log::info!("version 1 file decoded with {t} llama.cpp threads; compress it again to make it decode anywhere");
+        }
+    }
+    out.commit()
 }

@@ -8,6 +8,7 @@ mod compress;
 mod fsck;
 mod model;
 mod mount;
+mod output;
 mod stats;
 
 #[derive(Parser)]

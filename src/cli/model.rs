@@ -74,14 +74,16 @@ impl ModelArgs {
     }
 }
 
-/// Parses sizes like `4096`, `4K`, `16KiB`, `1M`.
+/// Parses a size: a number of bytes with an optional binary unit, `K`/`KB`/`KiB`,
+/// `M`/`MB`/`MiB` or `G`/`GB`/`GiB` in any case (`4096`, `4K`, `16KiB`, `64m`). The one
+/// size syntax of every flag and mount option; each caller checks its own range.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
     let n: usize = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a size (examples: 4096, 4K, 1M)"))?;
+        .map_err(|_| format!("`{s}` is not a size (examples: 4096, 4K, 16KiB, 64M)"))?;
     let mult = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -94,8 +96,20 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         }
     };
     n.checked_mul(mult)
-        .filter(|&v| v > 0)
-        .ok_or_else(|| format!("`{s}` is not a positive size"))
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A segment size: 1 byte to the container's limit of 16 MiB.
+pub fn parse_segment_size(s: &str) -> Result<usize, String> {
+    let max = llmfs::codec::container::MAX_SEGMENT_SIZE;
+    match parse_size(s)? {
+        0 => Err(format!("`{s}`: the segment size must be at least 1 byte")),
+        n if n as u64 > max => Err(format!(
+            "`{s}`: the segment size can be at most {} MiB",
+            max >> 20
+        )),
+        n => Ok(n),
+    }
 }
 
 #[cfg(test)]
@@ -108,9 +122,21 @@ mod tests {
         assert_eq!(parse_size("4K"), Ok(4096));
         assert_eq!(parse_size("16KiB"), Ok(16384));
         assert_eq!(parse_size("1m"), Ok(1 << 20));
-        assert!(parse_size("0").is_err());
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
         assert!(parse_size("4Q").is_err());
         assert!(parse_size("K").is_err());
+        assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
+        assert!(parse_size("9999999999999G").is_err());
+    }
+
+    #[test]
+    fn segment_sizes() {
+        assert_eq!(parse_segment_size("16M"), Ok(16 << 20));
+        assert!(parse_segment_size("17M").is_err());
+        assert!(parse_segment_size("0").is_err());
+        assert_eq!(parse_segment_size("1"), Ok(1));
     }
 }

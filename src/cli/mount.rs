@@ -300,24 +300,11 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// `64M`, `4K`, `1G`, or bytes.
+/// A size option, in the one size syntax of every flag ([`super::model::parse_size`]).
 fn parse_size(key: &str, v: &str) -> Result<u64, UsageError> {
-    let bad = || {
-        UsageError(format!(
-            "{key}={v}: expected a size such as 4096, 4K, 64M or 1G"
-        ))
-    };
-    let (digits, mult) = match v.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&v[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&v[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&v[..i], 1 << 30),
-        _ => (v, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(bad)
+    super::model::parse_size(v)
+        .map(|n| n as u64)
+        .map_err(|e| UsageError(format!("{key}={v}: {e}")))
 }
 
 /// The canonical form of `p`, also when its last parts do not exist yet.
@@ -516,5 +503,15 @@ mod tests {
             opts("chunk_size=16K").unwrap().core.create.chunk_size,
             16384
         );
+    }
+
+    #[test]
+    fn sizes_take_the_syntax_of_every_size_flag() {
+        let c = opts("cache_size=16KiB,dirty_limit=1mib,chunk_size=4kb").unwrap();
+        assert_eq!(c.core.cache_bytes, 16 << 10);
+        assert_eq!(c.core.dirty_total_limit, 1 << 20);
+        assert_eq!(c.core.create.chunk_size, 4096);
+        let e = opts("cache_size=16Q").err().unwrap().to_string();
+        assert!(e.starts_with("cache_size=16Q: "), "{e}");
     }
 }

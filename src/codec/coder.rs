@@ -33,6 +33,8 @@ pub enum CoderError {
     InvalidData,
     #[error("alphabet of {0} symbols does not fit a {PRECISION}-bit frequency table")]
     AlphabetTooLarge(usize),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// A predictor of the next symbol. Encoder and decoder drive identical instances through
@@ -219,6 +221,37 @@ fn seal(encoder: DefaultRangeEncoder) -> Vec<u32> {
     words
 }
 
+/// Decodes symbols one at a time, so that the caller can look at each (and stop) before
+/// the model is advanced.
+pub struct SymbolDecoder {
+    decoder: DefaultRangeDecoder,
+}
+
+impl SymbolDecoder {
+    pub fn new(bytes: &[u8]) -> Result<SymbolDecoder, CoderError> {
+        let words: Vec<u32> = bytes
+            .chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                u32::from_be_bytes(w)
+            })
+            .collect();
+        let decoder =
+            DefaultRangeDecoder::from_compressed(words).map_err(|_| CoderError::InvalidData)?;
+        Ok(SymbolDecoder { decoder })
+    }
+
+    /// The next symbol under `model`'s current distribution. The caller pushes it into
+    /// the model before asking for another.
+    pub fn next(&mut self, model: &mut dyn ProbabilityModel) -> Result<u32, CoderError> {
+        let dist = model.distribution()?;
+        self.decoder
+            .decode_symbol(dist)
+            .map_err(|_| CoderError::InvalidData)
+    }
+}
+
 /// Decodes symbols from `bytes` until `more` returns false after a symbol. `more` is
 /// where the caller bounds the output (a symbol count, a byte length), so corrupted
 /// input cannot make this loop forever.
@@ -227,21 +260,9 @@ pub fn decode(
     model: &mut dyn ProbabilityModel,
     mut more: impl FnMut(u32) -> Result<bool, CoderError>,
 ) -> Result<(), CoderError> {
-    let words: Vec<u32> = bytes
-        .chunks(4)
-        .map(|c| {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            u32::from_be_bytes(w)
-        })
-        .collect();
-    let mut decoder =
-        DefaultRangeDecoder::from_compressed(words).map_err(|_| CoderError::InvalidData)?;
+    let mut decoder = SymbolDecoder::new(bytes)?;
     loop {
-        let dist = model.distribution()?;
-        let s = decoder
-            .decode_symbol(dist)
-            .map_err(|_| CoderError::InvalidData)?;
+        let s = decoder.next(model)?;
         if !more(s)? {
             return Ok(());
         }

@@ -1,40 +1,52 @@
 //! The standalone container written by `llmfs compress`.
 //!
-//! Layout (varints are unsigned LEB128, [`crate::frame::varint`]):
+//! Layout of version 2, written by this build (varints are unsigned LEB128,
+//! [`crate::frame::varint`]):
 //!
 //! | field | size | meaning |
 //! | --- | --- | --- |
 //! | magic | 3 bytes | `LLZ` |
-//! | version | 1 byte | container format version (1) |
-//! | flags | 1 byte | bits 0-1: [`Backend`] the probabilities were computed on; bit 2: GPU offload; bit 3: a model fingerprint follows |
-//! | fingerprint | 8 bytes, if flag bit 3 | first 8 bytes of the SHA-256 of the GGUF model (present when any segment is LLM-coded) |
-//! | segment_size | varint | plaintext bytes per segment (the last may be shorter) |
+//! | version | 1 byte | container format version (2) |
+//! | flags | 1 byte | bit 0: a codec profile follows (when any segment is LLM-coded); other bits 0 |
+//! | profile length | 1 byte, if flag bit 0 | length of the profile |
+//! | profile | that many bytes | the [`CodecProfile`] the LLM segments were coded under, model fingerprint cut to 8 bytes |
+//! | segment_size | varint | plaintext bytes per segment (the last may be shorter), at most [`MAX_SEGMENT_SIZE`] |
 //! | plain_len | varint | total plaintext length; the segment count follows from it |
 //! | frame lengths | varint each | byte length of every frame but the last (the last runs to the end) |
 //! | frames | rest | one [`crate::frame`] per segment, in order |
 //!
+//! Version 1 (llmfs before the codec profile) had, instead of the profile, flags bits
+//! 0-1: [`Backend`], bit 2: GPU offload, bit 3: an 8-byte model fingerprint follows. Its
+//! LLM segments were coded with flash attention on, so their code depends on the thread
+//! count of the machine that wrote them, which it did not record; [`super::legacy`]
+//! decodes them by trying thread counts.
+//!
 //! The segment table lets a reader decode any byte range by decoding only the segments
-//! it touches ([`Container::read_range`]). Every frame carries its own CRC.
+//! it touches ([`Container::read_range`]), or stream the file segment by segment
+//! ([`ContainerReader`]). Every frame carries its own CRC. A reader allocates at most
+//! one segment (16 MiB at most) at a time, whatever the header claims.
 
-use super::fingerprint::{self, Fingerprint, SHORT_LEN};
-use super::llm::Backend;
+use super::profile::{Backend, CodecProfile};
 use super::segment::{SegmentCoder, SegmentReport};
 use crate::frame::{self, varint, Codec, FrameError};
+use std::io::Read;
 
 pub const MAGIC: &[u8; 3] = b"LLZ";
-pub const VERSION: u8 = 1;
-const FLAG_OFFLOAD: u8 = 1 << 2;
-const FLAG_MODEL: u8 = 1 << 3;
-/// Largest segment size accepted when reading: bounds what one frame may allocate.
+/// The container version this build writes.
+pub const VERSION: u8 = 2;
+const FLAG_PROFILE: u8 = 1;
+const V1_FLAG_OFFLOAD: u8 = 1 << 2;
+const V1_FLAG_MODEL: u8 = 1 << 3;
+/// Largest segment size: bounds what one frame may allocate.
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 24;
+/// Bytes a frame may take beyond its plaintext: a raw frame's tag, length and CRC.
+const FRAME_OVERHEAD: u64 = 1 + 10 + 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     #[error("not an llmfs compressed file (bad magic)")]
     BadMagic,
-    #[error(
-        "compressed file format version {0} is not supported (this build reads version {VERSION})"
-    )]
+    #[error("compressed file format version {0} is not supported (this build reads versions 1 and {VERSION})")]
     UnsupportedVersion(u8),
     #[error("compressed file is truncated or its header is corrupted")]
     Truncated,
@@ -49,30 +61,277 @@ pub enum ContainerError {
         loaded: String,
         loaded_name: String,
     },
+    #[error("this build cannot decode the file's LLM-coded segments: {}", .0.join("; "))]
+    ProfileMismatch(Vec<String>),
     #[error("the file has LLM-coded segments and needs its model (fingerprint {0}) to decompress")]
     NeedsModel(String),
-    #[error("segment {index} (bytes {start}..{end}) is corrupted: {source}{hint}")]
+    #[error("segment {index} (bytes {start}..{end}): {error}")]
     Segment {
         index: usize,
         start: u64,
         end: u64,
-        source: FrameError,
-        hint: String,
+        error: FrameError,
+    },
+    #[error(
+        "segment {index} (bytes {start}..{end}) of this version 1 file did not decode with any thread count \
+         tried ({tried}): version 1 files decode only with the thread count they were written with. \
+         Pass that machine's core count with --threads N, or decompress it there and compress it again"
+    )]
+    V1ThreadsExhausted {
+        index: usize,
+        start: u64,
+        end: u64,
+        tried: String,
     },
     #[error("segment size must be between 1 byte and {MAX_SEGMENT_SIZE} bytes")]
     BadSegmentSize,
+    #[error("reading the compressed file: {0}")]
+    Io(std::io::Error),
 }
 
-/// A parsed container header and segment table over borrowed bytes.
-pub struct Container<'a> {
-    bytes: &'a [u8],
-    pub backend: Backend,
-    pub offloaded: bool,
-    pub model: Option<[u8; SHORT_LEN]>,
+/// What the file's LLM segments depend on, as its header records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// No segment is LLM-coded: the file decodes without a model.
+    Nothing,
+    /// Version 2: the full profile.
+    Profile(CodecProfile),
+    /// Version 1: backend, offload and the first 8 bytes of the model's fingerprint.
+    V1 {
+        backend: Backend,
+        offloaded: bool,
+        model: [u8; 8],
+    },
+}
+
+/// The container's fields other than the frames.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub version: u8,
+    pub recorded: Recorded,
     pub segment_size: u64,
     pub plain_len: u64,
-    /// Start of every frame in `bytes`, plus the end of the last.
-    frame_bounds: Vec<usize>,
+}
+
+impl Header {
+    pub fn segments(&self) -> u64 {
+        self.plain_len.div_ceil(self.segment_size)
+    }
+
+    /// The plaintext bytes of segment `index`.
+    pub fn segment_bounds(&self, index: usize) -> (u64, u64) {
+        let start = (index as u64).saturating_mul(self.segment_size);
+        (
+            start,
+            start.saturating_add(self.segment_size).min(self.plain_len),
+        )
+    }
+
+    /// The longest frame a segment of this file can legitimately have.
+    pub fn max_frame_len(&self) -> u64 {
+        self.segment_size + FRAME_OVERHEAD
+    }
+
+    /// Whether any segment needs the model.
+    pub fn needs_model(&self) -> bool {
+        self.recorded != Recorded::Nothing
+    }
+
+    /// Refuses, before any segment is decoded, a coder that cannot reproduce the code:
+    /// another model, or for version 2 any difference of the codec profile. Version 1
+    /// files are checked here for their model, backend and offload; their thread count
+    /// is found while decoding ([`super::legacy`]).
+    pub fn check_profile(&self, loaded: Option<&CodecProfile>) -> Result<(), ContainerError> {
+        let needed = match &self.recorded {
+            Recorded::Nothing => return Ok(()),
+            Recorded::Profile(p) => p.model.to_string(),
+            Recorded::V1 { model, .. } => super::fingerprint::hex(model),
+        };
+        let Some(loaded) = loaded else {
+            return Err(ContainerError::NeedsModel(needed));
+        };
+        match &self.recorded {
+            Recorded::Profile(p) => {
+                let differences = loaded.differences(p);
+                if differences.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ContainerError::ProfileMismatch(differences))
+                }
+            }
+            Recorded::V1 {
+                backend,
+                offloaded,
+                model,
+            } => {
+                if !loaded.model.fingerprint.starts_with(model) {
+                    return Err(ContainerError::WrongModel {
+                        expected: needed,
+                        loaded: super::fingerprint::hex(&loaded.model.fingerprint),
+                        loaded_name: loaded.model.name.clone(),
+                    });
+                }
+                let mut differences = Vec::new();
+                if *backend != loaded.backend || *offloaded != (loaded.gpu_layers > 0) {
+                    differences.push(format!(
+                        "backend: recorded {}{}, loaded {} with {} GPU layers",
+                        backend.name(),
+                        if *offloaded { " with GPU offload" } else { "" },
+                        loaded.backend.name(),
+                        loaded.gpu_layers
+                    ));
+                }
+                if differences.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ContainerError::ProfileMismatch(differences))
+                }
+            }
+            Recorded::Nothing => Ok(()),
+        }
+    }
+
+    /// Reads the header, not the segment table, from `input`.
+    fn read(input: &mut impl Read) -> Result<Header, ContainerError> {
+        let mut magic = [0u8; 4];
+        let n = read_up_to(input, &mut magic)?;
+        if n < 4 {
+            return Err(if MAGIC.starts_with(&magic[..n.min(3)]) {
+                ContainerError::Truncated
+            } else {
+                ContainerError::BadMagic
+            });
+        }
+        if &magic[..3] != MAGIC {
+            return Err(ContainerError::BadMagic);
+        }
+        let version = magic[3];
+        let flags = read_byte(input)?;
+        let recorded = match version {
+            1 => {
+                if flags >> 4 != 0 {
+                    return Err(ContainerError::BadHeader(format!(
+                        "unknown flags {flags:#04x}"
+                    )));
+                }
+                if flags & V1_FLAG_MODEL != 0 {
+                    let mut model = [0u8; 8];
+                    read_exact(input, &mut model)?;
+                    Recorded::V1 {
+                        backend: Backend::from_bits(flags),
+                        offloaded: flags & V1_FLAG_OFFLOAD != 0,
+                        model,
+                    }
+                } else {
+                    Recorded::Nothing
+                }
+            }
+            VERSION => {
+                if flags & !FLAG_PROFILE != 0 {
+                    return Err(ContainerError::BadHeader(format!(
+                        "unknown flags {flags:#04x}"
+                    )));
+                }
+                if flags & FLAG_PROFILE != 0 {
+                    let len = usize::from(read_byte(input)?);
+                    let mut bytes = vec![0u8; len];
+                    read_exact(input, &mut bytes)?;
+                    let profile = CodecProfile::decode(&bytes)
+                        .map_err(|e| ContainerError::BadHeader(e.to_string()))?;
+                    Recorded::Profile(profile)
+                } else {
+                    Recorded::Nothing
+                }
+            }
+            v => return Err(ContainerError::UnsupportedVersion(v)),
+        };
+        let segment_size = read_varint(input)?;
+        let plain_len = read_varint(input)?;
+        if segment_size == 0 || segment_size > MAX_SEGMENT_SIZE {
+            return Err(ContainerError::BadHeader(format!(
+                "segment size {segment_size}"
+            )));
+        }
+        Ok(Header {
+            version,
+            recorded,
+            segment_size,
+            plain_len,
+        })
+    }
+
+    /// Reads the segment table: the length of every frame but the last, each checked
+    /// against the longest frame a segment can have. The table grows only as its bytes
+    /// are read, so a claimed segment count allocates nothing by itself.
+    fn read_table(&self, input: &mut impl Read) -> Result<Vec<u64>, ContainerError> {
+        let segments = self.segments();
+        let mut lens = Vec::with_capacity(segments.min(1 << 12) as usize);
+        for _ in 1..segments {
+            let len = read_varint(input)?;
+            if len > self.max_frame_len() {
+                return Err(ContainerError::BadHeader(format!(
+                    "a frame of {len} bytes for segments of {}",
+                    self.segment_size
+                )));
+            }
+            lens.push(len);
+        }
+        Ok(lens)
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        match &self.recorded {
+            Recorded::Profile(p) => {
+                out.push(FLAG_PROFILE);
+                let bytes = p.encode();
+                out.push(bytes.len() as u8);
+                out.extend_from_slice(&bytes);
+            }
+            _ => out.push(0),
+        }
+        varint::put(out, self.segment_size);
+        varint::put(out, self.plain_len);
+    }
+}
+
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> Result<usize, ContainerError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ContainerError::Io(e)),
+        }
+    }
+    Ok(n)
+}
+
+fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<(), ContainerError> {
+    if read_up_to(input, buf)? < buf.len() {
+        return Err(ContainerError::Truncated);
+    }
+    Ok(())
+}
+
+fn read_byte(input: &mut impl Read) -> Result<u8, ContainerError> {
+    let mut b = [0u8];
+    read_exact(input, &mut b)?;
+    Ok(b[0])
+}
+
+fn read_varint(input: &mut impl Read) -> Result<u64, ContainerError> {
+    let mut buf = Vec::with_capacity(10);
+    loop {
+        let b = read_byte(input)?;
+        buf.push(b);
+        if b & 0x80 == 0 || buf.len() == 10 {
+            break;
+        }
+    }
+    varint::get(&buf, &mut 0).ok_or(ContainerError::Truncated)
 }
 
 /// Encodes `plain` into a container, segment by segment. `progress` is told the
@@ -90,60 +349,73 @@ pub fn compress(
     let mut reports = Vec::new();
     let mut done = 0;
     for (index, seg) in plain.chunks(segment_size).enumerate() {
-        let (f, report) = coder
-            .encode(seg)
-            .map_err(|source| ContainerError::Segment {
-                index,
-                start: done as u64,
-                end: (done + seg.len()) as u64,
-                source,
-                hint: String::new(),
-            })?;
+        let (f, report) = coder.encode(seg).map_err(|error| ContainerError::Segment {
+            index,
+            start: done as u64,
+            end: (done + seg.len()) as u64,
+            error,
+        })?;
         done += seg.len();
         progress(done, &report);
         frames.push(f);
         reports.push(report);
     }
-    let any_llm = reports.iter().any(|r| r.codec == Some(Codec::Llm));
-    let model = coder.session().model();
+    let profile = coder.profile().short();
+    let mut any_llm = reports.iter().any(|r| r.codec == Some(Codec::Llm));
+    if any_llm {
+        any_llm = keep_llm_frames(plain, segment_size, &profile, &mut frames, &mut reports);
+    }
     let header = Header {
-        backend: model.backend(),
-        offloaded: model.gpu_layers() > 0,
-        model: any_llm.then(|| model.fingerprint().short()),
+        version: VERSION,
+        recorded: if any_llm {
+            Recorded::Profile(profile)
+        } else {
+            Recorded::Nothing
+        },
         segment_size: segment_size as u64,
         plain_len: plain.len() as u64,
     };
-    let out = assemble(&header, &frames);
-    Ok((out, reports))
+    Ok((assemble(&header, &frames), reports))
 }
 
-/// The container's fields other than the frames.
-pub struct Header {
-    pub backend: Backend,
-    pub offloaded: bool,
-    pub model: Option<[u8; SHORT_LEN]>,
-    pub segment_size: u64,
-    pub plain_len: u64,
+/// Whether the LLM frames save more than the profile they need in the header costs;
+/// if not (a tiny file), they are replaced by their fast frames and the file needs no
+/// model at all.
+fn keep_llm_frames(
+    plain: &[u8],
+    segment_size: usize,
+    profile: &CodecProfile,
+    frames: &mut [Vec<u8>],
+    reports: &mut [SegmentReport],
+) -> bool {
+    let cost = 2 + profile.encode().len();
+    let mut fast = Vec::new();
+    let mut saved = 0usize;
+    for (i, seg) in plain.chunks(segment_size).enumerate() {
+        if reports[i].codec == Some(Codec::Llm) {
+            let f = frame::encode_fast(seg);
+            saved += f.len().saturating_sub(frames[i].len());
+            fast.push((i, f));
+        }
+    }
+    if saved > cost {
+        return true;
+    }
+    for (i, f) in fast {
+        let header = frame::parse_header(&f).expect("a frame just encoded");
+        let r = &mut reports[i];
+        r.codec = Some(header.codec);
+        r.frame_len = f.len();
+        r.data_len = f.len() - header.header_len;
+        frames[i] = f;
+    }
+    false
 }
 
-/// Writes a container around already encoded frames.
+/// Writes a version 2 container around already encoded frames.
 pub fn assemble(header: &Header, frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(frames.iter().map(Vec::len).sum::<usize>() + 32);
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    let mut flags = header.backend as u8;
-    if header.offloaded {
-        flags |= FLAG_OFFLOAD;
-    }
-    if header.model.is_some() {
-        flags |= FLAG_MODEL;
-    }
-    out.push(flags);
-    if let Some(fp) = &header.model {
-        out.extend_from_slice(fp);
-    }
-    varint::put(&mut out, header.segment_size);
-    varint::put(&mut out, header.plain_len);
+    let mut out = Vec::with_capacity(frames.iter().map(Vec::len).sum::<usize>() + 64);
+    header.write(&mut out);
     for f in frames.iter().take(frames.len().saturating_sub(1)) {
         varint::put(&mut out, f.len() as u64);
     }
@@ -153,76 +425,82 @@ pub fn assemble(header: &Header, frames: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// Decodes the frame of segment `index`, after checking that it holds exactly that
+/// segment's length: a corrupted length must not make the model run, or a buffer grow,
+/// for longer than one segment.
+pub fn decode_frame(
+    header: &Header,
+    index: usize,
+    frame_bytes: &[u8],
+    coder: Option<&mut SegmentCoder<'_>>,
+) -> Result<Vec<u8>, ContainerError> {
+    let (start, end) = header.segment_bounds(index);
+    let result = frame::parse_header(frame_bytes).and_then(|h| {
+        if h.plain_len != end - start {
+            return Err(FrameError::Corrupt(format!(
+                "frame holds {} bytes, segment has {}",
+                h.plain_len,
+                end - start
+            )));
+        }
+        match coder {
+            Some(c) => c.decode(frame_bytes),
+            None => frame::decode(frame_bytes, None),
+        }
+    });
+    result.map_err(|error| ContainerError::Segment {
+        index,
+        start,
+        end,
+        error,
+    })
+}
+
+/// A parsed container header and segment table over borrowed bytes, for random access.
+pub struct Container<'a> {
+    bytes: &'a [u8],
+    pub header: Header,
+    /// Start of every frame in `bytes`, plus the end of the last.
+    frame_bounds: Vec<usize>,
+}
+
 impl<'a> Container<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Container<'a>, ContainerError> {
-        if bytes.len() < 4 || &bytes[..3] != MAGIC {
-            return Err(if bytes.len() < 4 && MAGIC.starts_with(bytes) {
-                ContainerError::Truncated
-            } else {
-                ContainerError::BadMagic
-            });
-        }
-        if bytes[3] != VERSION {
-            return Err(ContainerError::UnsupportedVersion(bytes[3]));
-        }
-        let flags = *bytes.get(4).ok_or(ContainerError::Truncated)?;
-        if flags >> 4 != 0 {
-            return Err(ContainerError::BadHeader(format!(
-                "unknown flags {flags:#04x}"
-            )));
-        }
-        let mut pos = 5;
-        let model = if flags & FLAG_MODEL != 0 {
-            let fp = bytes
-                .get(pos..pos + SHORT_LEN)
-                .ok_or(ContainerError::Truncated)?;
-            pos += SHORT_LEN;
-            Some(fp.try_into().expect("slice of SHORT_LEN"))
-        } else {
-            None
-        };
-        let segment_size = varint::get(bytes, &mut pos).ok_or(ContainerError::Truncated)?;
-        let plain_len = varint::get(bytes, &mut pos).ok_or(ContainerError::Truncated)?;
-        if segment_size == 0 || segment_size > MAX_SEGMENT_SIZE {
-            return Err(ContainerError::BadHeader(format!(
-                "segment size {segment_size}"
-            )));
-        }
-        let segments = plain_len.div_ceil(segment_size);
+        let mut input = bytes;
+        let header = Header::read(&mut input)?;
         // Every frame takes at least 6 bytes: a count beyond that is corruption, caught
-        // before it sizes an allocation.
-        if segments > (bytes.len() / 6) as u64 {
+        // before it sizes anything.
+        if header.segments() > (bytes.len() / 6) as u64 {
             return Err(ContainerError::Truncated);
         }
-        let mut lens = Vec::with_capacity(segments as usize);
-        for _ in 1..segments {
-            let len = varint::get(bytes, &mut pos).ok_or(ContainerError::Truncated)?;
-            lens.push(usize::try_from(len).map_err(|_| ContainerError::Truncated)?);
-        }
-        let mut frame_bounds = Vec::with_capacity(segments as usize + 1);
+        let lens = header.read_table(&mut input)?;
+        let mut pos = bytes.len() - input.len();
+        let mut frame_bounds = Vec::with_capacity(lens.len() + 2);
         frame_bounds.push(pos);
         for len in lens {
-            let next = pos
-                .checked_add(len)
+            pos = pos
+                .checked_add(len as usize)
                 .filter(|&n| n <= bytes.len())
                 .ok_or(ContainerError::Truncated)?;
-            frame_bounds.push(next);
-            pos = next;
+            frame_bounds.push(pos);
         }
-        if segments > 0 {
+        if header.segments() > 0 {
+            if (bytes.len() - pos) as u64 > header.max_frame_len() {
+                return Err(ContainerError::BadHeader("last frame too long".into()));
+            }
             frame_bounds.push(bytes.len());
         } else if pos != bytes.len() {
             return Err(ContainerError::BadHeader("data after an empty file".into()));
         }
         Ok(Container {
             bytes,
-            backend: Backend::from_bits(flags),
-            offloaded: flags & FLAG_OFFLOAD != 0,
-            model,
-            segment_size,
-            plain_len,
+            header,
             frame_bounds,
         })
+    }
+
+    pub fn plain_len(&self) -> u64 {
+        self.header.plain_len
     }
 
     pub fn segments(&self) -> usize {
@@ -233,84 +511,27 @@ impl<'a> Container<'a> {
         &self.bytes[self.frame_bounds[index]..self.frame_bounds[index + 1]]
     }
 
-    /// Bytes of the container that are not frame payloads' own headers: the header and
-    /// the segment table.
+    /// Bytes of the container before the first frame: the header and the segment table.
     pub fn header_len(&self) -> usize {
         self.frame_bounds[0]
     }
 
-    /// Whether any segment needs the model.
     pub fn needs_model(&self) -> bool {
-        self.model.is_some()
+        self.header.needs_model()
     }
 
-    /// Refuses a coder whose model is not the one the file was written with.
+    /// Refuses a coder that cannot reproduce the file's code ([`Header::check_profile`]).
     pub fn check_model(&self, coder: Option<&SegmentCoder<'_>>) -> Result<(), ContainerError> {
-        let Some(expected) = self.model else {
-            return Ok(());
-        };
-        let Some(coder) = coder else {
-            return Err(ContainerError::NeedsModel(fingerprint::hex(&expected)));
-        };
-        let loaded: &Fingerprint = coder.session().model().fingerprint();
-        if !loaded.matches_short(&expected) {
-            return Err(ContainerError::WrongModel {
-                expected: fingerprint::hex(&expected),
-                loaded: loaded.to_string(),
-                loaded_name: coder.session().model().name(),
-            });
-        }
-        Ok(())
+        self.header.check_profile(coder.map(SegmentCoder::profile))
     }
 
     /// Decodes segment `index`.
     pub fn decode_segment(
         &self,
         index: usize,
-        mut coder: Option<&mut SegmentCoder<'_>>,
+        coder: Option<&mut SegmentCoder<'_>>,
     ) -> Result<Vec<u8>, ContainerError> {
-        let start = index as u64 * self.segment_size;
-        let end = (start + self.segment_size).min(self.plain_len);
-        let frame_bytes = self.frame(index);
-        // Check the frame's length before decoding: a corrupted length must not make the
-        // model run for longer than one segment.
-        let result = frame::parse_header(frame_bytes).and_then(|h| {
-            if h.plain_len == end - start {
-                Ok(())
-            } else {
-                Err(FrameError::Corrupt(format!(
-                    "frame holds {} bytes, segment has {}",
-                    h.plain_len,
-                    end - start
-                )))
-            }
-        });
-        let result = result.and_then(|()| match coder.as_deref_mut() {
-            Some(c) => c.decode(frame_bytes),
-            None => frame::decode(frame_bytes, None),
-        });
-        result.map_err(|source| {
-            let hint = match (&source, coder) {
-                (FrameError::Checksum { .. }, Some(c)) if self.backend != c.session().model().backend() => {
-                    format!(
-                        " (the file was encoded on the {} backend and this decoder computes on {}: \
-                         llama.cpp's probabilities differ between backends, decode it with a {} build)",
-                        self.backend.name(),
-                        c.session().model().backend().name(),
-                        self.backend.name()
-                    )
-                }
-                (FrameError::Checksum { .. }, Some(c)) if self.offloaded != (c.session().model().gpu_layers() > 0) => {
-                    format!(
-                        " (the file was encoded {} GPU offload and this decoder runs {} it: use the same --gpu-layers)",
-                        if self.offloaded { "with" } else { "without" },
-                        if self.offloaded { "without" } else { "with" }
-                    )
-                }
-                _ => String::new(),
-            };
-            ContainerError::Segment { index, start, end, source, hint }
-        })
+        decode_frame(&self.header, index, self.frame(index), coder)
     }
 
     /// Decodes the plaintext bytes `offset..offset + len` (clamped to the file), touching
@@ -321,21 +542,72 @@ impl<'a> Container<'a> {
         len: u64,
         mut coder: Option<&mut SegmentCoder<'_>>,
     ) -> Result<Vec<u8>, ContainerError> {
-        let end = offset.saturating_add(len).min(self.plain_len);
+        let end = offset.saturating_add(len).min(self.header.plain_len);
         let mut out = Vec::new();
         if offset >= end {
             return Ok(out);
         }
-        let first = offset / self.segment_size;
-        let last = (end - 1) / self.segment_size;
-        for index in first..=last {
-            let seg = self.decode_segment(index as usize, coder.as_deref_mut())?;
-            let seg_start = index * self.segment_size;
+        let seg = self.header.segment_size;
+        for index in offset / seg..=(end - 1) / seg {
+            let data = self.decode_segment(index as usize, coder.as_deref_mut())?;
+            let seg_start = index * seg;
             let from = offset.saturating_sub(seg_start) as usize;
-            let to = ((end - seg_start) as usize).min(seg.len());
-            out.extend_from_slice(&seg[from..to]);
+            let to = ((end - seg_start) as usize).min(data.len());
+            out.extend_from_slice(&data[from..to]);
         }
         Ok(out)
+    }
+}
+
+/// Reads a container from a stream, one frame at a time.
+pub struct ContainerReader<R> {
+    input: R,
+    pub header: Header,
+    lens: Vec<u64>,
+    next: usize,
+}
+
+impl<R: Read> ContainerReader<R> {
+    /// Reads the header and the segment table.
+    pub fn new(mut input: R) -> Result<ContainerReader<R>, ContainerError> {
+        let header = Header::read(&mut input)?;
+        let lens = header.read_table(&mut input)?;
+        Ok(ContainerReader {
+            input,
+            header,
+            lens,
+            next: 0,
+        })
+    }
+
+    pub fn segments(&self) -> usize {
+        self.lens.len() + usize::from(self.header.plain_len > 0)
+    }
+
+    /// The next frame and its segment index, or `None` after the last.
+    pub fn next_frame(&mut self) -> Result<Option<(usize, Vec<u8>)>, ContainerError> {
+        let index = self.next;
+        if index >= self.segments() {
+            return Ok(None);
+        }
+        let frame = if let Some(&len) = self.lens.get(index) {
+            let mut frame = vec![0u8; len as usize];
+            read_exact(&mut self.input, &mut frame)?;
+            frame
+        } else {
+            // The last frame runs to the end of the file.
+            let mut frame = Vec::new();
+            (&mut self.input)
+                .take(self.header.max_frame_len() + 1)
+                .read_to_end(&mut frame)
+                .map_err(ContainerError::Io)?;
+            if frame.len() as u64 > self.header.max_frame_len() {
+                return Err(ContainerError::BadHeader("last frame too long".into()));
+            }
+            frame
+        };
+        self.next += 1;
+        Ok(Some((index, frame)))
     }
 }
 
@@ -346,13 +618,21 @@ mod tests {
     fn fast_container(plain: &[u8], segment_size: usize) -> Vec<u8> {
         let frames: Vec<Vec<u8>> = plain.chunks(segment_size).map(frame::encode_fast).collect();
         let header = Header {
-            backend: Backend::Cpu,
-            offloaded: false,
-            model: None,
+            version: VERSION,
+            recorded: Recorded::Nothing,
             segment_size: segment_size as u64,
             plain_len: plain.len() as u64,
         };
         assemble(&header, &frames)
+    }
+
+    fn stream_all(bytes: &[u8]) -> Result<Vec<u8>, ContainerError> {
+        let mut r = ContainerReader::new(bytes)?;
+        let mut out = Vec::new();
+        while let Some((i, f)) = r.next_frame()? {
+            out.extend(decode_frame(&r.header, i, &f, None)?);
+        }
+        Ok(out)
     }
 
     #[test]
@@ -366,8 +646,10 @@ mod tests {
         assert_eq!(c.read_range(999, 2, None).unwrap(), &plain[999..1001]);
         assert_eq!(c.read_range(9_990, 100, None).unwrap(), &plain[9_990..]);
         assert!(c.read_range(20_000, 5, None).unwrap().is_empty());
+        assert_eq!(stream_all(&bytes).unwrap(), plain);
         let empty = fast_container(b"", 4096);
         assert_eq!(Container::parse(&empty).unwrap().segments(), 0);
+        assert_eq!(stream_all(&empty).unwrap(), b"");
     }
 
     #[test]
@@ -393,10 +675,9 @@ mod tests {
                 _ => bad = (0..next() % 64).map(|_| next() as u8).collect(),
             }
             let decoded = Container::parse(&bad).and_then(|c| c.read_range(0, u64::MAX, None));
-            if let (Ok(out), 0 | 1) = (decoded, kind) {
-                // Only a flip in a field that does not change the bytes (the backend
-                // bits, say) may decode, and then to the original.
-                assert_eq!(out, plain);
+            let streamed = stream_all(&bad);
+            for out in [decoded, streamed].into_iter().flatten() {
+                assert_eq!(out, plain, "a decode that succeeds must be exact");
             }
         }
     }
@@ -414,6 +695,93 @@ mod tests {
         assert!(matches!(
             Container::parse(b"LLZ\x09\x00"),
             Err(ContainerError::UnsupportedVersion(9))
+        ));
+    }
+
+    #[test]
+    fn a_huge_claimed_length_allocates_one_segment_at_a_time() {
+        // 1 TiB of zeros claimed, in 16 MiB segments: every frame is a small zstd frame,
+        // so the file is legitimate; a reader must stream it, never size a buffer by it.
+        let zeros = vec![0u8; MAX_SEGMENT_SIZE as usize];
+        let f = frame::encode_fast(&zeros);
+        let header = Header {
+            version: VERSION,
+            recorded: Recorded::Nothing,
+            segment_size: MAX_SEGMENT_SIZE,
+            plain_len: 1 << 40,
+        };
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        for _ in 0..3 {
+            varint::put(&mut bytes, f.len() as u64);
+        }
+        for _ in 0..3 {
+            bytes.extend_from_slice(&f);
+        }
+        // Parsing the slice refuses at once: the claimed segments cannot fit the bytes.
+        assert!(Container::parse(&bytes).is_err());
+        // Streaming reads the table until the bytes run out (or a frame's bytes read as
+        // a length are too long), and fails there.
+        assert!(ContainerReader::new(&bytes[..]).is_err());
+        // A frame longer than a segment can be is refused before it is read.
+        let mut long = Vec::new();
+        Header {
+            plain_len: 200,
+            segment_size: 100,
+            ..header
+        }
+        .write(&mut long);
+        varint::put(&mut long, 1 << 30);
+        assert!(matches!(
+            ContainerReader::new(&long[..]),
+            Err(ContainerError::BadHeader(_))
+        ));
+    }
+
+    #[test]
+    fn a_profile_is_recorded_only_where_it_pays() {
+        use crate::codec::synthetic::SyntheticModel;
+        let mut coder = SegmentCoder::new(SyntheticModel::new(), true);
+        // A few bytes: the LLM frame saves less than the profile costs.
+        let (tiny, reports) = compress(b"Hello there.", 4096, &mut coder, |_, _| {}).unwrap();
+        assert_ne!(reports[0].codec, Some(Codec::Llm));
+        let c = Container::parse(&tiny).unwrap();
+        assert!(!c.needs_model());
+        assert_eq!(c.read_range(0, 100, None).unwrap(), b"Hello there.");
+        // A paragraph: it pays.
+        let text = b"The quick brown fox jumps over the lazy dog, and then it rests in the \
+            shade of a tree while the dog keeps watching the field around the farm house."
+            .repeat(3);
+        let (packed, _) = compress(&text, 4096, &mut coder, |_, _| {}).unwrap();
+        let c = Container::parse(&packed).unwrap();
+        assert_eq!(
+            c.header.recorded,
+            Recorded::Profile(coder.profile().short())
+        );
+        assert_eq!(c.read_range(0, u64::MAX, Some(&mut coder)).unwrap(), text);
+    }
+
+    #[test]
+    fn version_1_headers_still_parse() {
+        // flags: backend 0, offload, model fingerprint present.
+        let mut v1 = b"LLZ\x01\x0c".to_vec();
+        v1.extend_from_slice(&[0xb1, 0x79, 0xc9, 0x52, 0x3d, 0x0e, 0x6a, 0x0f]);
+        varint::put(&mut v1, 4096);
+        varint::put(&mut v1, 3);
+        v1.extend_from_slice(&frame::encode_fast(b"abc"));
+        let c = Container::parse(&v1).unwrap();
+        assert_eq!(c.header.version, 1);
+        assert!(matches!(
+            c.header.recorded,
+            Recorded::V1 {
+                backend: Backend::Cpu,
+                offloaded: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c.check_model(None),
+            Err(ContainerError::NeedsModel(ref fp)) if fp == "b179c9523d0e6a0f"
         ));
     }
 }

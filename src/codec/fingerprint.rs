@@ -2,13 +2,18 @@
 //!
 //! Hashing 100 MB takes about half a second, so the digest is cached in a sidecar file
 //! `MODEL.llmfs-sha256` next to the model (best effort: a read-only directory only costs
-//! the hash again), valid while the model's size and mtime are unchanged.
+//! the hash again). The cache is trusted only while the file is the same inode of the
+//! same device with the same size, mtime and ctime (ctime cannot be set back by a
+//! program, so rewriting the file in place invalidates it even when the mtime is
+//! restored), and while a digest of 16 sampled 4 KiB blocks still matches. Anything else
+//! re-hashes the whole file.
 
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 /// Bytes of the digest written into containers: 64 bits tell models apart with
 /// certainty in practice and keep the per-file overhead small.
@@ -19,20 +24,14 @@ pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
     pub fn of_file(path: &Path) -> std::io::Result<Fingerprint> {
-        let meta = std::fs::metadata(path)?;
-        let stamp = format!(
-            "{} {}",
-            meta.len(),
-            meta.modified()?
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
+        let mut file = File::open(path)?;
+        let stamp = Stamp::of(&mut file)?;
         let sidecar = sidecar_path(path);
         if let Some(fp) = read_sidecar(&sidecar, &stamp) {
             return Ok(fp);
         }
+        file.seek(SeekFrom::Start(0))?;
         let mut hasher = Sha256::new();
-        let mut file = std::fs::File::open(path)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut buf)?;
@@ -42,11 +41,14 @@ impl Fingerprint {
             hasher.update(&buf[..n]);
         }
         let fp = Fingerprint(hasher.finalize().into());
-        if let Err(e) = std::fs::write(&sidecar, format!("{fp} {stamp}\n")) {
-            log::debug!(
-                "cannot cache the model fingerprint in {}: {e}",
-                sidecar.display()
-            );
+        // The stamp is taken again: a file that changed while it was hashed is not cached.
+        if Stamp::of(&mut file).ok().as_ref() == Some(&stamp) {
+            if let Err(e) = write_sidecar(&sidecar, &format!("{fp} {}\n", stamp.line())) {
+                log::debug!(
+                    "cannot cache the model fingerprint in {}: {e}",
+                    sidecar.display()
+                );
+            }
         }
         Ok(fp)
     }
@@ -85,10 +87,67 @@ fn sidecar_path(model: &Path) -> PathBuf {
     model.with_file_name(name)
 }
 
-fn read_sidecar(sidecar: &Path, stamp: &str) -> Option<Fingerprint> {
+/// What identifies one version of a file without reading all of it.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    /// SHA-256 prefix of 16 blocks of 4 KiB spread evenly over the file.
+    samples: [u8; 8],
+}
+
+const SIDECAR_VERSION: &str = "v2";
+
+impl Stamp {
+    fn of(file: &mut File) -> std::io::Result<Stamp> {
+        let meta = file.metadata()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        let size = meta.len();
+        let mut hasher = Sha256::new();
+        let mut block = vec![0u8; 4096];
+        for i in 0..16u64 {
+            let offset = size.saturating_sub(4096) / 15 * i;
+            file.seek(SeekFrom::Start(offset))?;
+            let mut n = 0;
+            while n < block.len() {
+                match file.read(&mut block[n..])? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            hasher.update(&block[..n]);
+        }
+        let digest: [u8; 32] = hasher.finalize().into();
+        Ok(Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size,
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            samples: digest[..8].try_into().expect("8 of 32 bytes"),
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{SIDECAR_VERSION} {} {} {} {} {} {}",
+            self.dev,
+            self.ino,
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+            hex(&self.samples)
+        )
+    }
+}
+
+fn read_sidecar(sidecar: &Path, stamp: &Stamp) -> Option<Fingerprint> {
     let text = std::fs::read_to_string(sidecar).ok()?;
     let (digest, rest) = text.trim_end().split_once(' ')?;
-    if rest != stamp || digest.len() != 64 {
+    if rest != stamp.line() || digest.len() != 64 {
         return None;
     }
     let mut out = [0u8; 32];
@@ -96,6 +155,25 @@ fn read_sidecar(sidecar: &Path, stamp: &str) -> Option<Fingerprint> {
         *byte = u8::from_str_radix(digest.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(Fingerprint(out))
+}
+
+/// Writes the sidecar through a new temporary file renamed over it, so that a reader
+/// never sees half a line and a symbolic link planted at the temporary name is not
+/// followed.
+fn write_sidecar(sidecar: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = sidecar.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, sidecar));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -122,5 +200,57 @@ mod tests {
         assert_eq!(b.0, expected);
         assert!(b.matches_short(&b.short()));
         assert!(!a.matches_short(&b.short()));
+    }
+
+    #[test]
+    fn same_size_and_mtime_is_not_taken_for_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        let one = vec![1u8; 100_000];
+        std::fs::write(&model, &one).unwrap();
+        let mtime = std::fs::metadata(&model).unwrap().modified().unwrap();
+        let a = Fingerprint::of_file(&model).unwrap();
+        // Another model of the same size, written in place, its mtime set back.
+        let mut two = one.clone();
+        two[100] = 2; // where GGUFs differ: their metadata comes first
+        std::fs::write(&model, &two).unwrap();
+        File::options()
+            .write(true)
+            .open(&model)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let b = Fingerprint::of_file(&model).unwrap();
+        assert_eq!(b.0, <[u8; 32]>::from(Sha256::digest(&two)));
+        assert_ne!(a, b);
+        // Replaced by rename: a new inode.
+        let other = dir.path().join("other");
+        std::fs::write(&other, &one).unwrap();
+        std::fs::rename(&other, &model).unwrap();
+        assert_eq!(Fingerprint::of_file(&model).unwrap(), a);
+    }
+
+    #[test]
+    fn a_sidecar_from_the_old_format_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        std::fs::write(&model, b"GGUF three").unwrap();
+        let meta = std::fs::metadata(&model).unwrap();
+        let stamp = format!(
+            "{} {}",
+            meta.len(),
+            meta.modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        std::fs::write(
+            sidecar_path(&model),
+            format!("{} {stamp}\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let fp = Fingerprint::of_file(&model).unwrap();
+        assert_eq!(fp.0, <[u8; 32]>::from(Sha256::digest(b"GGUF three")));
     }
 }

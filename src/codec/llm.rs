@@ -1,14 +1,26 @@
-//! The language model as a [`ProbabilityModel`]: llama.cpp through `llama-cpp-2`.
+//! The language model as a [`TokenModel`]: llama.cpp through `llama-cpp-2`.
 //!
 //! Determinism decides everything here (see DESIGN.md, measured on these machines):
-//! llama.cpp gives bit-identical logits for the same model, backend and offload only when
-//! tokens are fed one per `decode` call from a fresh KV state. Prefill of a whole segment
-//! in one batch gives different logits, so the encoder never uses it: encoder and decoder
-//! run exactly the same sequence of single-token steps. Even so, callers verify each
-//! encoded segment by decoding it again ([`super::segment`]).
+//! llama.cpp gives bit-identical logits for the same model, backend, offload and CPU
+//! kernels only when tokens are fed one per `decode` call from a fresh KV state, and
+//! only with flash attention disabled. Prefill of a whole segment in one batch gives
+//! different logits, so the encoder never uses it: encoder and decoder run exactly the
+//! same sequence of single-token steps. Flash attention on the CPU splits a long KV
+//! range into one chunk per thread and merges the partial sums, so with it the logits
+//! depend on the thread count (a file coded with 2 threads did not decode with 1 or 3);
+//! without it, attention is computed row by row and the thread count, the context length
+//! and the batch size do not change a bit (tested in `tests/cli.rs` and
+//! `tests/codec.rs`). What the code still depends on is the [`CodecProfile`] each
+//! session reports. Even so, callers verify each encoded segment by decoding it again
+//! ([`super::segment`]).
 
 use super::coder::{CoderError, Distribution, ProbabilityModel};
 use super::fingerprint::Fingerprint;
+pub use super::profile::Backend;
+use super::profile::{
+    CodecProfile, Engine, KernelSet, ModelId, CODER_VERSION, LLAMA_CPP_SYS_VERSION,
+};
+use super::token_model::{SessionStats, TokenModel};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -16,68 +28,28 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_sys_2::{
+    llama_flash_attn_type, LLAMA_FLASH_ATTN_TYPE_AUTO, LLAMA_FLASH_ATTN_TYPE_DISABLED,
+};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("model file {path} not found. Fetch the default model with `scripts/fetch-model.sh`, or pass --model PATH / set LLMFS_MODEL")]
     NotFound { path: PathBuf },
-    #[error("cannot read model file {path}: {source}")]
+    #[error("cannot read model file {path}: {error}")]
     Unreadable {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a GGUF model llama.cpp can load")]
     NotGguf { path: PathBuf },
     #[error("llama.cpp: {0}")]
     Llama(String),
-}
-
-/// Where the probabilities are computed. Recorded in every container: logits, and so
-/// the coded bits, are reproducible only on the same backend and offload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Cpu = 0,
-    Cuda = 1,
-    Metal = 2,
-    Vulkan = 3,
-}
-
-impl Backend {
-    /// The backend this build of llmfs computes with.
-    pub fn compiled() -> Backend {
-        if cfg!(feature = "cuda") {
-            Backend::Cuda
-        } else if cfg!(feature = "metal") {
-            Backend::Metal
-        } else if cfg!(feature = "vulkan") {
-            Backend::Vulkan
-        } else {
-            Backend::Cpu
-        }
-    }
-
-    pub fn from_bits(b: u8) -> Backend {
-        match b & 3 {
-            1 => Backend::Cuda,
-            2 => Backend::Metal,
-            3 => Backend::Vulkan,
-            _ => Backend::Cpu,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Cpu => "cpu",
-            Backend::Cuda => "cuda",
-            Backend::Metal => "metal",
-            Backend::Vulkan => "vulkan",
-        }
-    }
 }
 
 /// How to load a model: validated by the CLI, never read from the environment here.
@@ -86,7 +58,8 @@ pub struct ModelConfig {
     pub path: PathBuf,
     /// Layers offloaded to the GPU (0: CPU only).
     pub gpu_layers: u32,
-    /// llama.cpp threads; `None` uses every available core.
+    /// llama.cpp threads; `None` uses every available core. With this coder version
+    /// the thread count changes speed only, never the code.
     pub threads: Option<u32>,
 }
 
@@ -104,13 +77,33 @@ fn backend() -> Result<&'static LlamaBackend, ModelError> {
         .map_err(|e| ModelError::Llama(e.clone()))
 }
 
-/// A loaded GGUF model with what coding needs precomputed: its fingerprint and the
-/// bytes of every token.
+/// The CPU kernels this build's ggml was compiled with, from `llama_print_system_info`.
+fn kernel_set() -> &'static KernelSet {
+    static KERNELS: OnceLock<KernelSet> = OnceLock::new();
+    KERNELS.get_or_init(|| {
+        // SAFETY: llama_print_system_info takes no arguments and returns a pointer to a
+        // NUL-terminated string in a static buffer, valid until its next call; the
+        // OnceLock makes this the only call, and the text is copied at once.
+        let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) }
+            .to_string_lossy()
+            .into_owned();
+        log::debug!("llama.cpp system info: {info}");
+        KernelSet::from_system_info(std::env::consts::ARCH, &info)
+    })
+}
+
+/// llama.cpp makes contexts by mutating the model (`llama-cpp-2` calls creating them in
+/// parallel unsound), so every context of the process is created under this lock.
+static NEW_CONTEXT: Mutex<()> = Mutex::new(());
+
+/// A loaded GGUF model with what coding needs precomputed: its fingerprint, its codec
+/// profile and the bytes of every token.
 pub struct LlmModel {
     model: LlamaModel,
     fingerprint: Fingerprint,
+    profile: CodecProfile,
     gpu_layers: u32,
-    threads: i32,
+    threads: u32,
     /// The token that starts every segment's context.
     start: LlamaToken,
     /// The bytes each token stands for, indexed by token id.
@@ -125,19 +118,19 @@ impl LlmModel {
             std::io::ErrorKind::NotFound => ModelError::NotFound { path: path.clone() },
             _ => ModelError::Unreadable {
                 path: path.clone(),
-                source: e,
+                error: e,
             },
         })?;
         if !meta.is_file() {
             return Err(ModelError::Unreadable {
                 path: path.clone(),
-                source: std::io::Error::other("not a regular file"),
+                error: std::io::Error::other("not a regular file"),
             });
         }
         check_gguf_magic(path)?;
         let fingerprint = Fingerprint::of_file(path).map_err(|e| ModelError::Unreadable {
             path: path.clone(),
-            source: e,
+            error: e,
         })?;
         let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
         let model = LlamaModel::load_from_file(backend()?, path, &params)
@@ -157,12 +150,24 @@ impl LlmModel {
             .unwrap_or(LlamaToken(0));
         let threads = config
             .threads
-            .map(|t| t as i32)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as i32));
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
         let n_ctx_train = model.n_ctx_train();
+        let name = model
+            .meta_val_str("general.name")
+            .unwrap_or_else(|_| "unnamed".into());
+        let profile = CodecProfile {
+            coder_version: CODER_VERSION,
+            engine: Engine::LlamaCpp,
+            build: LLAMA_CPP_SYS_VERSION.into(),
+            backend: Backend::compiled(),
+            gpu_layers: config.gpu_layers,
+            kernels: kernel_set().clone(),
+            model: ModelId::new(&fingerprint, &name),
+        };
         Ok(LlmModel {
             model,
             fingerprint,
+            profile,
             gpu_layers: config.gpu_layers,
             threads,
             start,
@@ -175,6 +180,11 @@ impl LlmModel {
         &self.fingerprint
     }
 
+    /// What the code of this model's sessions depends on, in this build.
+    pub fn profile(&self) -> &CodecProfile {
+        &self.profile
+    }
+
     pub fn backend(&self) -> Backend {
         Backend::compiled()
     }
@@ -183,15 +193,18 @@ impl LlmModel {
         self.gpu_layers
     }
 
+    /// The llama.cpp threads a session uses.
+    pub fn threads(&self) -> u32 {
+        self.threads
+    }
+
     pub fn n_vocab(&self) -> usize {
         self.pieces.len()
     }
 
     /// A human-readable name: the GGUF's `general.name`, or "unnamed".
     pub fn name(&self) -> String {
-        self.model
-            .meta_val_str("general.name")
-            .unwrap_or_else(|_| "unnamed".into())
+        self.profile.model.name.clone()
     }
 
     /// The bytes of `token`, empty for tokens that stand for no text.
@@ -216,27 +229,98 @@ impl LlmModel {
         (pos == text.len()).then_some(ids)
     }
 
-    /// A context able to code segments of up to `max_tokens` tokens.
+    /// A context able to code segments of up to `max_tokens` tokens, with this build's
+    /// coder ([`CODER_VERSION`]): flash attention disabled, so the code depends on
+    /// neither the thread count nor the context length.
     pub fn session(&self, max_tokens: usize) -> Result<LlmSession<'_>, ModelError> {
-        // The context length does not change the logits (measured), so size it to the
-        // longest segment rather than the model's training length.
-        let n_ctx = (max_tokens + 2)
+        self.session_with(
+            self.n_ctx_for(max_tokens),
+            self.threads,
+            LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            self.profile.clone(),
+        )
+    }
+
+    /// [`session`](Self::session) with `threads` llama.cpp threads instead of the
+    /// model's; the code is the same.
+    pub fn session_with_threads(
+        &self,
+        max_tokens: usize,
+        threads: u32,
+    ) -> Result<LlmSession<'_>, ModelError> {
+        self.session_with(
+            self.n_ctx_for(max_tokens),
+            threads,
+            LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            self.profile.clone(),
+        )
+    }
+
+    /// A context that decodes what the first container format (coder version 1) wrote:
+    /// flash attention "auto" (on, for the CPU), the context sized as that version sized
+    /// it for `segment_size`, and `threads` threads. Its code depends on the thread count
+    /// of the machine that wrote it, which that format did not record.
+    pub fn legacy_session(
+        &self,
+        segment_size: usize,
+        threads: u32,
+    ) -> Result<LlmSession<'_>, ModelError> {
+        let mut profile = self.profile.clone();
+        profile.coder_version = 1;
+        let max_tokens = segment_size.max(super::DEFAULT_SEGMENT_SIZE);
+        self.session_with(
+            self.n_ctx_for(max_tokens),
+            threads,
+            LLAMA_FLASH_ATTN_TYPE_AUTO,
+            profile,
+        )
+    }
+
+    /// A context of exactly `n_ctx` cells; for tests that check the code does not depend
+    /// on it.
+    pub fn session_with_n_ctx(&self, n_ctx: u32) -> Result<LlmSession<'_>, ModelError> {
+        self.session_with(
+            n_ctx,
+            self.threads,
+            LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            self.profile.clone(),
+        )
+    }
+
+    /// Sized to the longest segment rather than the model's training length: smaller
+    /// contexts are faster to create and clear, and the length does not change the logits.
+    fn n_ctx_for(&self, max_tokens: usize) -> u32 {
+        (max_tokens + 2)
             .min(self.n_ctx_train.max(64) as usize)
-            .max(16) as u32;
+            .max(16) as u32
+    }
+
+    fn session_with(
+        &self,
+        n_ctx: u32,
+        threads: u32,
+        flash_attention: llama_flash_attn_type,
+        profile: CodecProfile,
+    ) -> Result<LlmSession<'_>, ModelError> {
+        let threads = threads.clamp(1, 1024) as i32;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(n_ctx)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
-        let ctx = self
-            .model
-            .new_context(backend()?, params)
-            .map_err(|e| ModelError::Llama(e.to_string()))?;
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            .with_flash_attention_policy(flash_attention);
+        let ctx = {
+            let _guard = NEW_CONTEXT.lock().unwrap_or_else(|e| e.into_inner());
+            self.model
+                .new_context(backend()?, params)
+                .map_err(|e| ModelError::Llama(e.to_string()))?
+        };
         Ok(LlmSession {
             model: self,
             ctx,
             batch: LlamaBatch::new(1, 1),
             n_ctx: n_ctx as usize,
+            profile,
             pos: 0,
             weights: vec![0.0; self.n_vocab()],
             weight_sum: 0.0,
@@ -255,7 +339,7 @@ fn check_gguf_magic(path: &Path) -> Result<(), ModelError> {
         .and_then(|mut f| f.read_exact(&mut magic))
         .map_err(|e| ModelError::Unreadable {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })?;
     if &magic != b"GGUF" {
         return Err(ModelError::NotGguf {
@@ -265,25 +349,13 @@ fn check_gguf_magic(path: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Time and information spent by a session, for `llmfs bench`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SessionStats {
-    /// Tokens evaluated by llama.cpp (one `decode` call each).
-    pub steps: u64,
-    /// Wall time inside llama.cpp's `decode`.
-    pub llama_time: Duration,
-    /// Wall time turning logits into frequency tables.
-    pub table_time: Duration,
-    /// Model cross-entropy of the coded tokens, in bits, under the float probabilities.
-    pub cross_entropy_bits: f64,
-}
-
 /// One llama.cpp context coding one segment at a time, each from a fresh KV state.
 pub struct LlmSession<'m> {
     model: &'m LlmModel,
     ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     n_ctx: usize,
+    profile: CodecProfile,
     /// Position of the next token fed to the context.
     pos: i32,
     /// exp(logit - max) per token: the one float softmax, unnormalised.
@@ -292,31 +364,14 @@ pub struct LlmSession<'m> {
     dist: Distribution,
     /// Whether `dist` matches the current logits.
     fresh: bool,
-    pub stats: SessionStats,
+    stats: SessionStats,
     /// `stats.steps`, readable from another thread while a segment is being coded.
     live_steps: Arc<AtomicU64>,
 }
 
 impl<'m> LlmSession<'m> {
-    /// A counter of model steps that a progress display may read from another thread.
-    pub fn live_steps(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.live_steps)
-    }
-
     pub fn model(&self) -> &'m LlmModel {
         self.model
-    }
-
-    /// The most tokens one segment may have in this context.
-    pub fn max_tokens(&self) -> usize {
-        self.n_ctx - 1
-    }
-
-    /// Starts a new segment: empties the KV cache and feeds the start token.
-    pub fn reset(&mut self) -> Result<(), CoderError> {
-        self.ctx.clear_kv_cache();
-        self.pos = 0;
-        self.step(self.model.start)
     }
 
     fn step(&mut self, token: LlamaToken) -> Result<(), CoderError> {
@@ -340,6 +395,40 @@ impl<'m> LlmSession<'m> {
         self.live_steps.store(self.stats.steps, Ordering::Relaxed);
         self.stats.llama_time += t0.elapsed();
         Ok(())
+    }
+}
+
+impl TokenModel for LlmSession<'_> {
+    fn tokenize_exact(&self, text: &str) -> Option<Vec<u32>> {
+        self.model.tokenize_exact(text)
+    }
+
+    fn piece(&self, token: u32) -> &[u8] {
+        self.model.piece(token)
+    }
+
+    /// The most tokens one segment may have in this context.
+    fn max_tokens(&self) -> usize {
+        self.n_ctx - 1
+    }
+
+    /// Starts a new segment: empties the KV cache and feeds the start token.
+    fn reset(&mut self) -> Result<(), CoderError> {
+        self.ctx.clear_kv_cache();
+        self.pos = 0;
+        self.step(self.model.start)
+    }
+
+    fn profile(&self) -> &CodecProfile {
+        &self.profile
+    }
+
+    fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    fn live_steps(&self) -> Option<Arc<AtomicU64>> {
+        Some(Arc::clone(&self.live_steps))
     }
 }
 

@@ -14,9 +14,12 @@
 //! LLM-coded. The body's length is the frame's plaintext length minus head and tail,
 //! and the decoder stops once the tokens spell that many bytes: no token count is stored.
 
-use super::coder::{self, CoderError};
-use super::llm::LlmSession;
+use super::coder::{self, CoderError, Distribution, ProbabilityModel};
+use super::profile::CodecProfile;
+use super::token_model::{SessionStats, TokenModel};
 use crate::frame::{self, Codec, FrameError, LlmPayloadDecoder};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// What happened to one segment, for statistics and `bench`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,11 +40,13 @@ pub struct SegmentReport {
     pub verify_failed: bool,
 }
 
-/// Encodes and decodes segments with one model session.
+/// Encodes and decodes segments with one model session: the llama.cpp session of
+/// [`super::llm`], or any other [`TokenModel`] (the synthetic model in tests).
 pub struct SegmentCoder<'m> {
-    session: LlmSession<'m>,
+    model: Box<dyn TokenModel + Send + 'm>,
     /// Decode every LLM-coded segment again and compare before accepting it.
     pub verify: bool,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// Splits `plain` into a head of continuation bytes, a body that is valid UTF-8, and the
@@ -74,12 +79,48 @@ pub fn split_utf8_edges(plain: &[u8]) -> Option<(usize, &str, usize)> {
 }
 
 impl<'m> SegmentCoder<'m> {
-    pub fn new(session: LlmSession<'m>, verify: bool) -> Self {
-        SegmentCoder { session, verify }
+    pub fn new(model: impl TokenModel + Send + 'm, verify: bool) -> Self {
+        Self::from_boxed(Box::new(model), verify)
     }
 
-    pub fn session(&self) -> &LlmSession<'m> {
-        &self.session
+    pub fn from_boxed(model: Box<dyn TokenModel + Send + 'm>, verify: bool) -> Self {
+        SegmentCoder {
+            model,
+            verify,
+            cancel: None,
+        }
+    }
+
+    /// The model this coder codes with.
+    pub fn model(&self) -> &(dyn TokenModel + Send + 'm) {
+        &*self.model
+    }
+
+    /// What this coder's LLM frames depend on.
+    pub fn profile(&self) -> &CodecProfile {
+        self.model.profile()
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.model.stats()
+    }
+
+    /// A counter of model steps that a progress display may read from another thread.
+    pub fn live_steps(&self) -> Option<Arc<AtomicU64>> {
+        self.model.live_steps()
+    }
+
+    /// Makes [`encode`](Self::encode) and [`decode`](Self::decode) stop within one model
+    /// step once `flag` is set, with [`FrameError::Cancelled`]. The flag is only read:
+    /// while it stays set every call fails at once, and clearing it lets the next call run.
+    pub fn set_cancel(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
     /// Codes `plain` as the smallest frame; LLM frames only after a verified decode.
@@ -91,7 +132,13 @@ impl<'m> SegmentCoder<'m> {
         };
         let chosen = match self.encode_llm(plain, &mut report)? {
             Some(llm) if llm.len() < fast.len() => {
-                if !self.verify || self.decode_llm_frame(&llm).as_deref() == Ok(plain) {
+                let verified = !self.verify
+                    || match self.decode(&llm) {
+                        Ok(back) => back == plain,
+                        Err(FrameError::Cancelled) => return Err(FrameError::Cancelled),
+                        Err(_) => false,
+                    };
+                if verified {
                     llm
                 } else {
                     log::warn!(
@@ -126,18 +173,18 @@ impl<'m> SegmentCoder<'m> {
         if body.is_empty() {
             return Ok(None);
         }
-        let Some(tokens) = self.session.model().tokenize_exact(body) else {
+        let Some(tokens) = self.model.tokenize_exact(body) else {
             return Ok(None);
         };
-        if tokens.len() > self.session.max_tokens() {
+        if tokens.len() > self.model.max_tokens() {
             return Ok(None);
         }
-        let before = self.session.stats.cross_entropy_bits;
-        self.session.reset().map_err(model_error)?;
-        let code = coder::encode(&tokens, &mut self.session).map_err(model_error)?;
+        let before = self.model.stats().cross_entropy_bits;
+        self.start_segment()?;
+        let code = coder::encode(&tokens, &mut self.watched()).map_err(coder_error)?;
         report.tokens = tokens.len();
         report.code_len = code.len();
-        report.cross_entropy_bits = self.session.stats.cross_entropy_bits - before;
+        report.cross_entropy_bits = self.model.stats().cross_entropy_bits - before;
         let mut payload = Vec::with_capacity(1 + head + tail + code.len());
         payload.push(head as u8 | (tail as u8) << 2);
         payload.extend_from_slice(&plain[..head]);
@@ -146,18 +193,54 @@ impl<'m> SegmentCoder<'m> {
         Ok(Some(frame::assemble(Codec::Llm, plain, &payload)))
     }
 
-    fn decode_llm_frame(&mut self, llm_frame: &[u8]) -> Result<Vec<u8>, FrameError> {
-        frame::decode(llm_frame, Some(self))
-    }
-
     /// Decodes any frame with this coder's model.
     pub fn decode(&mut self, frame_bytes: &[u8]) -> Result<Vec<u8>, FrameError> {
         frame::decode(frame_bytes, Some(self))
     }
+
+    fn start_segment(&mut self) -> Result<(), FrameError> {
+        if self.cancelled() {
+            return Err(FrameError::Cancelled);
+        }
+        self.model.reset().map_err(coder_error)
+    }
+
+    /// The model as the range coder sees it: every step first checks the cancel flag.
+    fn watched(&mut self) -> Watched<'_, 'm> {
+        Watched {
+            model: &mut *self.model,
+            cancel: self.cancel.as_deref(),
+        }
+    }
 }
 
-fn model_error(e: CoderError) -> FrameError {
-    FrameError::Model(e.to_string())
+struct Watched<'a, 'm> {
+    model: &'a mut (dyn TokenModel + Send + 'm),
+    cancel: Option<&'a AtomicBool>,
+}
+
+impl ProbabilityModel for Watched<'_, '_> {
+    fn distribution(&mut self) -> Result<&Distribution, CoderError> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(CoderError::Cancelled);
+        }
+        self.model.distribution()
+    }
+
+    fn push(&mut self, symbol: u32) -> Result<(), CoderError> {
+        self.model.push(symbol)
+    }
+
+    fn coded(&mut self, symbol: u32) {
+        self.model.coded(symbol)
+    }
+}
+
+fn coder_error(e: CoderError) -> FrameError {
+    match e {
+        CoderError::Cancelled => FrameError::Cancelled,
+        other => FrameError::Model(other.to_string()),
+    }
 }
 
 impl LlmPayloadDecoder for SegmentCoder<'_> {
@@ -181,25 +264,27 @@ impl LlmPayloadDecoder for SegmentCoder<'_> {
         let mut plain = Vec::with_capacity(plain_len);
         plain.extend_from_slice(&payload[1..1 + head]);
         if body_len > 0 {
-            self.session.reset().map_err(model_error)?;
-            let model = self.session.model();
-            let mut overshoot = false;
-            coder::decode(code, &mut self.session, |token| {
-                let piece = model.piece(token);
+            self.start_segment()?;
+            let mut decoder = coder::SymbolDecoder::new(code).map_err(|e| match e {
+                CoderError::InvalidData => corrupt("invalid range code"),
+                other => coder_error(other),
+            })?;
+            let mut model = self.watched();
+            loop {
+                let token = decoder.next(&mut model).map_err(|e| match e {
+                    CoderError::InvalidData => corrupt("invalid range code"),
+                    other => coder_error(other),
+                })?;
+                let piece = model.model.piece(token);
                 if piece.is_empty() || plain.len() - head + piece.len() > body_len {
-                    // A token the encoder cannot have written: stop, and fail below.
-                    overshoot = true;
-                    return Ok(false);
+                    // A token the encoder cannot have written.
+                    return Err(corrupt("tokens do not spell the segment's length"));
                 }
                 plain.extend_from_slice(piece);
-                Ok(plain.len() - head < body_len)
-            })
-            .map_err(|e| match e {
-                CoderError::InvalidData => corrupt("invalid range code"),
-                other => model_error(other),
-            })?;
-            if overshoot {
-                return Err(corrupt("tokens do not spell the segment's length"));
+                if plain.len() - head == body_len {
+                    break;
+                }
+                model.push(token).map_err(coder_error)?;
             }
         }
         plain.extend_from_slice(&payload[1 + head..1 + head + tail]);
@@ -210,6 +295,108 @@ impl LlmPayloadDecoder for SegmentCoder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::synthetic::SyntheticModel;
+
+    /// The synthetic model, with a flag it sets itself after `trip_at` steps and a count
+    /// of the steps taken after that.
+    struct Tripwire {
+        inner: SyntheticModel,
+        flag: Arc<AtomicBool>,
+        steps: usize,
+        trip_at: usize,
+        after: Arc<AtomicU64>,
+    }
+
+    impl ProbabilityModel for Tripwire {
+        fn distribution(&mut self) -> Result<&Distribution, CoderError> {
+            if self.flag.load(Ordering::Relaxed) {
+                self.after.fetch_add(1, Ordering::Relaxed);
+            }
+            self.inner.distribution()
+        }
+        fn push(&mut self, s: u32) -> Result<(), CoderError> {
+            self.steps += 1;
+            if self.steps == self.trip_at {
+                self.flag.store(true, Ordering::Relaxed);
+            }
+            self.inner.push(s)
+        }
+    }
+
+    impl TokenModel for Tripwire {
+        fn tokenize_exact(&self, text: &str) -> Option<Vec<u32>> {
+            self.inner.tokenize_exact(text)
+        }
+        fn piece(&self, token: u32) -> &[u8] {
+            self.inner.piece(token)
+        }
+        fn max_tokens(&self) -> usize {
+            self.inner.max_tokens()
+        }
+        fn reset(&mut self) -> Result<(), CoderError> {
+            self.inner.reset()
+        }
+        fn profile(&self) -> &CodecProfile {
+            self.inner.profile()
+        }
+    }
+
+    fn tripwire(trip_at: usize) -> (SegmentCoder<'static>, Arc<AtomicBool>, Arc<AtomicU64>) {
+        let flag = Arc::new(AtomicBool::new(false));
+        let after = Arc::new(AtomicU64::new(0));
+        let mut coder = SegmentCoder::new(
+            Tripwire {
+                inner: SyntheticModel::new(),
+                flag: Arc::clone(&flag),
+                steps: 0,
+                trip_at,
+                after: Arc::clone(&after),
+            },
+            true,
+        );
+        coder.set_cancel(Arc::clone(&flag));
+        (coder, flag, after)
+    }
+
+    #[test]
+    fn cancel_stops_encode_and_decode_within_a_step() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/corpus/gemma-3-270m-q4_k_m-007.md"
+        );
+        let text = String::from_utf8(std::fs::read(path).unwrap()).unwrap();
+        // Set in the middle of the encode.
+        let (mut coder, flag, after) = tripwire(500);
+        assert_eq!(
+            coder.encode(text.as_bytes()).err(),
+            Some(FrameError::Cancelled)
+        );
+        assert_eq!(after.load(Ordering::Relaxed), 0, "no step after the flag");
+        // While the flag stays set, every call fails at once; cleared, it codes.
+        assert_eq!(
+            coder.encode(b"more text").err(),
+            Some(FrameError::Cancelled)
+        );
+        flag.store(false, Ordering::Relaxed);
+        let (frame, report) = coder.encode(text.as_bytes()).unwrap();
+        assert_eq!(report.codec, Some(Codec::Llm));
+        // Set in the middle of the verifying decode: n bytes encode in n - 1 steps.
+        let (mut coder, _, after) = tripwire(text.len() + 300);
+        assert_eq!(
+            coder.encode(text.as_bytes()).err(),
+            Some(FrameError::Cancelled)
+        );
+        assert_eq!(after.load(Ordering::Relaxed), 0);
+        // And in a plain decode.
+        let (mut coder, _, after) = tripwire(300);
+        assert_eq!(coder.decode(&frame), Err(FrameError::Cancelled));
+        assert_eq!(after.load(Ordering::Relaxed), 0);
+        // Frames that need no model decode whatever the flag says.
+        let (mut coder, flag, _) = tripwire(1);
+        flag.store(true, Ordering::Relaxed);
+        let fast = frame::encode_fast(b"zstd or raw");
+        assert_eq!(coder.decode(&fast).unwrap(), b"zstd or raw");
+    }
 
     #[test]
     fn utf8_edges() {
