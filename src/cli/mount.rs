@@ -1,12 +1,16 @@
 //! `llmfs mount`: parses mount options once into a validated [`MountConfig`] and runs
 //! the daemon in the foreground until unmounted (fusermount3 -u, SIGINT, SIGTERM).
 
+use super::model::ModelArgs;
 use anyhow::Context;
 use clap::Args;
 use fuser::{MountOption, SessionACL};
 use llmfs::fs::fuse::FuseFs;
+use llmfs::fs::llm;
+use llmfs::fs::tier::ModelWorker;
 use llmfs::fs::{Core, CoreConfig};
 use llmfs::store::CreateOptions;
+use llmfs::store::MetaKey;
 use nix::sys::signal::{SigSet, Signal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +64,8 @@ pub struct ModelChoice {
     pub gpu_layers: u32,
     /// `nomodel`: never load one.
     pub none: bool,
+    /// `test_model`: the built-in synthetic model, for tests of the filesystem only.
+    pub test: bool,
 }
 
 /// `0`, `90` (seconds), `500ms`, `30s`, `5m`, `2h`, `1d`.
@@ -237,6 +243,10 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
                 cfg.model.none = true;
                 continue;
             }
+            ("test_model", None) => {
+                cfg.model.test = true;
+                continue;
+            }
             ("threads", v) => {
                 cfg.threads = match need(key, v)?.parse::<usize>() {
                     Ok(n) if (1..=256).contains(&n) => n,
@@ -366,6 +376,64 @@ fn check_paths(store: &Path, mountpoint: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the language model when the mount needs one (compaction, or a store with LLM
+/// frames) and checks it against the store's pinned profile and canary: a model, build
+/// or machine that would compute other probabilities is refused here, at mount, with
+/// what differs and what to do, never at the first cold read.
+fn attach_model(core: &Core, cfg: &MountConfig) -> anyhow::Result<()> {
+    let pinned = core
+        .store()
+        .meta(MetaKey::Profile)
+        .map_err(|e| anyhow::anyhow!("reading the store's codec profile: {e}"))?
+        .is_some();
+    if cfg.model.none {
+        if pinned {
+            log::warn!(
+                "nomodel: the store holds LLM-coded chunks, which read as EIO on this mount; \
+                 everything else works"
+            );
+        }
+        return Ok(());
+    }
+    if !pinned && (!cfg.core.compact || cfg.core.read_only) {
+        return Ok(()); // nothing here needs a model
+    }
+    let chunk = core.chunk_size() as usize;
+    let (starter, what) = if cfg.model.test {
+        (llm::synthetic(), "the synthetic test model".to_string())
+    } else {
+        let model_cfg = ModelArgs {
+            model: cfg.model.path.clone(),
+            gpu_layers: cfg.model.gpu_layers,
+            threads: cfg.model.threads,
+        }
+        .config();
+        let what = model_cfg.path.display().to_string();
+        (llm::gguf(model_cfg, chunk), what)
+    };
+    let worker = ModelWorker::start(starter).map_err(|e| {
+        let hint = if pinned {
+            "; or mount with -o nomodel to read everything but the LLM-coded chunks"
+        } else {
+            "; or mount with -o compact=off to store with the fast codec only"
+        };
+        anyhow::anyhow!("starting the model ({what}): {e}{hint}")
+    })?;
+    core.attach_model(worker).map_err(anyhow::Error::msg)?;
+    if let Err(why) = core.check_pinned_profile(llm::profile_differences) {
+        anyhow::bail!(
+            "refusing to mount {}: {why}. Mount it with the model, llmfs build and backend \
+             that wrote it (model=PATH), or with -o nomodel to read everything but its \
+             LLM-coded chunks",
+            cfg.store.display()
+        );
+    }
+    if pinned {
+        log::info!("the model matches the store's pinned codec profile and canary");
+    }
+    Ok(())
+}
+
 /// Store writes stuck this long mean a deadlock, not a slow disk (a flush of the whole
 /// dirty limit takes seconds).
 const WRITE_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -395,6 +463,14 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         ))
         .into());
     }
+    attach_model(&core, &cfg)?;
+    let compactor = match core.model() {
+        Some(_) if cfg.core.compact && !cfg.core.read_only => Some(
+            core.spawn_compactor()
+                .context("starting the compactor thread")?,
+        ),
+        _ => None,
+    };
     let flusher = core
         .spawn_flusher()
         .context("starting the flusher thread")?;
@@ -457,6 +533,9 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("flushing the store: {e}"))?;
     if flusher.join().is_err() {
         log::error!("the flusher thread panicked");
+    }
+    if compactor.is_some_and(|c| c.join().is_err()) {
+        log::error!("the compactor thread panicked");
     }
     match served {
         // An unmount from outside ends the request loops with ENODEV (fuser's Ok) or,

@@ -18,6 +18,7 @@ pub mod data;
 pub mod dir;
 pub mod error;
 pub mod fuse;
+pub mod llm;
 pub mod perm;
 pub mod rename;
 pub mod report;
@@ -316,6 +317,10 @@ impl Core {
         }
         self.persist_all()?;
         self.store.sync()?;
+        // Give free pages back before leaving (bounded: a huge store finishes while idle
+        // next time), and leave the database file self-contained.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) && self.store.reclaim()? {}
         self.store.close()?;
         Ok(())
     }

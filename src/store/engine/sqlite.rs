@@ -48,8 +48,8 @@ const SCAN_BATCH: usize = 256;
 /// Free pages given back per reclaim step (2 MiB): a step holds the database for tens of
 /// milliseconds (measured: at most ~100 ms on a busy 2-core machine).
 const VACUUM_STEP: u32 = 256;
-/// Free pages below this are not worth a vacuum (they are reused by the next writes).
-const VACUUM_MIN: u64 = 32;
+/// Reclaim runs only on an idle daemon (and at unmount), so every free page goes back.
+const VACUUM_MIN: u64 = 1;
 /// Free space kept on the device: 2% of it, at least what the WAL may hold (it must be
 /// folded into the file, growing it, to give space back) plus a commit, at most 64 MiB.
 const RESERVE_MIN: u64 = 8 << 20;
@@ -77,41 +77,53 @@ fn wal_estimate(ops: &[RawOp]) -> u64 {
         + 2 * PAGE_SIZE
 }
 
-fn table_name(t: Table) -> &'static str {
-    match t {
-        Table::Meta => "meta",
-        Table::Inode => "inode",
-        Table::Dirent => "dirent",
-        Table::Xattr => "xattr",
-        Table::Chunk => "chunk",
-        Table::Extent => "extent",
-        Table::Pending => "pending",
-        Table::Orphan => "orphan",
+/// The SQL table holding `t`'s records. Every table and index costs at least a page even
+/// when empty, so the store's tables share two: small records in a `WITHOUT ROWID`
+/// table, frames and extents in a rowid table with a unique key (an empty store is 4
+/// pages, where one SQL table per store table took 14: 112 KiB).
+fn sql_table(t: Table) -> &'static str {
+    if holds_frames(t) {
+        "frames"
+    } else {
+        "records"
     }
 }
 
-/// Tables of frames: big values, in rowid tables (see the module doc).
+/// Tables of frames: big values, in the rowid table (see the module doc).
 fn holds_frames(t: Table) -> bool {
-    matches!(t, Table::Chunk | Table::Extent | Table::Xattr)
+    matches!(t, Table::Chunk | Table::Extent)
 }
 
-fn schema() -> String {
-    let mut sql = String::new();
-    for t in Table::ALL {
-        let name = table_name(t);
-        if holds_frames(t) {
-            sql.push_str(&format!(
-                "CREATE TABLE {name}(k BLOB NOT NULL UNIQUE, v BLOB NOT NULL);\n"
-            ));
-        } else {
-            sql.push_str(&format!(
-                "CREATE TABLE {name}(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;\n"
-            ));
-        }
+/// The first byte of every key of `t` inside its SQL table.
+fn tag(t: Table) -> u8 {
+    match t {
+        Table::Meta => b'M',
+        Table::Inode => b'I',
+        Table::Dirent => b'D',
+        Table::Xattr => b'X',
+        Table::Chunk => b'C',
+        Table::Extent => b'E',
+        Table::Pending => b'P',
+        Table::Orphan => b'O',
     }
-    sql.push_str("CREATE TABLE sync_point(id INTEGER PRIMARY KEY, n INTEGER NOT NULL);\n");
-    sql
 }
+
+/// `key` of table `t` as stored.
+fn tagged(t: Table, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(tag(t));
+    k.extend_from_slice(key);
+    k
+}
+
+fn schema() -> &'static str {
+    "CREATE TABLE records(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+     CREATE TABLE frames(k BLOB NOT NULL UNIQUE, v BLOB NOT NULL);"
+}
+
+/// The engine's own record in `records`, outside every store table's tag: a byte a sync
+/// flips, because SQLite syncs nothing for a commit that wrote nothing.
+const SYNC_POINT: &[u8] = b"\xffsync";
 
 pub struct SqliteEngine {
     dir: PathBuf,
@@ -273,11 +285,11 @@ impl SqliteEngine {
                 why: format!("journal mode is {mode}, not wal"),
             });
         }
-        for t in Table::ALL {
+        for name in ["records", "frames"] {
             let found: Option<String> = c
                 .query_row(
                     "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-                    [table_name(t)],
+                    [name],
                     |r| r.get(0),
                 )
                 .optional()
@@ -285,7 +297,7 @@ impl SqliteEngine {
             if found.is_none() {
                 return Err(EngineError::Corrupt {
                     path: self.db.clone(),
-                    why: format!("table {} is missing", table_name(t)),
+                    why: format!("table {name} is missing"),
                 });
             }
         }
@@ -391,16 +403,16 @@ impl SqliteEngine {
                 RawOp::Put(t, k, v) => {
                     let sql = format!(
                         "INSERT INTO {0}(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                        table_name(*t)
+                        sql_table(*t)
                     );
                     tx.prepare_cached(&sql)
-                        .and_then(|mut s| s.execute(params![k, v]))
+                        .and_then(|mut s| s.execute(params![tagged(*t, k), v]))
                         .map_err(|e| self.err(e))?;
                 }
                 RawOp::Delete(t, k) => {
-                    let sql = format!("DELETE FROM {} WHERE k = ?1", table_name(*t));
+                    let sql = format!("DELETE FROM {} WHERE k = ?1", sql_table(*t));
                     tx.prepare_cached(&sql)
-                        .and_then(|mut s| s.execute(params![k]))
+                        .and_then(|mut s| s.execute(params![tagged(*t, k)]))
                         .map_err(|e| self.err(e))?;
                 }
             }
@@ -411,10 +423,11 @@ impl SqliteEngine {
 
 impl Engine for SqliteEngine {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        let sql = format!("SELECT v FROM {} WHERE k = ?1", table_name(table));
+        let sql = format!("SELECT v FROM {} WHERE k = ?1", sql_table(table));
+        let key = tagged(table, key);
         self.with_reader(|c| {
             c.prepare_cached(&sql)
-                .and_then(|mut s| s.query_row([key], |r| r.get::<_, Vec<u8>>(0)).optional())
+                .and_then(|mut s| s.query_row([&key], |r| r.get::<_, Vec<u8>>(0)).optional())
                 .map_err(|e| self.err(e))
         })
     }
@@ -426,24 +439,19 @@ impl Engine for SqliteEngine {
         to: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), EngineError> {
-        let name = table_name(table);
-        let bounded = format!(
-            "SELECT k, v FROM {name} WHERE k >= ?1 AND k < ?2 ORDER BY k LIMIT {SCAN_BATCH}"
+        let sql = format!(
+            "SELECT k, v FROM {} WHERE k >= ?1 AND k < ?2 ORDER BY k LIMIT {SCAN_BATCH}",
+            sql_table(table)
         );
-        let open = format!("SELECT k, v FROM {name} WHERE k >= ?1 ORDER BY k LIMIT {SCAN_BATCH}");
-        let mut start = from.to_vec();
+        let end = match to {
+            Some(t) => tagged(table, t),
+            None => vec![tag(table) + 1],
+        };
+        let mut start = tagged(table, from);
         loop {
             let rows: Vec<Entry> = self.with_reader(|c| {
-                let mut s = match to {
-                    Some(_) => c.prepare_cached(&bounded),
-                    None => c.prepare_cached(&open),
-                }
-                .map_err(|e| self.err(e))?;
-                let mapped = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
-                let rows = match to {
-                    Some(t) => s.query_map(params![start, t], mapped),
-                    None => s.query_map(params![start], mapped),
-                };
+                let mut s = c.prepare_cached(&sql).map_err(|e| self.err(e))?;
+                let rows = s.query_map(params![start, end], |r| Ok((r.get(0)?, r.get(1)?)));
                 rows.and_then(|it| it.collect::<rusqlite::Result<Vec<Entry>>>())
                     .map_err(|e| self.err(e))
             })?;
@@ -452,7 +460,7 @@ impl Engine for SqliteEngine {
                 return Ok(());
             };
             for (k, v) in &rows {
-                if !visit(k, v) {
+                if !visit(&k[1..], v) {
                     return Ok(());
                 }
             }
@@ -468,16 +476,21 @@ impl Engine for SqliteEngine {
     fn floor(&self, table: Table, low: &[u8], high: &[u8]) -> Result<Option<Entry>, EngineError> {
         let sql = format!(
             "SELECT k, v FROM {} WHERE k >= ?1 AND k <= ?2 ORDER BY k DESC LIMIT 1",
-            table_name(table)
+            sql_table(table)
         );
-        self.with_reader(|c| {
+        let (low, high) = (tagged(table, low), tagged(table, high));
+        let found: Option<Entry> = self.with_reader(|c| {
             c.prepare_cached(&sql)
                 .and_then(|mut s| {
                     s.query_row(params![low, high], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
                 })
                 .map_err(|e| self.err(e))
-        })
+        })?;
+        Ok(found.map(|(mut k, v)| {
+            k.remove(0);
+            (k, v)
+        }))
     }
 
     fn commit(&self, ops: &[RawOp], durable: bool) -> Result<(), EngineError> {
@@ -517,8 +530,9 @@ impl Engine for SqliteEngine {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .and_then(|tx| {
                 tx.execute(
-                    "INSERT INTO sync_point(id, n) VALUES (1, 1) ON CONFLICT(id) DO UPDATE SET n = n + 1",
-                    [],
+                    "INSERT INTO records(k, v) VALUES (?1, x'01') \
+                     ON CONFLICT(k) DO UPDATE SET v = CASE WHEN v = x'01' THEN x'00' ELSE x'01' END",
+                    params![SYNC_POINT],
                 )?;
                 tx.commit()
             })
