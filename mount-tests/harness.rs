@@ -155,6 +155,42 @@ impl Mount {
         }
     }
 
+    /// Changes the options of the next start (a remount with other options).
+    pub fn set_options(&mut self, options: &[&str]) {
+        self.options = options.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// The daemon's live statistics (`llmfs stats MNT --json`).
+    pub fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.stats_with(&[])
+    }
+
+    /// Waits until nothing is pending compaction and the model is idle, then returns
+    /// the statistics (`llmfs stats MNT --wait-idle --json`).
+    pub fn wait_idle(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.stats_with(&["--wait-idle"])
+    }
+
+    fn stats_with(&self, extra: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+        let out = Command::new(llmfs_bin())
+            .arg("stats")
+            .arg(&self.mnt)
+            .arg("--json")
+            .args(extra)
+            .output()
+            .expect("run llmfs stats");
+        assert!(
+            out.status.success(),
+            "llmfs stats failed: {}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        match serde_json::from_slice(&out.stdout).expect("stats JSON") {
+            serde_json::Value::Object(m) => m,
+            other => panic!("stats is not an object: {other}"),
+        }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
@@ -434,6 +470,21 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// A number from the statistics.
+pub fn stat(m: &serde_json::Map<String, serde_json::Value>, key: &str) -> u64 {
+    m.get(key)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no integer {key} in the statistics: {m:?}"))
+}
+
+/// A file of the vendored LLM corpus (tests/corpus).
+pub fn corpus(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(name);
+    fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// Compressible text that looks like LLM output records.

@@ -12,5 +12,6 @@ mod cli;
 mod concurrency;
 mod crash;
 mod data;
+mod llm;
 mod posix;
 mod store;

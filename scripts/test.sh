@@ -106,11 +106,13 @@ pjdfstest_suite() {
     PJDFSTEST_MOUNT_OPTS=allow_other scripts/pjdfstest.sh
     PJDFSTEST_MOUNT_OPTS=allow_other,no_default_permissions scripts/pjdfstest.sh
 }
-# fsx on the default chunk size, and on the smallest (1 KiB) where every operation
-# crosses chunk boundaries.
+# fsx on the default chunk size, on the smallest (1 KiB) where every operation crosses
+# chunk boundaries, and with the compactor settling chunks under fsx's feet (synthetic
+# model, cold_after=0).
 fsx_suite() {
     scripts/fsx.sh -N "${FSX_OPS:-20000}" -S "${FSX_SEED:-1}"
     FSX_MOUNT_OPTS=chunk_size=1K scripts/fsx.sh -N "${FSX_OPS:-20000}" -S "$((${FSX_SEED:-1} + 1))"
+    FSX_MOUNT_OPTS=test_model,cold_after=0 scripts/fsx.sh -N "${FSX_OPS:-20000}" -S "$((${FSX_SEED:-1} + 2))"
 }
 
 [[ $(id -u) -eq 0 ]] || die "run as root: the mount tests and pjdfstest need it (CI runs as root)"
@@ -124,7 +126,7 @@ fi
 stage --fatal "build (release)" cargo build --release --all-targets
 stage "cargo test (incl. mount)" cargo_tests
 stage "pjdfstest (2 mounts)" pjdfstest_suite
-stage "fsx 2 x ${FSX_OPS:-20000} ops" fsx_suite
+stage "fsx 3 x ${FSX_OPS:-20000} ops" fsx_suite
 summary
 ((${#FAILED[@]} == 0)) || die "failed stages: ${FAILED[*]}"
 log "all tests passed"
