@@ -325,6 +325,7 @@ fn random_edits_of_text_race_the_compactor() {
     let path = m.path("race.txt");
     let f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)
