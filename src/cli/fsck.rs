@@ -1,14 +1,18 @@
 //! `llmfs fsck`: checks an unmounted store and, with `--repair`, applies the repairs
 //! the check proves safe (see [`llmfs::store::fsck`]).
 
+use super::model::ModelArgs;
 use clap::Args;
+use llmfs::codec::profile::{CodecProfile, Engine};
+use llmfs::fs::llm;
+use llmfs::fs::tier::ModelWorker;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use llmfs::store::engine::EngineError;
 use llmfs::store::fsck::{
     CheckOptions, CheckPhase, CheckProgress, CheckReport, LlmDecoder, Problem, ProblemKind,
     Severity,
 };
-use llmfs::store::{OpenOptions, Store, StoreError};
+use llmfs::store::{MetaKey, OpenOptions, Store, StoreError};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -40,16 +44,36 @@ pub struct FsckArgs {
     /// Print one JSON object instead of lines.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 /// A decoder of LLM frames, owned.
 type ModelDecoder = Box<dyn FnMut(&[u8]) -> Result<Vec<u8>, String>>;
 
-/// The hook where `--verify` gets the language model for LLM-coded chunks: a decoder of
-/// whole frames (header included) to plaintext. None yet: LLM chunks are reported as
-/// not verified. Called only with `--verify`.
-fn model_decoder(_args: &FsckArgs) -> anyhow::Result<Option<ModelDecoder>> {
-    Ok(None)
+/// The language model for `--verify` of LLM-coded chunks, as the store's pinned profile
+/// names it (the synthetic test model, or a GGUF: `--model` and the usual defaults): a
+/// decoder of whole frames to plaintext. `None` when the store holds no LLM frames. A
+/// model that is not the store's is caught by the canary, first thing of the check.
+fn model_decoder(args: &FsckArgs, store: &Store) -> anyhow::Result<Option<ModelDecoder>> {
+    let Some(pinned) = store.meta(MetaKey::Profile)? else {
+        return Ok(None);
+    };
+    let synthetic = CodecProfile::decode(&pinned).is_ok_and(|p| p.engine == Engine::Synthetic);
+    let starter = if synthetic {
+        llm::synthetic()
+    } else {
+        llm::gguf(args.model.config(), store.chunk_size() as usize)
+    };
+    let worker = ModelWorker::start(starter).map_err(anyhow::Error::msg)?;
+    let mut n = 0u64;
+    Ok(Some(Box::new(move |frame: &[u8]| {
+        // Each frame its own key: the worker shares decodes of equal keys.
+        n += 1;
+        worker
+            .decode((u64::MAX, n, 0), frame)
+            .map(|plain| plain.to_vec())
+    })))
 }
 
 pub fn run(args: FsckArgs) -> i32 {
@@ -58,7 +82,7 @@ pub fn run(args: FsckArgs) -> i32 {
         Err(e) => return cannot_check(&args, "opening it", &e),
     };
     let mut decoder = if args.verify {
-        match model_decoder(&args) {
+        match model_decoder(&args, &store) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("llmfs fsck: loading the model: {e:#}");
