@@ -6,6 +6,8 @@
 #   /etc/systemd/system/llmfs@.service      the supervised mount (see systemd/README.md)
 #   /etc/llmfs/llmfs.env.example            template of a mount's environment file
 #   /usr/local/share/doc/llmfs/systemd.md   the systemd/fstab documentation
+#   /var/lib/llmfs/models/                  the default model (scripts/fetch-model.sh),
+#                                           found by daemons that run without a home
 # and installs the fuse3 package when missing. Builds the release binary first unless
 # LLMFS_BIN points at one. Idempotent.
 set -euo pipefail
@@ -24,6 +26,7 @@ install -D -m 0755 scripts/mount.fuse.llmfs /sbin/mount.fuse.llmfs
 install -D -m 0644 systemd/llmfs@.service /etc/systemd/system/llmfs@.service
 install -D -m 0644 systemd/llmfs.env.example /etc/llmfs/llmfs.env.example
 install -D -m 0644 systemd/README.md /usr/local/share/doc/llmfs/systemd.md
+bash scripts/fetch-model.sh /var/lib/llmfs/models
 if [[ -d /run/systemd/system ]]; then
     systemctl daemon-reload
 fi

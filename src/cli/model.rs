@@ -21,9 +21,14 @@ pub struct ModelArgs {
     pub threads: Option<u32>,
 }
 
-/// The default model path: `$XDG_DATA_HOME/llmfs/models/…`, else `~/.local/share/…`,
-/// else (no home, e.g. a bare service) `/var/lib/llmfs/models/…`.
+/// Where `scripts/install.sh` puts the model for system use (services, mount(8)).
+const SYSTEM_MODEL_DIR: &str = "/var/lib/llmfs/models";
+
+/// The default model path: `$XDG_DATA_HOME/llmfs/models/…`, else `~/.local/share/…`;
+/// the system location `/var/lib/llmfs/models/…` when there is no home (a bare service)
+/// or the model is not in it but is there.
 pub fn default_model_path() -> PathBuf {
+    let system = PathBuf::from(SYSTEM_MODEL_DIR).join(DEFAULT_MODEL_FILE);
     let data = std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -33,8 +38,15 @@ pub fn default_model_path() -> PathBuf {
                 .map(|h| PathBuf::from(h).join(".local/share"))
         });
     match data {
-        Some(d) => d.join("llmfs/models").join(DEFAULT_MODEL_FILE),
-        None => PathBuf::from("/var/lib/llmfs/models").join(DEFAULT_MODEL_FILE),
+        Some(d) => {
+            let user = d.join("llmfs/models").join(DEFAULT_MODEL_FILE);
+            if !user.exists() && system.exists() {
+                system
+            } else {
+                user
+            }
+        }
+        None => system,
     }
 }
 
