@@ -3,10 +3,10 @@
 
 use super::model::ModelArgs;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use llmfs::codec::profile::{CodecProfile, Engine};
 use llmfs::fs::llm;
 use llmfs::fs::tier::ModelWorker;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use llmfs::store::engine::EngineError;
 use llmfs::store::fsck::{
     CheckOptions, CheckPhase, CheckProgress, CheckReport, LlmDecoder, Problem, ProblemKind,

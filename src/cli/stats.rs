@@ -24,10 +24,15 @@ pub struct StatsArgs {
 }
 
 const LIVE_ATTR: &str = "user.llmfs.stats";
+const PROGRESS_ATTR: &str = "user.llmfs.progress";
 
 /// The daemon's live figures, if `path` is the root of an llmfs mount.
 fn live(path: &Path) -> anyhow::Result<Option<Map<String, Value>>> {
-    let Ok(Some(raw)) = xattr::get(path, LIVE_ATTR) else {
+    read_attr(path, LIVE_ATTR)
+}
+
+fn read_attr(path: &Path, attr: &str) -> anyhow::Result<Option<Map<String, Value>>> {
+    let Ok(Some(raw)) = xattr::get(path, attr) else {
         return Ok(None);
     };
     match serde_json::from_slice(&raw).context("the daemon's statistics are not JSON")? {
@@ -60,7 +65,7 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
     let start = Instant::now();
     let mut first_pending = None;
     loop {
-        let m = live(path)?.context("the mount went away")?;
+        let m = read_attr(path, PROGRESS_ATTR)?.context("the mount went away")?;
         let pending = num(&m, "pending_chunks");
         if num(&m, "compact") == 0 && pending > 0 {
             anyhow::bail!(
@@ -72,7 +77,7 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            return Ok(m);
+            return live(path)?.context("the mount went away");
         }
         let first = *first_pending.get_or_insert(pending);
         if let Some(b) = &bar {

@@ -33,10 +33,8 @@ pub const DEFAULT_COLD_AFTER: Duration = Duration::from_secs(300);
 /// A small English text coded when a store is pinned to a model profile, and decoded
 /// at every mount: a build or machine whose model computes other probabilities fails
 /// here, at mount, not at the first cold read of an archive.
-pub const CANARY_TEXT: &[u8] = b"The assistant answered the question in a few short \
-paragraphs. First, it explained what the function does and why the loop stops. Then it \
-gave an example with small numbers, and finally it listed the main points again so the \
-reader could check them.\n";
+pub const CANARY_TEXT: &[u8] = b"The assistant explained the function step by step, gave a \
+short example, and listed the main points again.\n";
 
 /// Pending records read per turn.
 const BATCH: usize = 256;
@@ -397,9 +395,12 @@ impl Core {
             .map_err(|e| e.to_string())?
             .ok_or("the store's canary frame is missing")?;
         let is_llm = frame::parse_header(&canary).is_ok_and(|h| h.codec == Codec::Llm);
+        // A decode checks the plaintext's CRC: passing it means this model computes the
+        // probabilities the store was coded with (the text itself may differ between
+        // releases).
         match tier.decode((0, 0, 0), &canary) {
-            Ok(plain) if is_llm && plain.as_slice() == CANARY_TEXT => Ok(()),
-            Ok(_) => Err("the store's canary frame decodes to other text".into()),
+            Ok(_) if is_llm => Ok(()),
+            Ok(_) => Err("the store's canary is not LLM-coded".into()),
             Err(e) => Err(format!(
                 "the store's canary frame does not decode with this build and machine ({e}): \
                  the model computes other probabilities here than where the store was written"

@@ -29,6 +29,34 @@ fn round2(x: f64) -> Value {
 }
 
 impl Core {
+    /// What `llmfs stats --wait-idle` polls: whether work is left, without walking the
+    /// store (the full statistics read every value).
+    pub fn progress(&self) -> FsResult<Map<String, Value>> {
+        let mut m = Map::new();
+        let c = self.compact_stats();
+        let busy = c.busy.as_secs_f64();
+        m.insert("pending_chunks".into(), self.store.count_pending()?.into());
+        m.insert(
+            "compact".into(),
+            u8::from(self.cfg.compact && self.tier.get().is_some()).into(),
+        );
+        m.insert(
+            "model_idle".into(),
+            u8::from(self.tier.get().is_none_or(|t| t.idle())).into(),
+        );
+        m.insert("compacted_chunks_llm".into(), c.chunks_llm.into());
+        m.insert("compacted_plain_bytes".into(), c.plain_bytes.into());
+        m.insert(
+            "compaction_bytes_per_s".into(),
+            round2(if busy > 0.0 {
+                c.plain_bytes as f64 / busy
+            } else {
+                0.0
+            }),
+        );
+        Ok(m)
+    }
+
     /// Everything `llmfs stats` reports about a mount: the store (one walk of it), the
     /// compactor, the model and the cache.
     pub fn live_stats(&self) -> FsResult<Map<String, Value>> {

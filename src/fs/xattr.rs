@@ -7,7 +7,8 @@ use crate::store::Txn;
 
 /// Attributes llmfs computes: read-only, not listed (so copies do not carry them).
 /// `user.llmfs.stored` (bytes stored), `user.llmfs.codecs` (chunks per codec) on any
-/// file, and `user.llmfs.stats` (live statistics as JSON) on the root.
+/// file, and `user.llmfs.stats` (live statistics as JSON) and `user.llmfs.progress` (what
+/// is left for the compactor, cheap to poll) on the root.
 const LLMFS_PREFIX: &[u8] = b"user.llmfs.";
 
 /// Linux's limits (XATTR_NAME_MAX, XATTR_SIZE_MAX).
@@ -165,6 +166,10 @@ impl Core {
             }
             b"stats" if ino == crate::store::ROOT_INO => {
                 let m = self.live_stats()?;
+                Ok(serde_json::Value::Object(m).to_string().into_bytes())
+            }
+            b"progress" if ino == crate::store::ROOT_INO => {
+                let m = self.progress()?;
                 Ok(serde_json::Value::Object(m).to_string().into_bytes())
             }
             _ => Err(FsError::NoAttr),
