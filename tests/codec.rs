@@ -234,11 +234,32 @@ fn the_profile_records_this_build() {
 /// cells adds exact zeros.
 #[test]
 fn the_context_length_does_not_change_the_code() {
+    context_lengths_give_one_code(4096, &[4098, 8192]);
+}
+
+/// The same at 16 KiB (about 3,700 tokens): a minute and a half of model time, so run
+/// on demand (`cargo test --release --test codec -- --ignored`); it passed on
+/// 2026-11-24.
+#[test]
+#[ignore]
+fn the_context_length_does_not_change_the_code_at_16k() {
+    context_lengths_give_one_code(16_384, &[8192]);
+}
+
+/// Encodes `len` bytes of text in contexts of exactly as many cells as it needs and of
+/// each of `others`, and checks that every code is the same.
+fn context_lengths_give_one_code(len: usize, others: &[u32]) {
     let mut text = Vec::new();
-    for i in 0..3 {
-        text.extend(common::corpus(&format!("gemma-3-270m-q4_k_m-{i:03}.md")));
+    for i in 0.. {
+        text.extend(common::corpus(&format!(
+            "gemma-3-270m-q4_k_m-{:03}.md",
+            i % 24
+        )));
+        if text.len() >= len {
+            break;
+        }
     }
-    text.truncate(4096);
+    text.truncate(len);
     let tokens = model()
         .tokenize_exact(std::str::from_utf8(&text).unwrap())
         .unwrap()
@@ -248,7 +269,7 @@ fn the_context_length_does_not_change_the_code() {
         "long enough for llama.cpp's long-KV paths: {tokens}"
     );
     let mut codes = Vec::new();
-    for n_ctx in [tokens as u32 + 2, 4098, 8192] {
+    for &n_ctx in [tokens as u32 + 2].iter().chain(others) {
         let mut coder = SegmentCoder::new(model().session_with_n_ctx(n_ctx).unwrap(), false);
         let (frame, report) = coder.encode(&text).unwrap();
         assert_eq!(report.codec, Some(Codec::Llm));

@@ -572,6 +572,9 @@ impl<R: Read> ContainerReader<R> {
     pub fn new(mut input: R) -> Result<ContainerReader<R>, ContainerError> {
         let header = Header::read(&mut input)?;
         let lens = header.read_table(&mut input)?;
+        if header.plain_len == 0 && read_up_to(&mut input, &mut [0u8])? > 0 {
+            return Err(ContainerError::BadHeader("data after an empty file".into()));
+        }
         Ok(ContainerReader {
             input,
             header,

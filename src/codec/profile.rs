@@ -52,6 +52,18 @@ pub const PROFILE_VERSION: u8 = 1;
 const MAX_BUILD_LEN: usize = 32;
 const MAX_ARCH_LEN: usize = 16;
 const MAX_NAME_LEN: usize = 64;
+/// The longest encoding: every varint at its u32 maximum, every string at its limit.
+pub const MAX_ENCODED_LEN: usize = 1
+    + 5
+    + 1
+    + (1 + MAX_BUILD_LEN)
+    + 1
+    + 5
+    + (2 + MAX_ARCH_LEN)
+    + 5
+    + 5
+    + (1 + 32)
+    + (1 + MAX_NAME_LEN);
 
 /// The `llama-cpp-sys-2` version this build links: Cargo.toml pins it with `=`, and a
 /// unit test checks that the two agree.
@@ -578,6 +590,35 @@ mod tests {
             p.differences(&s).is_empty(),
             "a short fingerprint matches its model"
         );
+    }
+
+    #[test]
+    fn encodings_are_bounded() {
+        let huge = CodecProfile {
+            coder_version: u32::MAX,
+            engine: Engine::Synthetic,
+            build: "b".repeat(100),
+            backend: Backend::Vulkan,
+            gpu_layers: u32::MAX,
+            kernels: KernelSet {
+                arch: "a".repeat(100),
+                features: u32::MAX,
+                vector_len: u32::MAX,
+            },
+            model: ModelId {
+                fingerprint: vec![7; 100],
+                name: "é".repeat(100),
+            },
+        };
+        let bytes = huge.encode();
+        assert_eq!(bytes.len(), MAX_ENCODED_LEN);
+        assert!(
+            MAX_ENCODED_LEN < 256,
+            "a container stores the length in a byte"
+        );
+        let back = CodecProfile::decode(&bytes).unwrap();
+        assert_eq!(back.model.name.len(), 64);
+        assert_eq!(back.model.fingerprint.len(), 32);
     }
 
     #[test]
