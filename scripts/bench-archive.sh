@@ -183,9 +183,18 @@ path = os.path.join(mnt, "archive.jsonl")
 ref = open(original, "rb").read()
 CHUNK = 4096
 
+def stats():
+    return json.loads(os.getxattr(mnt, "user.llmfs.stats"))
+
 def decodes():
-    s = json.loads(os.getxattr(mnt, "user.llmfs.stats"))
-    return s.get("model_decodes", 0)
+    return stats().get("model_decodes", 0)
+
+def wait_model_idle():
+    """After a read the daemon prefetches the next chunk; let it finish, so that each
+    measurement starts with the model idle (a read would cancel it within one step)."""
+    deadline = time.monotonic() + 120
+    while stats().get("model_idle", 1) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 # Even chunk indices only: after a read the daemon may prefetch the next chunk, which
 # must not be one we time later.
@@ -207,16 +216,18 @@ fd = os.open(path, os.O_RDONLY)
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 llm, other = [], []
 for idx in single:
+    wait_model_idle()
     before = decodes()
     ms = timed_read(fd, idx)
     (llm if decodes() > before else other).append(ms)
 
-# stat of files nobody looked up since the mount, while nothing else runs ...
+# stat of files nobody looked up since the mount, with the model idle ...
 names = [os.path.join(mnt, "other", f"f{i:04d}") for i in range(2000)]
 def stat_ms(p):
     t = time.perf_counter()
     os.stat(p)
     return (time.perf_counter() - t) * 1000
+wait_model_idle()
 idle_stats = [stat_ms(p) for p in names[:50]]
 
 # ... and while 4 cold reads of other chunks run at once.
@@ -369,7 +380,7 @@ lat("cold random 4 KiB read of an LLM chunk, one at a time", "cold")
 if n("cold_nomodel_n"):
     lat("cold random 4 KiB read that the model did not decode (not an LLM chunk)", "cold_nomodel")
 lat(f"4 cold reads at once, each (all done in {f('par_wall'):.0f} ms, {n('par_decoded')} model decodes)", "par")
-lat("`stat` of another file, mount idle", "stat_idle")
+lat("`stat` of another file, model idle", "stat_idle")
 lat("`stat` of another file while the 4 cold reads run", "stat_busy")
 print()
 print("### Targets")
