@@ -106,6 +106,7 @@ json_field() { python3 -c "import json,sys; print(json.loads(sys.argv[1]).get(sy
 
 # --- 1. the input and the general-purpose compressors -------------------------------
 log "input: $INPUT"
+put load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 put input "$INPUT"
 put bytes "$(stat -c %s "$INPUT")"
 put records "$(wc -l <"$INPUT")"
@@ -311,7 +312,7 @@ size = n("bytes")
 print()
 print(f"## Archive benchmark, {r['date']}")
 print()
-print(f"Machine: {r['cpu']}, {r['cpus']} CPUs, {r['mem_gib']} GiB; load average at the end {r['load']}. "
+print(f"Machine: {r['cpu']}, {r['cpus']} CPUs, {r['mem_gib']} GiB; load average {r['load_start']} at the start, {r['load']} at the end. "
       f"Commit {r['commit']}. Mount options: `{r['opts']}`.")
 print(f"Input: `{r['input']}`, {size:,} bytes, {n('records'):,} JSONL records, "
       "appended to one file through the mount, one write per record.")
