@@ -22,7 +22,10 @@
 #
 # Time: the model codes about 450 bytes/s on 2 free cores, and both the compactor (with
 # its verification) and `llmfs bench` encode and decode the whole log: about 45 minutes
-# each for 600K. Run it in the background.
+# each for 600K. Run it in the background, on a machine where no other llama.cpp process
+# runs: two-thread OpenMP teams busy-wait at every barrier, and a niced mount with
+# llm_threads=2 next to another model process compacted at 3 bytes/s here (160x slower);
+# with BENCH_THREADS=1 it kept 39 bytes/s.
 #
 # Environment: BENCH_LOG (input; default: scripts/gen-log.sh's cached 600K log),
 # BENCH_THREADS (llama.cpp threads of the mount and of llmfs bench, 2), BENCH_COLD_READS
