@@ -338,7 +338,7 @@ rows = [
     ("zstd -19", n("zstd")),
 ]
 for label, b in rows:
-    print(f"| {label} | {b:,} | {ratio(size, b):.2f}x |")
+    print(f"| {label} | {b:,} | {f'{size / b:.2f}x' if b > 0 else '-'} |")
 bench_ratio = f("bench_ratio")
 if bench_ratio:
     print(f"| `llmfs bench` on {n('bench_input_bytes'):,} bytes of the same log (its container) | - | {bench_ratio:.2f}x |")
@@ -387,7 +387,7 @@ def lat(label, key):
 lat("cold random 4 KiB read of an LLM chunk, one at a time", "cold")
 if n("cold_nomodel_n"):
     lat("cold random 4 KiB read that the model did not decode (not an LLM chunk)", "cold_nomodel")
-lat(f"4 cold reads at once, each (all done in {f('par_wall'):.0f} ms, {n('par_decoded')} model decodes)", "par")
+lat(f"4 cold reads at once, each (all done in {ms(f('par_wall'))}, {n('par_decoded')} model decodes)", "par")
 lat("`stat` of another file, model idle", "stat_idle")
 lat("`stat` of another file while the 4 cold reads run", "stat_busy")
 print()
@@ -399,7 +399,8 @@ if bench_ratio and n("file_stored"):
     mine = ratio(size, n("file_stored"))
     d = 100 * (mine / bench_ratio - 1)
     print(f"- Stored ratio within 5% of `llmfs bench`: {mine:.2f}x vs {bench_ratio:.2f}x ({d:+.1f}%): {verdict(abs(d) <= 5)}.")
-print(f"- Bytes on disk added by the archive at most 1/8 of its logical bytes: {added:,} = 1/{ratio(size, added):.1f}: {verdict(added * 8 <= size)}.")
+share = f"1/{size / added:.1f} of them" if added > 0 else "it fit in pages the empty store already had"
+print(f"- Bytes on disk added by the archive at most 1/8 of its logical bytes: {added:,}, {share}: {verdict(added * 8 <= size)}.")
 if llama_bps:
     share = 100 * ratio(busy_bps, llama_bps)
     print(f"- Compaction (with verification, busy time) at least 45% of llama.cpp's speed: {share:.1f}%: {verdict(share >= 45)}.")
