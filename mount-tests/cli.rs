@@ -1,6 +1,6 @@
 //! The daemon as a command: option parsing, signals, the mount.fuse3 argument form.
 
-use crate::harness::{is_mounted, llmfs_bin, Mount};
+use crate::harness::{is_mounted, llmfs_bin, text_record, Mount};
 use std::fs::{self, File};
 use std::io::Write;
 use std::process::Command;
@@ -325,4 +325,41 @@ fn fsck_passes_what_the_daemon_wrote_and_names_planted_damage() {
         Some(libc::EIO),
         "the damaged chunk: {err}"
     );
+}
+
+/// A database page damaged beneath the store's records (a B-tree leaf whose header
+/// claims more cells than fit) is found by fsck's database check and reported as
+/// damage (exit 1), naming the file as damaged, not taken for a clean store.
+#[test]
+fn fsck_finds_a_damaged_database_page() {
+    let mut m = Mount::new();
+    for i in 0..200 {
+        fs::write(m.path(&format!("f{i}")), text_record(i).repeat(3)).unwrap();
+    }
+    m.stop();
+    let db = m.store.join("llmfs.db");
+    let mut bytes = fs::read(&db).unwrap();
+    let page = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+        1 => 65536,
+        n => n as usize,
+    };
+    // Page 1 starts with the 100-byte file header; a table leaf page's first byte is 13.
+    let leaf = (1..bytes.len() / page)
+        .find(|p| bytes[p * page] == 13)
+        .expect("a table leaf page");
+    bytes[leaf * page + 3..leaf * page + 5].copy_from_slice(&[0xff, 0xff]);
+    fs::write(&db, &bytes).unwrap();
+    let out = Command::new(llmfs_bin())
+        .arg("fsck")
+        .arg(&m.store)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("the database file is damaged"), "{text}");
+    assert!(text.contains("NOT clean"), "{text}");
 }

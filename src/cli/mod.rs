@@ -26,7 +26,8 @@ struct Cli {
 enum Command {
     /// Mount a store (created on first use) at MOUNTPOINT, in the foreground.
     Mount(mount::MountArgs),
-    /// Print what an unmounted store holds: logical bytes, chunk bytes per codec, disk use.
+    /// What a store holds, live from the daemon for a mount point or read from an
+    /// unmounted store: logical bytes, chunk bytes per codec, disk use, compaction.
     Stats(stats::StatsArgs),
     /// Check an unmounted store's consistency; with --repair, fix what can be proven.
     #[command(after_help = fsck::EXIT_HELP)]

@@ -413,6 +413,11 @@ impl Store {
         Ok(self.writes.run(|| self.engine.sync())?)
     }
 
+    /// The database engine's own consistency check; one line per problem.
+    pub(crate) fn engine_integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.engine.integrity_check()?)
+    }
+
     /// How long writes have been in flight without any of them finishing.
     pub fn write_stall(&self) -> Duration {
         self.writes.stalled_for()

@@ -128,6 +128,12 @@ pub trait Engine: Send + Sync {
         Ok(false)
     }
 
+    /// The database's own consistency check (its pages, B-trees and indexes), beneath
+    /// the store's records: one line per problem found, none when it is sound.
+    fn integrity_check(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+
     /// Leaves the database compact and self-contained before the daemon exits (folds a
     /// journal into the main file); everything must be durable already.
     fn close(&self) -> Result<(), EngineError> {

@@ -569,6 +569,26 @@ impl Engine for SqliteEngine {
         Ok(false)
     }
 
+    fn integrity_check(&self) -> Result<Vec<String>, EngineError> {
+        // At most 100 messages: a badly damaged file would otherwise list every page.
+        let c = self.writer.lock();
+        let mut stmt = c
+            .prepare("PRAGMA integrity_check(100)")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        // A row may hold several lines, under a "*** in database main ***" heading.
+        Ok(rows
+            .iter()
+            .flat_map(|r| r.lines())
+            .filter(|l| *l != "ok" && !l.starts_with("***"))
+            .map(str::to_owned)
+            .collect())
+    }
+
     fn close(&self) -> Result<(), EngineError> {
         self.writer
             .lock()

@@ -73,6 +73,8 @@ impl Severity {
 /// What a problem is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProblemKind {
+    /// The database file itself (SQLite's `integrity_check`).
+    Database,
     /// The superblock or another `meta` record.
     Meta,
     /// `next_ino` not above every inode number in the store.
@@ -119,6 +121,7 @@ pub enum ProblemKind {
 impl ProblemKind {
     pub fn name(self) -> &'static str {
         match self {
+            ProblemKind::Database => "database",
             ProblemKind::Meta => "meta",
             ProblemKind::NextIno => "next_ino",
             ProblemKind::Profile => "profile",
@@ -428,6 +431,37 @@ impl<'s> Checker<'s> {
         self.problems.push(p);
     }
 
+    /// The engine's own check: a damaged page or index can hide records from every
+    /// check above it, so it is reported first, and never repaired here.
+    fn check_database(&mut self) -> Result<(), StoreError> {
+        const SHOWN: usize = 8;
+        let lines = match self.store.engine_integrity_check() {
+            Ok(lines) => lines,
+            // Damage bad enough to stop the check itself is its finding.
+            Err(StoreError::Engine(super::engine::EngineError::Corrupt { why, .. })) => {
+                vec![why]
+            }
+            Err(e) => return Err(e),
+        };
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let more = match lines.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(" (and {n} more)"),
+        };
+        self.add(Problem::error(
+            ProblemKind::Database,
+            None,
+            format!(
+                "the database file is damaged: {}{more}; copy what still reads off a mount, \
+                 or restore the store from a backup",
+                lines[..lines.len().min(SHOWN)].join("; ")
+            ),
+        ));
+        Ok(())
+    }
+
     fn rec(&self, ino: u64) -> Option<Record> {
         self.nodes.get(&ino).and_then(|n| n.rec)
     }
@@ -495,12 +529,26 @@ impl Store {
             counts: CheckCounts::default(),
             problems: Vec::new(),
         };
-        c.check_namespace(progress)?;
-        c.check_data(progress)?;
-        c.check_next_ino();
-        c.check_profile_pinned();
-        if opts.verify {
-            c.verify(llm, progress)?;
+        c.check_database()?;
+        let damaged = !c.problems.is_empty();
+        let walked = c.check_namespace(progress).and_then(|()| {
+            c.check_data(progress)?;
+            c.check_next_ino();
+            c.check_profile_pinned();
+            if opts.verify {
+                c.verify(llm, progress)?;
+            }
+            Ok(())
+        });
+        match walked {
+            Ok(()) => {}
+            // What the engine's check already named stops the walk: report both.
+            Err(e) if damaged => c.add(Problem::error(
+                ProblemKind::Database,
+                None,
+                format!("the check of the records stopped at the damage: {e}"),
+            )),
+            Err(e) => return Err(e),
         }
         Ok(c.finish(opts.verify))
     }
