@@ -96,7 +96,7 @@ cargo_tests() {
     require_fuse
     # The mount tests' own watchdog aborts a hung mount after 300 s per test; this bounds
     # everything else (a hung build script, a test outside mount-tests).
-    timeout --kill-after=30 2400 cargo test --release --no-fail-fast -- --test-threads=2
+    timeout --kill-after=30 3600 cargo test --release --no-fail-fast -- --test-threads=2
 }
 
 # pjdfstest twice: with default_permissions the kernel checks modes, without it llmfs's

@@ -612,10 +612,12 @@ mod tests {
         };
         let bytes = huge.encode();
         assert_eq!(bytes.len(), MAX_ENCODED_LEN);
-        assert!(
-            MAX_ENCODED_LEN < 256,
-            "a container stores the length in a byte"
-        );
+        const {
+            assert!(
+                MAX_ENCODED_LEN < 256,
+                "a container stores the length in a byte"
+            )
+        };
         let back = CodecProfile::decode(&bytes).unwrap();
         assert_eq!(back.model.name.len(), 64);
         assert_eq!(back.model.fingerprint.len(), 32);
