@@ -363,3 +363,14 @@ fn fsck_finds_a_damaged_database_page() {
     assert!(text.contains("the database file is damaged"), "{text}");
     assert!(text.contains("NOT clean"), "{text}");
 }
+
+/// The daemon runs with OpenMP threads that sleep at barriers: it restarts itself with
+/// OMP_WAIT_POLICY=passive (same pid), the harness's environment not naming one.
+#[test]
+fn the_daemon_runs_with_passive_openmp_threads() {
+    let environ = |m: &Mount| fs::read(format!("/proc/{}/environ", m.pid())).unwrap();
+    let has = |env: &[u8], var: &[u8]| env.split(|b| *b == 0).any(|v| v == var);
+    let m = Mount::new();
+    assert!(has(&environ(&m), b"OMP_WAIT_POLICY=passive"));
+    assert!(m.is_mounted());
+}

@@ -79,7 +79,10 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Mount(args) => match mount::parse(args) {
-            Ok(cfg) => mount::run(cfg),
+            Ok(cfg) => {
+                mount::reexec_with_passive_openmp();
+                mount::run(cfg)
+            }
             Err(usage) => {
                 eprintln!("llmfs: usage error: {usage}");
                 return 2;

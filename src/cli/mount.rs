@@ -297,6 +297,33 @@ fn need<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> {
     v.ok_or_else(|| UsageError(format!("mount option '{key}' needs a value")))
 }
 
+/// Starts the daemon again, the same way, with `OMP_WAIT_POLICY=passive` unless the
+/// environment already says how OpenMP threads wait. libgomp reads it once, when it is
+/// loaded, before `main`, so setting it here needs a new image.
+///
+/// Why: llama.cpp's CPU threads meet at an OpenMP barrier after every graph node, and by
+/// default they spin there. A daemon shares its machine (with the service whose logs it
+/// stores), and spinning threads next to a busy process stall each other. Measured on
+/// 2 cores, `compress --threads 2` of 4 KiB: 17.4 s alone, 54.1 s next to one busy
+/// process; passive, 19.3 s alone and 34.1 s next to it (1 thread: 24.8 s and 21.1 s).
+pub fn reexec_with_passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "OMP_WAIT_POLICY";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let (Some(arg0), Ok(exe)) = (args.next(), std::env::current_exe()) else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .arg0(arg0)
+        .args(args)
+        .env(VAR, "passive")
+        .exec();
+    log::warn!("could not restart with {VAR}=passive ({err}): model threads will spin");
+}
+
 /// One glibc malloc arena instead of one per request thread. Measured: after 512 MiB
 /// written to a never-closed file (dirty_limit=32M, cache_size=32M, 4 threads) the
 /// daemon's peak RSS was 800 MiB with the default arenas, 500 MiB with 2, 270 MiB with
