@@ -58,9 +58,12 @@ zs=$(zstd -19 -qc "$work/all" | wc -c)
 echo
 echo "| the sample logs ($logical bytes) | bytes | ratio |"
 echo "| --- | ---: | ---: |"
-for row in "gzip -9:$gz" "xz -9:$xz" "zstd -19:$zs" "llmfs, LLM-coded frames:$stored" "llmfs, on disk (store added):$((disk - empty))"; do
+for row in "gzip -9:$gz" "xz -9:$xz" "zstd -19:$zs" "llmfs, LLM-coded frames:$stored" \
+    "llmfs, the whole store on disk (du; $empty bytes when empty):$disk"; do
     awk -v n="${row%%:*}" -v s="${row##*:}" -v r="$logical" 'BEGIN { printf "| %s | %d | %.2fx |\n", n, s, r / s }'
 done
+echo
+echo "The archive grew the store by $((disk - empty)) bytes on disk (an empty store has free pages)."
 echo
 for f in "$mnt"/logs/*; do
     printf '%s: %s\n' "$(basename "$f")" "$(python3 -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.llmfs.codecs').decode())" "$f")"
