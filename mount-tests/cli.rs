@@ -223,6 +223,22 @@ fn store_of_unknown_format_version_is_refused() {
     );
 }
 
+/// `llmfs fsck ARGS STORE` on the mount's (stopped) store: exit status, stdout + stderr.
+fn run_fsck(args: &[&str], m: &Mount) -> (Option<i32>, String) {
+    let out = Command::new(llmfs_bin())
+        .arg("fsck")
+        .args(args)
+        .arg(&m.store)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 /// `llmfs fsck` on a store the daemon wrote: refused while mounted, clean once unmounted
 /// (with --verify too); damage planted offline through the store API is named, the
 /// repairable part repaired, and the store still mounts.
@@ -232,20 +248,6 @@ fn fsck_passes_what_the_daemon_wrote_and_names_planted_damage() {
     use llmfs::store::{OpenOptions, Store, Txn, ROOT_INO};
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
-    let fsck = |args: &[&str], m: &Mount| {
-        let out = Command::new(llmfs_bin())
-            .arg("fsck")
-            .args(args)
-            .arg(&m.store)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
-    };
     let mut m = Mount::new();
     fs::create_dir(m.path("dir")).unwrap();
     fs::write(
@@ -256,15 +258,15 @@ fn fsck_passes_what_the_daemon_wrote_and_names_planted_damage() {
     fs::write(m.path("small"), b"x").unwrap();
     fs::hard_link(m.path("small"), m.path("dir/again")).unwrap();
     std::os::unix::fs::symlink("small", m.path("link")).unwrap();
-    let (code, text) = fsck(&[], &m);
+    let (code, text) = run_fsck(&[], &m);
     assert_eq!(code, Some(8), "a mounted store is refused:\n{text}");
     assert!(text.contains("in use"), "{text}");
     m.stop();
 
-    let (code, text) = fsck(&[], &m);
+    let (code, text) = run_fsck(&[], &m);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("the store is clean"), "{text}");
-    let (code, text) = fsck(&["--verify", "--json"], &m);
+    let (code, text) = run_fsck(&["--verify", "--json"], &m);
     assert_eq!(code, Some(0), "{text}");
     let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(v["clean"], true, "{text}");
@@ -293,7 +295,7 @@ fn fsck_passes_what_the_daemon_wrote_and_names_planted_damage() {
         s.sync().unwrap();
         notes
     };
-    let (code, text) = fsck(&[], &m);
+    let (code, text) = run_fsck(&[], &m);
     assert_eq!(code, Some(1), "{text}");
     let named = format!("inode {notes} (/dir/notes.txt)");
     assert!(
@@ -306,10 +308,10 @@ fn fsck_passes_what_the_daemon_wrote_and_names_planted_damage() {
         text.contains(&format!("{named}: the link count is 3")) && text.contains("[repairable]"),
         "{text}"
     );
-    let (code, text) = fsck(&["--repair"], &m);
+    let (code, text) = run_fsck(&["--repair"], &m);
     assert_eq!(code, Some(1), "the damaged frame remains:\n{text}");
     assert!(text.contains("repaired 1 problems"), "{text}");
-    let (code, text) = fsck(&[], &m);
+    let (code, text) = run_fsck(&[], &m);
     assert_eq!(code, Some(1), "{text}");
     assert!(!text.contains("link count"), "{text}");
 
@@ -349,17 +351,8 @@ fn fsck_finds_a_damaged_database_page() {
         .expect("a table leaf page");
     bytes[leaf * page + 3..leaf * page + 5].copy_from_slice(&[0xff, 0xff]);
     fs::write(&db, &bytes).unwrap();
-    let out = Command::new(llmfs_bin())
-        .arg("fsck")
-        .arg(&m.store)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = run_fsck(&[], &m);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("the database file is damaged"), "{text}");
     assert!(text.contains("NOT clean"), "{text}");
 }

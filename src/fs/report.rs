@@ -28,6 +28,15 @@ fn round2(x: f64) -> Value {
     ((x * 100.0).round() / 100.0).into()
 }
 
+/// The compactor's speed over its busy time (0 before it has worked).
+fn bytes_per_s(bytes: u64, busy_s: f64) -> Value {
+    round2(if busy_s > 0.0 {
+        bytes as f64 / busy_s
+    } else {
+        0.0
+    })
+}
+
 impl Core {
     /// What `llmfs stats --wait-idle` polls: whether work is left, without walking the
     /// store (the full statistics read every value).
@@ -48,11 +57,7 @@ impl Core {
         m.insert("compacted_plain_bytes".into(), c.plain_bytes.into());
         m.insert(
             "compaction_bytes_per_s".into(),
-            round2(if busy > 0.0 {
-                c.plain_bytes as f64 / busy
-            } else {
-                0.0
-            }),
+            bytes_per_s(c.plain_bytes, busy),
         );
         Ok(m)
     }
@@ -79,11 +84,7 @@ impl Core {
         m.insert("compaction_busy_s".into(), round2(busy));
         m.insert(
             "compaction_bytes_per_s".into(),
-            round2(if busy > 0.0 {
-                c.plain_bytes as f64 / busy
-            } else {
-                0.0
-            }),
+            bytes_per_s(c.plain_bytes, busy),
         );
         let t = self.tier.get().map(|t| (t.stats(), t.idle()));
         let (ts, idle) = t.unwrap_or_default();
