@@ -77,7 +77,12 @@ fn model_decoder(args: &FsckArgs, store: &Store) -> anyhow::Result<Option<ModelD
 }
 
 pub fn run(args: FsckArgs) -> i32 {
-    let store = match Store::open(&args.store, &OpenOptions::default()) {
+    // Without --repair nothing in the store's files changes: no checkpoint, no upgrade.
+    let opts = OpenOptions {
+        create: None,
+        read_only: !args.repair,
+    };
+    let store = match Store::open(&args.store, &opts) {
         Ok(s) => s,
         Err(e) => return cannot_check(&args, "opening it", &e),
     };

@@ -160,6 +160,7 @@ impl Core {
     pub fn load(path: &Path, cfg: CoreConfig) -> Result<Core, StoreError> {
         let opts = OpenOptions {
             create: (!cfg.read_only).then(|| cfg.create.clone()),
+            read_only: false,
         };
         let mut core = Core::with_store(Store::open(path, &opts)?, cfg)?;
         core.store_dir = Some(path.to_path_buf());
@@ -170,6 +171,7 @@ impl Core {
     pub fn with_engine(engine: Arc<dyn Engine>, cfg: CoreConfig) -> Result<Core, StoreError> {
         let opts = OpenOptions {
             create: Some(cfg.create.clone()),
+            read_only: false,
         };
         Core::with_store(Store::open_engine(engine, &opts)?, cfg)
     }

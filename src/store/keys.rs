@@ -70,6 +70,31 @@ pub fn chunk_of(key: &[u8]) -> Option<(u64, u64)> {
     Some((u64_at(key, 0)?, u64_at(key, 8)?))
 }
 
+/// A record of `table` named for a person: "inode 42", "the name "notes" in directory 1",
+/// "chunk 3 of inode 42", for messages about damage.
+pub fn describe(table: super::engine::Table, key: &[u8]) -> String {
+    use super::engine::Table;
+    let name = |k: &[u8]| String::from_utf8_lossy(name_of(k)).into_owned();
+    let ino = u64_at(key, 0);
+    match (table, ino, chunk_of(key)) {
+        (Table::Meta, _, _) => format!("the store's {:?} record", String::from_utf8_lossy(key)),
+        (Table::Inode, Some(i), _) => format!("inode {i}'s record"),
+        (Table::Dirent, Some(i), _) => {
+            format!("the directory entry {:?} in directory {i}", name(key))
+        }
+        (Table::Xattr, Some(i), _) => {
+            format!("the extended attribute {:?} of inode {i}", name(key))
+        }
+        (Table::Chunk, _, Some((i, c))) => format!("chunk {c} of inode {i}"),
+        (Table::Extent, _, Some((i, c))) => format!("the extent from chunk {c} of inode {i}"),
+        (Table::Pending, _, Some((i, c))) => {
+            format!("the compaction record of chunk {c} of inode {i}")
+        }
+        (Table::Orphan, Some(i), _) => format!("the deletion record of inode {i}"),
+        (t, _, _) => format!("a {} record with a malformed key", t.name()),
+    }
+}
+
 /// The smallest key after every key that starts with `prefix` (`None`: no such key).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();

@@ -42,13 +42,17 @@ pub mod extent;
 pub mod fsck;
 pub mod keys;
 pub mod records;
+pub mod seal;
 pub mod stats;
 pub mod txn;
 
 use engine::{Engine, EngineError, Table};
 use extent::{Extent, ExtentChunk};
 use parking_lot::Mutex;
-use records::{decode_dirent, HotChunk, Inode, Kind, Pending, Superblock, Time, FORMAT_VERSION};
+use records::{
+    decode_dirent, HotChunk, Inode, Kind, Pending, Superblock, Time, FORMAT_VERSION, OLDEST_FORMAT,
+};
+use seal::Sealed;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -73,8 +77,8 @@ pub enum StoreError {
     #[error("the store is damaged: {0}")]
     Corrupt(String),
     #[error(
-        "store format version {0} is not supported (this build reads version {FORMAT_VERSION}); \
-         use the llmfs release that wrote it"
+        "store format version {0} is not supported (this build reads versions {OLDEST_FORMAT} to \
+         {FORMAT_VERSION}); use the llmfs release that wrote it"
     )]
     UnsupportedVersion(u32),
     #[error(
@@ -107,6 +111,9 @@ impl From<EngineError> for StoreError {
 pub struct OpenOptions {
     /// Create a store when the directory is missing or empty (never otherwise).
     pub create: Option<CreateOptions>,
+    /// Change nothing in the store's files (`llmfs stats` and `fsck` without `--repair`):
+    /// no checkpoint, no upgrade, no commit; writes fail.
+    pub read_only: bool,
 }
 
 /// Options that only matter when a store is created.
@@ -145,7 +152,7 @@ pub struct PendingChunk {
 }
 
 pub struct Store {
-    engine: Arc<dyn Engine>,
+    engine: Sealed,
     superblock: Superblock,
     /// (next inode number to hand out, first number not yet reserved in the store)
     inos: Mutex<(u64, u64)>,
@@ -265,16 +272,22 @@ impl Store {
         match inspect(dir)? {
             DirState::Ours => {
                 // A damaged file must be reported as such, even if the database panics.
-                let opened =
-                    std::panic::catch_unwind(|| engine::product::open(dir)).map_err(|_| {
+                let read_only = opts.read_only;
+                let opened = std::panic::catch_unwind(|| engine::product::open(dir, read_only))
+                    .map_err(|_| {
                         StoreError::Corrupt(format!(
                             "the database in {} made its engine panic on open; `llmfs fsck` \
                              can tell what is left",
                             dir.display()
                         ))
                     })?;
-                Store::open_engine(opened?, &OpenOptions::default())
+                let opts = OpenOptions {
+                    create: None,
+                    read_only,
+                };
+                Store::open_engine(opened?, &opts)
             }
+            DirState::Empty if opts.read_only => Err(StoreError::Missing(dir.to_path_buf())),
             DirState::Empty => {
                 let Some(create) = &opts.create else {
                     return Err(StoreError::Missing(dir.to_path_buf()));
@@ -321,43 +334,74 @@ impl Store {
             (ROOT_INO + 1).to_be_bytes().to_vec(),
         );
         t.put_inode(ROOT_INO, &root);
-        engine.commit(&t.into_ops(), true)?;
+        engine.commit(&seal::seal_ops(&t.into_ops()), true)?;
         Ok(())
     }
 
     /// Opens a store on an engine; an empty engine is initialised when `opts.create`
-    /// says so (tests), otherwise it is refused as damaged.
+    /// says so (tests), otherwise it is refused as damaged. A store of format 2 is
+    /// upgraded to sealed records here, unless `opts.read_only`.
     pub fn open_engine(engine: Arc<dyn Engine>, opts: &OpenOptions) -> Result<Store, StoreError> {
-        let sb =
-            match engine.get(Table::Meta, keys::SUPERBLOCK)? {
-                Some(b) => Superblock::decode(&b)?,
-                None => {
-                    let mut empty = true;
-                    for t in Table::ALL {
-                        engine.scan(t, &[], None, &mut |_, _| {
-                            empty = false;
-                            false
-                        })?;
-                    }
-                    match &opts.create {
-                        Some(c) if empty => {
-                            Store::init(engine.as_ref(), c)?;
-                            return Store::open_engine(engine, &OpenOptions::default());
-                        }
-                        _ => return Err(StoreError::Corrupt(
-                            "the database has no superblock (its first record): it is damaged, \
-                             not empty; `llmfs fsck` can tell what is left"
-                                .into(),
-                        )),
-                    }
+        let Some(raw) = engine.get(Table::Meta, keys::SUPERBLOCK)? else {
+            let mut empty = true;
+            for t in Table::ALL {
+                engine.scan(t, &[], None, &mut |_, _| {
+                    empty = false;
+                    false
+                })?;
+            }
+            return match &opts.create {
+                Some(c) if empty && !opts.read_only => {
+                    Store::init(engine.as_ref(), c)?;
+                    Store::open_engine(engine, &OpenOptions::default())
                 }
+                _ => Err(StoreError::Corrupt(
+                    "the database has no superblock (its first record): it is damaged, not \
+                     empty; `llmfs fsck` can tell what is left"
+                        .into(),
+                )),
             };
+        };
+        let (sb, mode) = match seal::unseal(Table::Meta, keys::SUPERBLOCK, &raw) {
+            Ok(v) => (Superblock::decode(v)?, seal::Mode::Strict),
+            Err(why) => match Superblock::decode(&raw) {
+                // Written before records had checksums.
+                Ok(sb) if sb.format_version == 2 => {
+                    let sealed_through = seal::upgrade_cursor(engine.as_ref())?;
+                    (sb, seal::Mode::Legacy { sealed_through })
+                }
+                Ok(sb) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "the superblock of a format {} store {why}",
+                        sb.format_version
+                    )))
+                }
+                Err(_) => return Err(StoreError::Corrupt(format!("superblock: {why}"))),
+            },
+        };
+        if (sb.format_version == FORMAT_VERSION) != (mode == seal::Mode::Strict) {
+            return Err(StoreError::Corrupt(format!(
+                "the superblock says format {} but its record is {}sealed",
+                sb.format_version,
+                if mode == seal::Mode::Strict {
+                    ""
+                } else {
+                    "not "
+                }
+            )));
+        }
         if !(512..=(1 << 24)).contains(&sb.chunk_size) {
             return Err(StoreError::Corrupt(format!(
                 "chunk size {} out of range",
                 sb.chunk_size
             )));
         }
+        let (sb, mode) = if mode != seal::Mode::Strict && !opts.read_only {
+            (Store::upgrade(engine.as_ref(), sb)?, seal::Mode::Strict)
+        } else {
+            (sb, mode)
+        };
+        let engine = Sealed::new(engine, mode);
         let next = match engine.get(Table::Meta, keys::NEXT_INO)? {
             Some(b) => keys::u64_at(&b, 0)
                 .ok_or_else(|| StoreError::Corrupt("next_ino record malformed".into()))?,
@@ -369,6 +413,41 @@ impl Store {
             inos: Mutex::new((next, next)),
             writes: WriteProgress::default(),
         })
+    }
+
+    /// Seals every record of a format 2 store (resuming an interrupted upgrade), then
+    /// writes the format 3 superblock, durably.
+    fn upgrade(engine: &dyn Engine, sb: Superblock) -> Result<Superblock, StoreError> {
+        log::info!("upgrading the store from format 2 to 3: a checksum on every record");
+        let started = std::time::Instant::now();
+        let mut last_log = started;
+        let sealed = seal::migrate(engine, &[keys::SUPERBLOCK], &mut |n| {
+            if last_log.elapsed() > Duration::from_secs(10) {
+                log::info!("upgrade: {n} records sealed");
+                last_log = std::time::Instant::now();
+            }
+        })?;
+        let sb = Superblock {
+            format_version: FORMAT_VERSION,
+            ..sb
+        };
+        let mut ops = seal::finish_migration_ops();
+        ops.push(engine::RawOp::Put(
+            Table::Meta,
+            keys::SUPERBLOCK.to_vec(),
+            seal::seal(Table::Meta, keys::SUPERBLOCK, &sb.encode()),
+        ));
+        engine.commit(&ops, true)?;
+        log::info!(
+            "upgraded the store to format 3: {sealed} records sealed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(sb)
+    }
+
+    /// Whether the store is of an older format that a read-write open would upgrade.
+    pub fn needs_upgrade(&self) -> bool {
+        *self.engine.mode() != seal::Mode::Strict
     }
 
     pub fn superblock(&self) -> &Superblock {

@@ -6,8 +6,11 @@ use crate::frame::varint;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Version of the store layout as a whole; a store of another version is refused.
-/// Version 1 was the sled store of llmfs 0.1.0.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 1 was the sled store of llmfs 0.1.0; version 2 the SQLite store without
+/// record checksums, which the first read-write open upgrades to 3 ([`super::seal`]).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format this release reads (and upgrades).
+pub const OLDEST_FORMAT: u32 = 2;
 const SUPER_MAGIC: &[u8; 6] = b"LLMFS\0";
 const INODE_VERSION: u8 = 2;
 
@@ -37,7 +40,7 @@ impl Superblock {
         }
         let mut r = Reader { b, pos: 6 };
         let format_version = r.u32().ok_or_else(|| bad("truncated"))?;
-        if format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&format_version) {
             return Err(StoreError::UnsupportedVersion(format_version));
         }
         let chunk_size = r.u32().ok_or_else(|| bad("truncated"))?;

@@ -1,6 +1,6 @@
 //! Statistics of a store: what it holds, in which codec, against what it costs on disk.
 
-use super::engine::Table;
+use super::engine::{Engine, Table};
 use super::extent::Extent;
 use super::records::{HotChunk, Inode, Kind};
 use super::{Store, StoreError};
@@ -174,9 +174,13 @@ pub fn disk_usage(path: &Path) -> u64 {
     total
 }
 
-/// Statistics of the (unmounted) store in `dir`.
+/// Statistics of the (unmounted) store in `dir`, read without changing anything in it.
 pub fn collect(dir: &Path) -> Result<StoreStats, StoreError> {
-    let store = Store::open(dir, &super::OpenOptions::default())?;
+    let opts = super::OpenOptions {
+        create: None,
+        read_only: true,
+    };
+    let store = Store::open(dir, &opts)?;
     let mut st = store.stats()?;
     drop(store);
     st.disk_bytes = disk_usage(dir);
@@ -194,6 +198,7 @@ mod tests {
     fn counts_frames_by_codec_hot_and_settled() {
         let opts = OpenOptions {
             create: Some(CreateOptions { chunk_size: 4096 }),
+            read_only: false,
         };
         let s = Store::open_engine(MemoryEngine::new(), &opts).unwrap();
         let text = b"hello hello hello hello hello hello".repeat(20);

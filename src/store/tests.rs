@@ -3,11 +3,13 @@
 
 use super::engine::memory::MemoryEngine;
 use super::*;
+use crate::store::seal::PlantSealed;
 
 fn store() -> (Arc<MemoryEngine>, Store) {
     let e = MemoryEngine::new();
     let opts = OpenOptions {
         create: Some(CreateOptions { chunk_size: 4096 }),
+        read_only: false,
     };
     let s = Store::open_engine(e.clone(), &opts).unwrap();
     (e, s)
@@ -59,7 +61,7 @@ fn check_invariants(e: &MemoryEngine, s: &Store) {
     }
     for k in e.raw_keys(Table::Extent) {
         let (ino, first) = keys::chunk_of(&k).unwrap();
-        let x = Extent::decode(&e.raw_get(Table::Extent, &k).unwrap()).unwrap();
+        let x = Extent::decode(&e.get_unsealed(Table::Extent, &k).unwrap()).unwrap();
         assert_eq!(x.first(), Some(first), "extent keyed by its first chunk");
         assert!(x.len() == 1 || x.encoded_len() <= 2 * 2048);
         for c in x.chunks() {
@@ -262,6 +264,7 @@ fn a_database_without_superblock_is_damaged_not_new() {
     e.raw_put(Table::Inode, &keys::ino(1), b"x");
     let opts = OpenOptions {
         create: Some(CreateOptions { chunk_size: 4096 }),
+        read_only: false,
     };
     let err = Store::open_engine(e.clone(), &opts).err().unwrap();
     assert!(err.to_string().contains("damaged"), "{err}");
@@ -278,7 +281,7 @@ fn unknown_format_version_is_refused() {
         format_version: 42,
         ..s.superblock().clone()
     };
-    e.raw_put(Table::Meta, keys::SUPERBLOCK, &sb.encode());
+    e.put_sealed(Table::Meta, keys::SUPERBLOCK, &sb.encode());
     let err = Store::open_engine(e, &OpenOptions::default())
         .err()
         .unwrap();
@@ -301,6 +304,7 @@ fn store_directories_are_judged_before_anything_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let opts = OpenOptions {
         create: Some(CreateOptions { chunk_size: 4096 }),
+        read_only: false,
     };
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
@@ -323,4 +327,81 @@ fn store_directories_are_judged_before_anything_is_created() {
     drop(s);
     let s = Store::open(&missing, &OpenOptions::default()).unwrap();
     assert!(s.inode(ROOT_INO).unwrap().unwrap().is_dir());
+}
+
+/// Every file of the store directory and its bytes, to show that nothing changed.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A copy of a store written by an earlier release (tests/fixtures).
+fn fixture_store(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .join("llmfs.db");
+    std::fs::copy(src, store.join("llmfs.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn a_format_2_store_reads_unchanged_read_only_and_is_sealed_by_a_writable_open() {
+    let (_d, dir) = fixture_store("store-v2-synthetic");
+    let before = snapshot(&dir);
+    let ro = OpenOptions {
+        create: None,
+        read_only: true,
+    };
+    let s = Store::open(&dir, &ro).unwrap();
+    assert!(s.needs_upgrade());
+    assert_eq!(s.superblock().format_version, 2);
+    let (ino, _) = s.lookup(ROOT_INO, b"log.jsonl").unwrap().unwrap();
+    assert_eq!(s.inode(ino).unwrap().unwrap().size, 6000);
+    assert_eq!(s.chunks_in(ino, 0, u64::MAX).unwrap().len(), 2);
+    let report = s.check(&Default::default(), None, &mut |_| {}).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let mut t = Txn::new();
+    t.mark_orphan(ino);
+    assert!(s.commit(t).is_err(), "a read-only store takes no write");
+    drop(s);
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "a read-only open changed the store's files"
+    );
+
+    let s = Store::open(&dir, &OpenOptions::default()).unwrap();
+    assert!(!s.needs_upgrade());
+    assert_eq!(s.superblock().format_version, FORMAT_VERSION);
+    // Every record underneath is sealed now.
+    for t in Table::ALL {
+        s.engine
+            .scan_checked(t, &[], None, &mut |k, v| {
+                assert!(v.is_ok(), "{} not sealed", keys::describe(t, k));
+                true
+            })
+            .unwrap();
+    }
+    assert_eq!(s.inode(ino).unwrap().unwrap().size, 6000);
+    let report = s.check(&Default::default(), None, &mut |_| {}).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    drop(s);
+    let s = Store::open(&dir, &ro).unwrap();
+    assert!(!s.needs_upgrade());
+    let (_, kind) = s.lookup(ROOT_INO, b"dir").unwrap().unwrap();
+    assert_eq!(kind, Kind::Dir);
 }

@@ -85,6 +85,14 @@ pub enum EngineError {
     Corrupt { path: PathBuf, why: String },
     #[error("the store is in use by another process (is it mounted already?)")]
     InUse,
+    /// The write-ahead log lost commits or is damaged ([`sqlite::journal`]): the store
+    /// was not opened, so that nothing is lost for good before an operator decides.
+    #[error("{0}")]
+    Journal(Box<sqlite::journal::JournalDamage>),
+    /// A record fails its checksum ([`super::seal`]): that record is damaged, the rest of
+    /// the database may be fine.
+    #[error("damaged record: {0}")]
+    Damaged(String),
     /// Anything else the database reported (a bug, a full table, an injected fault).
     #[error("database error: {0}")]
     Other(String),
@@ -269,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _e = sqlite::create(&dir.path().join("s"), |_| Ok(())).unwrap();
         assert!(matches!(
-            sqlite::open(&dir.path().join("s")),
+            sqlite::open(&dir.path().join("s"), false),
             Err(EngineError::InUse)
         ));
     }

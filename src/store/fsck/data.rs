@@ -47,6 +47,8 @@ struct FileData {
     /// Extents by the first index in their key: their chunks, or why they do not decode.
     extents: Vec<(u64, Result<Vec<ChunkRow>, String>)>,
     xattrs: u64,
+    /// Why each damaged xattr record fails.
+    damaged_xattrs: Vec<String>,
 }
 
 impl FileData {
@@ -152,53 +154,64 @@ impl Checker<'_> {
         let mut others: BTreeMap<u64, Leftover> = BTreeMap::new();
         let mut malformed = Vec::new();
         for table in [Table::Chunk, Table::Pending, Table::Extent, Table::Xattr] {
-            self.store.engine.scan(table, from, to, &mut |k, v| {
-                let shaped = match table {
-                    Table::Xattr => k.len() > 8,
-                    _ => k.len() == 16,
-                };
-                let owner = keys::u64_at(k, 0).filter(|_| shaped);
-                let Some(owner) = owner else {
-                    malformed.push((table, k.len()));
-                    return true;
-                };
-                let index = keys::u64_at(k, 8).unwrap_or(0);
-                if owner != ino {
-                    let o = others.entry(owner).or_default();
+            self.store
+                .engine
+                .scan_checked(table, from, to, &mut |k, v| {
+                    let shaped = match table {
+                        Table::Xattr => k.len() > 8,
+                        _ => k.len() == 16,
+                    };
+                    let owner = keys::u64_at(k, 0).filter(|_| shaped);
+                    let Some(owner) = owner else {
+                        malformed.push((table, k.len()));
+                        return true;
+                    };
+                    let index = keys::u64_at(k, 8).unwrap_or(0);
+                    if owner != ino {
+                        let o = others.entry(owner).or_default();
+                        match table {
+                            Table::Chunk => o.chunks += 1,
+                            Table::Pending => o.pending += 1,
+                            Table::Extent => o.extents += 1,
+                            _ => o.xattrs += 1,
+                        }
+                        return true;
+                    }
                     match table {
-                        Table::Chunk => o.chunks += 1,
-                        Table::Pending => o.pending += 1,
-                        Table::Extent => o.extents += 1,
-                        _ => o.xattrs += 1,
+                        Table::Chunk => {
+                            let rec = v.and_then(|v| {
+                                HotChunk::decode(v)
+                                    .map(|h| (h.ver, FrameInfo::of(&h.frame)))
+                                    .map_err(|e| e.to_string())
+                            });
+                            own.hot.insert(index, rec);
+                        }
+                        Table::Pending => {
+                            let rec = v.and_then(|v| Pending::decode(v).map_err(|e| e.to_string()));
+                            own.pending.insert(index, rec);
+                        }
+                        Table::Extent => {
+                            let chunks = v.and_then(|v| {
+                                Extent::decode(v)
+                                    .map(|e| {
+                                        e.chunks()
+                                            .iter()
+                                            .map(|c| (c.index, c.ver, FrameInfo::of(&c.frame)))
+                                            .collect()
+                                    })
+                                    .map_err(|e| e.to_string())
+                            });
+                            own.extents.push((index, chunks));
+                        }
+                        _ => {
+                            own.xattrs += 1;
+                            if let Err(why) = v {
+                                own.damaged_xattrs.push(why);
+                            }
+                        }
                     }
-                    return true;
-                }
-                match table {
-                    Table::Chunk => {
-                        let rec = HotChunk::decode(v)
-                            .map(|h| (h.ver, FrameInfo::of(&h.frame)))
-                            .map_err(|e| e.to_string());
-                        own.hot.insert(index, rec);
-                    }
-                    Table::Pending => {
-                        own.pending
-                            .insert(index, Pending::decode(v).map_err(|e| e.to_string()));
-                    }
-                    Table::Extent => {
-                        let chunks = Extent::decode(v)
-                            .map(|e| {
-                                e.chunks()
-                                    .iter()
-                                    .map(|c| (c.index, c.ver, FrameInfo::of(&c.frame)))
-                                    .collect()
-                            })
-                            .map_err(|e| e.to_string());
-                        own.extents.push((index, chunks));
-                    }
-                    _ => own.xattrs += 1,
-                }
-                true
-            })?;
+                    true
+                })?;
         }
         for (table, len) in malformed {
             let want = if table == Table::Xattr {
@@ -261,6 +274,13 @@ impl Checker<'_> {
         }
         let rec = self.rec(ino);
         self.counts.xattrs += d.xattrs;
+        for why in &d.damaged_xattrs {
+            self.add(Problem::error(
+                K::Checksum,
+                Some(ino),
+                format!("{why}: reading it fails with an I/O error; {RESTORE}"),
+            ));
+        }
         self.counts.pending += d.pending.len() as u64;
         let mut t = Tally::default();
         let mut places: HashMap<u64, Place> = HashMap::new();

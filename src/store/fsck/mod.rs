@@ -116,6 +116,10 @@ pub enum ProblemKind {
     Decode,
     /// Frames that `verify` could not decode (no model).
     Unverified,
+    /// A record that fails its checksum ([`super::seal`]).
+    Checksum,
+    /// The write-ahead log: damaged, cut short, or missing durable commits.
+    Journal,
 }
 
 impl ProblemKind {
@@ -144,6 +148,8 @@ impl ProblemKind {
             ProblemKind::Unreferenced => "unreferenced",
             ProblemKind::Decode => "decode",
             ProblemKind::Unverified => "unverified",
+            ProblemKind::Checksum => "checksum",
+            ProblemKind::Journal => "journal",
         }
     }
 }
@@ -424,6 +430,8 @@ struct Checker<'s> {
     verify_total: u64,
     counts: CheckCounts,
     problems: Vec<Problem>,
+    /// Directory entries that are damaged: link counts may be short, so not repaired.
+    damaged_dirents: u64,
 }
 
 impl<'s> Checker<'s> {
@@ -528,6 +536,7 @@ impl Store {
             verify_total: 0,
             counts: CheckCounts::default(),
             problems: Vec::new(),
+            damaged_dirents: 0,
         };
         c.check_database()?;
         let damaged = !c.problems.is_empty();

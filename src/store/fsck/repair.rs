@@ -2,7 +2,7 @@
 //! bounded transactions, then makes them durable.
 
 use super::{CheckReport, Repair};
-use crate::store::engine::Table;
+use crate::store::engine::{Engine, Table};
 use crate::store::keys;
 use crate::store::records::{HotChunk, Inode, Pending, Time};
 use crate::store::{Store, StoreError, Txn};

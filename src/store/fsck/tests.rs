@@ -11,6 +11,7 @@ use crate::store::engine::Table;
 use crate::store::extent::{Extent, ExtentChunk};
 use crate::store::keys;
 use crate::store::records::{HotChunk, Inode, Pending, Time};
+use crate::store::seal::PlantSealed;
 use crate::store::Txn;
 use std::sync::Arc;
 
@@ -303,19 +304,19 @@ fn damaged_frames_are_found_by_verify_only() {
     let mut bad = hot.frame.clone();
     let last = bad.len() - 3;
     bad[last] ^= 0x10;
-    fx.engine.raw_put(
+    fx.engine.put_sealed(
         Table::Chunk,
         &keys::chunk(b, 1),
         &HotChunk::encode(hot.ver, &bad),
     );
     // An LLM frame in an extent, damaged the same way.
     let key = keys::chunk(a, 0);
-    let mut e = Extent::decode(&fx.engine.raw_get(Table::Extent, &key).unwrap()).unwrap();
+    let mut e = Extent::decode(&fx.engine.get_unsealed(Table::Extent, &key).unwrap()).unwrap();
     let mut c2 = e.get(2).unwrap().clone();
     let n = c2.frame.len();
     c2.frame[n - 2] ^= 0x01;
     e.insert(c2);
-    fx.engine.raw_put(Table::Extent, &key, &e.encode());
+    fx.engine.put_sealed(Table::Extent, &key, &e.encode());
 
     assert!(fx.check().is_clean(), "headers are intact");
     let mut dec = fake_decoder;
@@ -520,8 +521,8 @@ fn a_damaged_or_missing_root_and_inode_are_errors() {
     let fx = Fixture::new();
     let l = fx.ino("l");
     fx.engine
-        .raw_put(Table::Inode, &keys::ino(l), b"\x02 not an inode");
-    fx.engine.raw_put(Table::Chunk, b"short", b"x");
+        .put_sealed(Table::Inode, &keys::ino(l), b"\x02 not an inode");
+    fx.engine.put_sealed(Table::Chunk, b"short", b"x");
     let r = fx.check();
     assert_found(
         &r,
@@ -670,7 +671,7 @@ fn a_chunk_in_two_places_and_tangled_extents() {
         .into_iter()
         .filter(|k| keys::chunk_of(k).unwrap().0 == a)
         .map(|k| {
-            let e = Extent::decode(&fx.engine.raw_get(Table::Extent, &k).unwrap()).unwrap();
+            let e = Extent::decode(&fx.engine.get_unsealed(Table::Extent, &k).unwrap()).unwrap();
             (k, e)
         })
         .find(|(_, e)| e.get(1).is_some())
@@ -685,7 +686,7 @@ fn a_chunk_in_two_places_and_tangled_extents() {
     });
     other.insert(e.get(1).unwrap().clone());
     fx.engine
-        .raw_put(Table::Extent, &keys::chunk(a, 0), &other.encode());
+        .put_sealed(Table::Extent, &keys::chunk(a, 0), &other.encode());
     let r = fx.check();
     use ProblemKind as K;
     assert_found(
@@ -705,7 +706,7 @@ fn an_undecodable_extent_is_an_error_and_blocks_data_repairs() {
     let fx = Fixture::new();
     let a = fx.ino("a");
     fx.engine
-        .raw_put(Table::Extent, &keys::chunk(a, 0), b"\x01\x05garbage");
+        .put_sealed(Table::Extent, &keys::chunk(a, 0), b"\x01\x05garbage");
     fx.plant(|s, t| {
         let mut i = s.inode(a).unwrap().unwrap();
         i.size = 10; // chunks 1.. now lie past the end

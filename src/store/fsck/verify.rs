@@ -89,24 +89,30 @@ impl Checker<'_> {
                     total,
                 });
             };
-            self.store.engine.scan(table, &[], None, &mut |k, v| {
-                let Some((ino, index)) = keys::chunk_of(k).filter(|_| k.len() == 16) else {
-                    return true;
-                };
-                if nodes.get(&ino).is_none_or(|n| n.rec.is_none()) {
-                    return true; // not a file's data: reported by the data pass
-                }
-                if table == Table::Chunk {
-                    if let Ok(h) = HotChunk::decode(v) {
-                        one(ino, index, &h.frame);
+            self.store
+                .engine
+                .scan_checked(table, &[], None, &mut |k, v| {
+                    let Some((ino, index)) = keys::chunk_of(k).filter(|_| k.len() == 16) else {
+                        return true;
+                    };
+                    // A damaged record was reported by the data pass.
+                    let Ok(v) = v else {
+                        return true;
+                    };
+                    if nodes.get(&ino).is_none_or(|n| n.rec.is_none()) {
+                        return true; // not a file's data: reported by the data pass
                     }
-                } else if let Ok(e) = Extent::decode(v) {
-                    for c in e.chunks() {
-                        one(ino, c.index, &c.frame);
+                    if table == Table::Chunk {
+                        if let Ok(h) = HotChunk::decode(v) {
+                            one(ino, index, &h.frame);
+                        }
+                    } else if let Ok(e) = Extent::decode(v) {
+                        for c in e.chunks() {
+                            one(ino, c.index, &c.frame);
+                        }
                     }
-                }
-                true
-            })?;
+                    true
+                })?;
         }
         for (ino, index, e) in bad {
             let what = self.bytes_of(index);

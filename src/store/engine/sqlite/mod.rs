@@ -23,14 +23,18 @@
 //! - The store directory is locked with `flock` on `llmfs.lock` (SQLite's own locks are
 //!   POSIX locks, which would let a second daemon in).
 
+pub mod journal;
+
 use super::{Engine, EngineError, EngineSpace, Entry, RawOp, Table};
+use journal::SyncedFile;
 use parking_lot::Mutex;
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,8 +125,10 @@ fn schema() -> &'static str {
      CREATE TABLE frames(k BLOB NOT NULL UNIQUE, v BLOB NOT NULL);"
 }
 
-/// The engine's own record in `records`, outside every store table's tag: a byte a sync
-/// flips, because SQLite syncs nothing for a commit that wrote nothing.
+/// The engine's own record in `records`, outside every store table's tag: the stamp of
+/// the last durable commit (u64, big endian; a store written before stamps holds one
+/// byte, read as 0). Every durable commit raises it, which also gives SQLite something to
+/// sync when nothing else changed ([`journal`] says what else it is for).
 const SYNC_POINT: &[u8] = b"\xffsync";
 
 pub struct SqliteEngine {
@@ -131,9 +137,33 @@ pub struct SqliteEngine {
     writer: Mutex<Connection>,
     /// Commits made since the last durable point.
     unsynced: AtomicBool,
+    /// The stamp of the last durable commit.
+    stamp: AtomicU64,
+    /// Where durable stamps are recorded (not while a store is being created).
+    synced: Option<SyncedFile>,
+    read_only: bool,
     /// What the device has room for (see [`Gauge`]).
     gauge: Mutex<Gauge>,
     _lock: File,
+}
+
+/// The durable-commit stamp of an open database.
+fn read_stamp(c: &Connection) -> rusqlite::Result<u64> {
+    let v: Option<Vec<u8>> = c
+        .query_row("SELECT v FROM records WHERE k = ?1", [SYNC_POINT], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(v.and_then(|v| v.try_into().ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+fn put_stamp(tx: &rusqlite::Transaction<'_>, stamp: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO records(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+        params![SYNC_POINT, stamp.to_be_bytes().as_slice()],
+    )
+    .map(|_| ())
 }
 
 fn sql_error(db: &Path, e: rusqlite::Error) -> EngineError {
@@ -153,18 +183,28 @@ fn sql_error(db: &Path, e: rusqlite::Error) -> EngineError {
     }
 }
 
-fn lock_dir(dir: &Path) -> Result<File, EngineError> {
+/// Locks the store directory for this process. A read-only open creates nothing: it
+/// locks `llmfs.lock` if it is there, else the directory itself (a daemon always creates
+/// the lock file, and a store without one is not mounted).
+fn lock_dir(dir: &Path, read_only: bool) -> Result<File, EngineError> {
     let path = dir.join(LOCK_FILE);
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|source| EngineError::Io {
-            path: path.clone(),
-            source,
-        })?;
+    let opened = if read_only {
+        match File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::open(dir),
+            r => r,
+        }
+    } else {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+    };
+    let f = opened.map_err(|source| EngineError::Io {
+        path: path.clone(),
+        source,
+    })?;
     // SAFETY: flock(2) on a descriptor we own; the lock lives as long as the open file.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -197,6 +237,52 @@ fn open_conn(db: &Path, cache_kib: i64) -> Result<Connection, EngineError> {
     Ok(c)
 }
 
+/// A connection that changes nothing in the database's files. SQLite cannot open a WAL
+/// database read-only without creating the `-shm` and `-wal` files (and, in exclusive
+/// locking mode, not at all), so:
+/// - without a WAL (or with an empty one) the database file alone is the store: it is
+///   opened `immutable`, which reads that file and nothing else;
+/// - with a WAL, read-write but `query_only`, in exclusive locking mode (the WAL index in
+///   the connection's memory, no `-shm`), and without the checkpoint SQLite runs when the
+///   last connection closes, so the WAL is neither folded nor deleted.
+fn open_read_only(db: &Path) -> Result<Connection, EngineError> {
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let has_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    let c = if has_wal {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let c = Connection::open_with_flags(db, flags).map_err(|e| sql_error(db, e))?;
+        c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(|e| sql_error(db, e))?;
+        c.execute_batch("PRAGMA locking_mode=EXCLUSIVE; PRAGMA query_only=1;")
+            .map_err(|e| sql_error(db, e))?;
+        c
+    } else {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let uri = format!("file:{}?immutable=1", uri_path(db));
+        Connection::open_with_flags(uri, flags).map_err(|e| sql_error(db, e))?
+    };
+    c.busy_timeout(Duration::from_secs(30))
+        .and_then(|()| c.execute_batch("PRAGMA cache_size=-16384;"))
+        .map_err(|e| sql_error(db, e))?;
+    Ok(c)
+}
+
+/// `path` percent-encoded for a `file:` URI (everything but unreserved bytes and `/`).
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Creates a store's database in `dir` (which holds none), runs `init` on it, and makes
 /// it visible under its final name only once `init` is durable: a crash midway leaves a
 /// directory that still reads as empty.
@@ -209,7 +295,7 @@ pub fn create(
         move |source| EngineError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let lock = lock_dir(dir)?;
+    let lock = lock_dir(dir, false)?;
     let tmp = dir.join(CREATING);
     for stale in [
         tmp.clone(),
@@ -230,8 +316,17 @@ pub fn create(
             schema()
         ))
         .map_err(|e| sql_error(&tmp, e))?;
-        let engine =
-            SqliteEngine::with_connection(dir, &tmp, c, lock.try_clone().map_err(io(dir))?)?;
+        configure(&c, 16 << 10).map_err(|e| sql_error(&tmp, e))?;
+        // No stamp file yet: the database is not the store's until it is renamed, and the
+        // first open writes `llmfs.synced`.
+        let engine = SqliteEngine::with_connection(
+            dir,
+            &tmp,
+            c,
+            lock.try_clone().map_err(io(dir))?,
+            None,
+            0,
+        )?;
         init(&engine)?;
         engine.sync()?;
         // Dropping the last connection checkpoints the WAL into the file and removes it.
@@ -242,15 +337,30 @@ pub fn create(
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
     drop(lock);
-    open(dir)
+    open(dir, false)
 }
 
-/// Opens the store database in `dir`.
-pub fn open(dir: &Path) -> Result<Arc<dyn Engine>, EngineError> {
-    let lock = lock_dir(dir)?;
+/// Opens the store database in `dir`. The write-ahead log is checked first ([`journal`]):
+/// a store that would open with durable commits missing is refused, changing nothing.
+/// `read_only` opens change nothing in the store's files at all.
+pub fn open(dir: &Path, read_only: bool) -> Result<Arc<dyn Engine>, EngineError> {
+    let lock = lock_dir(dir, read_only)?;
     let db = dir.join(DB_FILE);
-    let c = open_conn(&db, 16 << 10)?;
-    let engine = SqliteEngine::with_connection(dir, &db, c, lock)?;
+    let ro = open_read_only(&db)?;
+    let stamp = read_stamp(&ro).map_err(|e| sql_error(&db, e))?;
+    journal::check(dir, stamp)?;
+    let engine = if read_only {
+        SqliteEngine::with_connection(dir, &db, ro, lock, None, stamp)?
+    } else {
+        drop(ro);
+        let c = open_conn(&db, 16 << 10)?;
+        let synced = SyncedFile::create(dir, stamp)?;
+        SqliteEngine::with_connection(dir, &db, c, lock, Some(synced), stamp)?
+    };
+    let engine = SqliteEngine {
+        read_only,
+        ..engine
+    };
     engine.check_schema()?;
     Ok(Arc::new(engine))
 }
@@ -261,30 +371,54 @@ impl SqliteEngine {
         db: &Path,
         c: Connection,
         lock: File,
+        synced: Option<SyncedFile>,
+        stamp: u64,
     ) -> Result<SqliteEngine, EngineError> {
-        configure(&c, 16 << 10).map_err(|e| sql_error(db, e))?;
         Ok(SqliteEngine {
             dir: dir.to_path_buf(),
             db: db.to_path_buf(),
             writer: Mutex::new(c),
             unsynced: AtomicBool::new(false),
+            stamp: AtomicU64::new(stamp),
+            synced,
+            read_only: false,
             gauge: Mutex::new(Gauge::default()),
             _lock: lock,
         })
     }
 
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn refuse_write(&self) -> EngineError {
+        EngineError::Other(format!(
+            "{} was opened read-only: nothing may be written",
+            self.db.display()
+        ))
+    }
+
     /// Every table is there and the file reads as a database: damage shows at mount.
     fn check_schema(&self) -> Result<(), EngineError> {
-        let c = self.writer.lock();
-        let mode: String = c
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
+        // The header's read and write versions are 2 in WAL mode (an immutable
+        // connection reports the journal mode as `delete` whatever the file says).
+        let mut header = [0u8; 20];
+        File::open(&self.db)
+            .and_then(|f| f.read_exact_at(&mut header, 0))
+            .map_err(|source| EngineError::Io {
+                path: self.db.clone(),
+                source,
+            })?;
+        if header[18] != 2 || header[19] != 2 {
             return Err(EngineError::Corrupt {
                 path: self.db.clone(),
-                why: format!("journal mode is {mode}, not wal"),
+                why: format!(
+                    "the database is not in WAL mode (header versions {} and {})",
+                    header[18], header[19]
+                ),
             });
         }
+        let c = self.writer.lock();
         for name in ["records", "frames"] {
             let found: Option<String> = c
                 .query_row(
@@ -379,25 +513,51 @@ impl SqliteEngine {
     }
 
     fn write(&self, ops: &[RawOp], durable: bool) -> Result<(), EngineError> {
+        if self.read_only() {
+            return Err(self.refuse_write());
+        }
         let mut c = self.writer.lock();
         if durable {
             c.execute_batch("PRAGMA synchronous=FULL")
                 .map_err(|e| self.err(e))?;
         }
-        let r = self.write_locked(&mut c, ops);
+        let stamp = durable.then(|| self.stamp.load(Ordering::SeqCst) + 1);
+        let r = self.write_locked(&mut c, ops, stamp);
         if durable {
             c.execute_batch("PRAGMA synchronous=NORMAL")
                 .map_err(|e| self.err(e))?;
         }
         r?;
+        if let Some(stamp) = stamp {
+            self.durable_at(stamp)?;
+        }
         self.unsynced.store(!durable, Ordering::SeqCst);
         Ok(())
     }
 
-    fn write_locked(&self, c: &mut Connection, ops: &[RawOp]) -> Result<(), EngineError> {
+    /// A commit carrying `stamp` is on disk: remember it, and record it next to the
+    /// database ([`journal`]).
+    fn durable_at(&self, stamp: u64) -> Result<(), EngineError> {
+        self.stamp.store(stamp, Ordering::SeqCst);
+        match &self.synced {
+            Some(f) => f.record(stamp),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies `ops` in one transaction; a durable one also writes its `stamp`.
+    fn write_locked(
+        &self,
+        c: &mut Connection,
+        ops: &[RawOp],
+        stamp: Option<u64>,
+    ) -> Result<(), EngineError> {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
+        if let Some(stamp) = stamp {
+            put_stamp(&tx, stamp).map_err(|e| self.err(e))?;
+        }
         for op in ops {
             match op {
                 RawOp::Put(t, k, v) => {
@@ -523,28 +683,13 @@ impl Engine for SqliteEngine {
         if !self.unsynced.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let mut c = self.writer.lock();
-        c.execute_batch("PRAGMA synchronous=FULL")
-            .map_err(|e| self.err(e))?;
-        let r = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .and_then(|tx| {
-                tx.execute(
-                    "INSERT INTO records(k, v) VALUES (?1, x'01') \
-                     ON CONFLICT(k) DO UPDATE SET v = CASE WHEN v = x'01' THEN x'00' ELSE x'01' END",
-                    params![SYNC_POINT],
-                )?;
-                tx.commit()
-            })
-            .map_err(|e| self.err(e));
-        c.execute_batch("PRAGMA synchronous=NORMAL")
-            .map_err(|e| self.err(e))?;
-        r?;
-        self.unsynced.store(false, Ordering::SeqCst);
-        Ok(())
+        self.write(&[], true)
     }
 
     fn reclaim(&self) -> Result<bool, EngineError> {
+        if self.read_only() {
+            return Ok(false);
+        }
         let c = self.writer.lock();
         let free: i64 = c
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))
@@ -590,6 +735,9 @@ impl Engine for SqliteEngine {
     }
 
     fn close(&self) -> Result<(), EngineError> {
+        if self.read_only() {
+            return Ok(());
+        }
         self.writer
             .lock()
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))

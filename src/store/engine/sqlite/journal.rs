@@ -1,0 +1,205 @@
+//! Guarding the write-ahead log: a damaged, truncated or deleted WAL is found before
+//! SQLite opens the database, and the store is refused instead of silently rolled back.
+//!
+//! SQLite's recovery keeps the WAL's frames up to the first one whose checksum fails and
+//! drops everything after it without a word; a read-write open then writes over the
+//! dropped frames, and closing the last connection checkpoints and deletes the log. So a
+//! flipped bit in the middle of the WAL after a crash lost up to every commit since the
+//! last checkpoint, fsync'd ones included, while mount, `stats` and `fsck` all said
+//! "clean". Two independent checks now run before SQLite reads anything:
+//!
+//! 1. **The frames** ([`super::wal`]): a frame of the current WAL generation that fails its
+//!    checksum while later frames of the same generation are intact is damage, not the
+//!    torn tail a crash leaves.
+//! 2. **The durable-commit stamp**: every durable commit ([`super::SqliteEngine`]'s
+//!    `sync`) writes an increasing number into the database, and after the commit is on
+//!    disk the same number into a small file next to it, `llmfs.synced`. A database that
+//!    opens with a smaller number than the file lost durable commits, however that
+//!    happened: a WAL deleted, truncated, with a damaged header, or an older copy of the
+//!    database put back. The file is written after the fsync of the commit it names, so
+//!    it can lag behind the database (a crash in between, a power loss) but never lead it.
+//!
+//! `llmfs.synced` (big endian):
+//!
+//! | field | size | meaning |
+//! | --- | --- | --- |
+//! | magic | 8 bytes | `LLMFSYNC` |
+//! | stamp | 8 bytes | the stamp of the last durable commit known to be on disk |
+//! | crc | 4 bytes | CRC-32 of the 16 bytes before it |
+//!
+//! A torn or damaged file is no evidence either way (logged); a missing one (a store
+//! older than this file, or a copy without it) is created at the next read-write open.
+
+use super::super::EngineError;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub const SYNCED_FILE: &str = "llmfs.synced";
+const MAGIC: &[u8; 8] = b"LLMFSYNC";
+const LEN: usize = 20;
+
+fn encode(stamp: u64) -> [u8; LEN] {
+    let mut b = [0u8; LEN];
+    b[..8].copy_from_slice(MAGIC);
+    b[8..16].copy_from_slice(&stamp.to_be_bytes());
+    let crc = crc32fast::hash(&b[..16]);
+    b[16..].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// The stamp in `llmfs.synced`: `Ok(None)` when the file is missing, `Err(why)` when it is
+/// unreadable or damaged (no evidence either way).
+pub fn read_synced(dir: &Path) -> Result<Option<u64>, String> {
+    let path = dir.join(SYNCED_FILE);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut b = Vec::with_capacity(LEN);
+    f.by_ref()
+        .take(LEN as u64 + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if b.len() != LEN || &b[..8] != MAGIC {
+        return Err(format!("{} is not a stamp file", path.display()));
+    }
+    let crc = u32::from_be_bytes(b[16..20].try_into().expect("4 bytes"));
+    if crc32fast::hash(&b[..16]) != crc {
+        return Err(format!("{} fails its checksum", path.display()));
+    }
+    Ok(Some(u64::from_be_bytes(
+        b[8..16].try_into().expect("8 bytes"),
+    )))
+}
+
+/// Where durable stamps go, held open by a read-write engine.
+pub struct SyncedFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl SyncedFile {
+    /// Opens (creating) `llmfs.synced` in `dir` and writes `stamp` to it, durably: the
+    /// stamp the database holds at open, which every later durable commit raises.
+    pub fn create(dir: &Path, stamp: u64) -> Result<SyncedFile, EngineError> {
+        let path = dir.join(SYNCED_FILE);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| EngineError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let f = SyncedFile { file, path };
+        f.record(stamp)?;
+        f.file.sync_all().map_err(|source| EngineError::Io {
+            path: f.path.clone(),
+            source,
+        })?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(f)
+    }
+
+    /// Records `stamp` after its commit is durable. Not fsync'd: the file may lag the
+    /// database after a power loss (no false alarm), and the next durable commit's write
+    /// carries it along; a crash of the process loses nothing of it.
+    pub fn record(&self, stamp: u64) -> Result<(), EngineError> {
+        self.file
+            .write_all_at(&encode(stamp), 0)
+            .map_err(|source| EngineError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// Checks, before a store is opened, that its database holds every durable commit
+/// (`db_stamp` is the stamp SQLite reads with the WAL's intact frames applied).
+pub fn check(dir: &Path, db_stamp: u64) -> Result<(), EngineError> {
+    let mut findings = Vec::new();
+    match read_synced(dir) {
+        Ok(Some(recorded)) if recorded > db_stamp => findings.push(format!(
+            "the database opens at durable commit #{db_stamp}, but commit #{recorded} was on \
+             disk (recorded in {SYNCED_FILE}): the last {} fsync'd commits are missing",
+            recorded - db_stamp
+        )),
+        Ok(_) => {}
+        Err(why) => log::warn!("{why}: the check for lost durable commits is skipped this time"),
+    }
+    if findings.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Journal(Box::new(JournalDamage {
+        dir: dir.to_path_buf(),
+        findings,
+        rebuildable: false,
+    })))
+}
+
+/// Why the journal check refused a store, and what the operator can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalDamage {
+    pub dir: PathBuf,
+    /// What was found, one sentence each.
+    pub findings: Vec<String>,
+    /// `llmfs fsck --repair` can rebuild the database from the WAL's intact frames (the
+    /// frames are there); otherwise repair can only accept what is lost.
+    pub rebuildable: bool,
+}
+
+impl std::fmt::Display for JournalDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.dir.display();
+        write!(
+            f,
+            "the store's write-ahead log is damaged or missing: {}. Opening the store now would \
+             silently lose those commits, so nothing was opened or changed. ",
+            self.findings.join("; ")
+        )?;
+        if self.rebuildable {
+            write!(
+                f,
+                "Run `llmfs fsck {dir}` for the details, then `llmfs fsck --repair {dir}` to \
+                 rebuild the database from every intact frame of the log (the damaged files are \
+                 kept next to it)"
+            )
+        } else {
+            write!(
+                f,
+                "Put back the store's files if you have them (llmfs.db-wal next to llmfs.db); \
+                 otherwise `llmfs fsck --repair {dir}` accepts the loss and checks what is left \
+                 (the old files are kept next to it)"
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_file_round_trips_and_damage_is_no_evidence() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_synced(dir.path()), Ok(None));
+        let f = SyncedFile::create(dir.path(), 7).unwrap();
+        assert_eq!(read_synced(dir.path()), Ok(Some(7)));
+        f.record(1 << 40).unwrap();
+        assert_eq!(read_synced(dir.path()), Ok(Some(1 << 40)));
+        let path = dir.path().join(SYNCED_FILE);
+        let mut b = std::fs::read(&path).unwrap();
+        b[12] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        assert!(read_synced(dir.path()).unwrap_err().contains("checksum"));
+        std::fs::write(&path, b"short").unwrap();
+        assert!(read_synced(dir.path()).is_err());
+    }
+}
