@@ -271,3 +271,42 @@ fn a_full_disk_gives_enospc_and_rm_makes_room() {
     assert_eq!(again, 4);
     m.stop();
 }
+
+/// The daemon's peak resident memory, from /proc.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib << 10
+}
+
+/// What the daemon holds besides its cache and dirty buffers, at most (README,
+/// "Memory"): SQLite's page cache (16 MiB), up to 4,096 inodes in memory, FUSE buffers,
+/// thread stacks and the program itself.
+const FIXED_OVERHEAD: u64 = 48 << 20;
+
+#[test]
+fn many_small_files_keep_memory_within_the_cache_and_dirty_limits() {
+    let m = Mount::with_options(&["nomodel", "cache_size=4M", "dirty_limit=4M"]);
+    // Each file's one chunk passes through a 4 KiB write buffer: charging the cache only
+    // the 100 bytes kept every buffer alive (464 MB for 100,000 files with a 64 MiB cache).
+    for d in 0..30 {
+        let dir = m.path(&format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for i in 0..1000 {
+            fs::write(dir.join(format!("f{i}")), [b'x'; 100]).unwrap();
+        }
+    }
+    let peak = peak_rss(m.pid());
+    let bound = (4 << 20) + (4 << 20) + FIXED_OVERHEAD;
+    assert!(
+        peak <= bound,
+        "peak RSS {} MiB after 30,000 small files, bound {} MiB",
+        peak >> 20,
+        bound >> 20
+    );
+    assert_eq!(fs::read(m.path("d29/f999")).unwrap(), [b'x'; 100]);
+}

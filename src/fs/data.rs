@@ -561,7 +561,7 @@ impl Core {
                     buf.truncate(len);
                     let entry = Cached {
                         ver,
-                        plain: Arc::new(buf),
+                        plain: Arc::new(super::cache::fit(buf)),
                     };
                     self.cache.put(ino, idx, entry, false);
                 }

@@ -256,17 +256,20 @@ impl Core {
         let inode = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
         let n = Arc::new(Mutex::new(Node::new(inode)));
         map.insert(ino, n.clone());
-        if map.len() > NODE_TRIM {
-            // Only nodes nobody else holds (count 1: the map) and with nothing
-            // unsaved can go; a later access reloads them from the store.
-            map.retain(|_, n| Arc::strong_count(n) > 1 || n.try_lock().is_none_or(|g| !g.idle()));
-        }
+        trim_nodes(&mut map);
         Ok(n)
     }
 
     /// Inserts a node for an inode just created (so its open count starts right).
     fn insert_node(&self, ino: u64, node: Node) {
-        self.nodes.lock().insert(ino, Arc::new(Mutex::new(node)));
+        let mut map = self.nodes.lock();
+        map.insert(ino, Arc::new(Mutex::new(node)));
+        trim_nodes(&mut map);
+    }
+
+    /// Inodes held in memory (for live statistics).
+    pub fn nodes_in_memory(&self) -> usize {
+        self.nodes.lock().len()
     }
 
     fn forget_node(&self, ino: u64) {
@@ -440,6 +443,14 @@ impl Core {
     /// Inodes in use, for statfs.
     pub fn inodes_used(&self) -> u64 {
         self.inode_count.load(Ordering::Relaxed)
+    }
+}
+
+/// Past [`NODE_TRIM`] nodes, drops those nobody else holds (count 1: the map) and with
+/// nothing unsaved; a later access reloads them from the store.
+fn trim_nodes(map: &mut HashMap<u64, NodeRef>) {
+    if map.len() > NODE_TRIM {
+        map.retain(|_, n| Arc::strong_count(n) > 1 || n.try_lock().is_none_or(|g| !g.idle()));
     }
 }
 

@@ -102,6 +102,7 @@ impl Core {
         m.insert("model_cancelled".into(), ts.cancelled.into());
         m.insert("prefetches".into(), ts.prefetches.into());
         let (cache, costly) = self.cache.usage();
+        m.insert("nodes_in_memory".into(), self.nodes_in_memory().into());
         m.insert("cache_bytes".into(), cache.into());
         m.insert("cache_model_decoded_bytes".into(), costly.into());
         Ok(m)
