@@ -277,7 +277,7 @@ impl Core {
         let i = &g.inode;
         if i.atime <= i.mtime || i.atime <= i.ctime || now.secs - i.atime.secs >= 86_400 {
             g.inode.atime = now;
-            g.meta_dirty = true;
+            g.atime_dirty = true;
         }
     }
 
@@ -517,10 +517,39 @@ impl Core {
     /// Persists the dirty chunks and record of a node in one transaction.
     pub(super) fn persist(&self, ino: u64, g: &mut Node) -> FsResult<()> {
         if g.dirty.is_empty() && !g.meta_dirty {
-            // close(2) of a file only read costs no write.
-            return Ok(());
+            // close(2) of a file only read costs no write, or one for its atime.
+            return self.persist_atime(ino, g);
         }
         self.persist_with(ino, g, Txn::new())
+    }
+
+    /// Saves an access time that is all that changed; on a full device it stays in
+    /// memory only (logged once until a save works again): reads, closes and unmount
+    /// never fail for it.
+    fn persist_atime(&self, ino: u64, g: &mut Node) -> FsResult<()> {
+        if !g.atime_dirty {
+            return Ok(());
+        }
+        let mut t = Txn::new();
+        t.put_inode(ino, &g.inode);
+        match self.store.commit(t) {
+            Ok(()) => {
+                if self.atime_skipped.swap(false, Ordering::Relaxed) {
+                    log::info!("access times are saved again");
+                }
+            }
+            Err(crate::store::StoreError::NoSpace) => {
+                if !self.atime_skipped.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "the store's device is full: access times are kept in memory only \
+                         until there is room"
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        g.atime_dirty = false;
+        Ok(())
     }
 
     /// Persists the node in one transaction with `t`. Nothing in memory changes unless
@@ -571,6 +600,7 @@ impl Core {
         self.dirty_total.fetch_sub(g.dirty_bytes, Ordering::Relaxed);
         g.dirty_bytes = 0;
         g.meta_dirty = false;
+        g.atime_dirty = false;
         if wrote_chunks {
             self.chunks_written();
         }

@@ -1,6 +1,7 @@
 //! The one error type at the filesystem boundary, and its one errno mapping.
 
 use crate::store::StoreError;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -82,7 +83,23 @@ impl From<StoreError> for FsError {
         // Store errors become errnos here, and this is where they are logged (once).
         match e {
             StoreError::NoSpace => {
-                log::warn!("the store's device is full: failing the request with ENOSPC");
+                // Ordinary on a full device and told to the caller by its errno: one line a
+                // minute says the device is full, not one per request.
+                static LAST: AtomicU64 = AtomicU64::new(0);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let last = LAST.load(Ordering::Relaxed);
+                if now >= last + 60
+                    && LAST
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    log::warn!(
+                        "the store's device is full: writes fail with ENOSPC until files are \
+                         deleted (this is logged at most once a minute)"
+                    );
+                }
                 FsError::NoSpace
             }
             e => {

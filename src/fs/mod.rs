@@ -99,13 +99,19 @@ pub struct Node {
     /// Dirty chunks by index: `chunk_size` bytes, or empty for "all zeros".
     pub dirty: BTreeMap<u64, Vec<u8>>,
     pub dirty_bytes: usize,
-    /// The record changed (atime) and is not persisted yet.
+    /// The record changed and is not persisted yet.
     pub meta_dirty: bool,
+    /// Only the access time changed: persisted with the next write of the record, or on
+    /// its own when that is all there is, and then only while there is room (a read
+    /// never fails because its atime could not be saved).
+    pub atime_dirty: bool,
     /// Bumped by every change of the file's contents; a read that decoded chunks
     /// without the lock caches them only if this did not move meanwhile.
     pub gen: u64,
     /// The inode was deleted; holders of a stale handle get ENOENT.
     pub deleted: bool,
+    /// Its dirty data could not be saved for want of space, and that was logged.
+    pub unsaved_logged: bool,
 }
 
 impl Node {
@@ -116,13 +122,15 @@ impl Node {
             dirty: BTreeMap::new(),
             dirty_bytes: 0,
             meta_dirty: false,
+            atime_dirty: false,
             gen: 0,
             deleted: false,
+            unsaved_logged: false,
         }
     }
 
     fn idle(&self) -> bool {
-        self.open == 0 && self.dirty.is_empty() && !self.meta_dirty
+        self.open == 0 && self.dirty.is_empty() && !self.meta_dirty && !self.atime_dirty
     }
 }
 
@@ -152,6 +160,8 @@ pub struct Core {
     origin: std::time::Instant,
     /// The store's directory (for `du` in live statistics); none for in-memory stores.
     store_dir: Option<std::path::PathBuf>,
+    /// An access time could not be saved for want of space (logged once per episode).
+    atime_skipped: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -193,6 +203,7 @@ impl Core {
             last_activity: AtomicU64::new(0),
             origin: std::time::Instant::now(),
             store_dir: None,
+            atime_skipped: std::sync::atomic::AtomicBool::new(false),
         };
         let orphans = if core.cfg.read_only {
             Vec::new()
@@ -289,8 +300,10 @@ impl Core {
         Ok(Entry { ino, inode })
     }
 
-    /// Persists every dirty node (the background flusher and unmount).
-    pub fn persist_all(&self) -> FsResult<()> {
+    /// Persists every dirty node (the background flusher and unmount). Data that does
+    /// not fit on a full device stays in memory, and is logged once per file: a later
+    /// round saves it once there is room. `final_round` (unmount) logs what is lost.
+    pub fn persist_all(&self, final_round: bool) -> FsResult<()> {
         let nodes: Vec<(u64, NodeRef)> = self
             .nodes
             .lock()
@@ -300,10 +313,31 @@ impl Core {
         let mut result = Ok(());
         for (ino, n) in nodes {
             let mut g = n.lock();
-            if !g.deleted && !g.idle() {
-                if let Err(e) = self.persist(ino, &mut g) {
-                    result = Err(e);
+            if g.deleted || g.idle() {
+                continue;
+            }
+            match self.persist(ino, &mut g) {
+                Ok(()) => g.unsaved_logged = false,
+                Err(FsError::NoSpace) => {
+                    let path = || self.store.find_path(ino).unwrap_or_else(|| "?".into());
+                    if final_round {
+                        log::error!(
+                            "{} bytes written to inode {ino} ({}) are lost: the store's device \
+                             is full (they were never fsync'd; the writer got ENOSPC)",
+                            g.dirty_bytes,
+                            path()
+                        );
+                    } else if !g.unsaved_logged {
+                        g.unsaved_logged = true;
+                        log::warn!(
+                            "{} bytes written to inode {ino} ({}) wait in memory for room on \
+                             the store's device; they are lost if it is unmounted first",
+                            g.dirty_bytes,
+                            path()
+                        );
+                    }
                 }
+                Err(e) => result = Err(e),
             }
         }
         result
@@ -313,6 +347,9 @@ impl Core {
     pub fn shutdown(&self) -> FsResult<()> {
         {
             let mut stop = self.shutdown.0.lock();
+            if *stop {
+                return Ok(()); // done already (the signal thread, then the session's end)
+            }
             *stop = true;
             self.shutdown.1.notify_all();
         }
@@ -320,7 +357,7 @@ impl Core {
         if let Some(t) = self.tier.get() {
             t.stop();
         }
-        self.persist_all()?;
+        self.persist_all(true)?;
         self.store.sync()?;
         // Give free pages back before leaving (bounded: a huge store finishes while idle
         // next time), and leave the database file self-contained.
@@ -348,7 +385,7 @@ impl Core {
                         return;
                     }
                 }
-                if let Err(e) = core.persist_all() {
+                if let Err(e) = core.persist_all(false) {
                     log::error!("background flush failed: {e}");
                 }
                 if !core.cfg.read_only {

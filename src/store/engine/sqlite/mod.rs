@@ -683,7 +683,21 @@ impl Engine for SqliteEngine {
         if !self.unsynced.load(Ordering::SeqCst) {
             return Ok(());
         }
-        self.write(&[], true)
+        match self.write(&[], true) {
+            // No room for the stamp's commit: the commits before it are all in the WAL
+            // already, and an fsync of the WAL makes them durable just the same (the
+            // stamp, and `llmfs.synced`, stay behind: no false alarm later).
+            Err(EngineError::NoSpace) => {
+                let wal = self.dir.join(format!("{DB_FILE}-wal"));
+                let _c = self.writer.lock();
+                File::open(&wal)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|source| EngineError::Io { path: wal, source })?;
+                self.unsynced.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     fn reclaim(&self) -> Result<bool, EngineError> {
@@ -702,14 +716,26 @@ impl Engine for SqliteEngine {
                 .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))
                 .map_err(|e| self.err(e))?;
             let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
-            while rows.next().map_err(|e| self.err(e))?.is_some() {}
-            return Ok(true);
+            loop {
+                match rows.next().map_err(|e| self.err(e)) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(true),
+                    // Moving pages needs room in the WAL: try again when there is some.
+                    Err(EngineError::NoSpace) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
         }
         // Nothing left to move: fold the WAL into the file and truncate it.
         let wal = self.dir.join(format!("{DB_FILE}-wal"));
         if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
-            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(|e| self.err(e))?;
+            match c
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(|e| self.err(e))
+            {
+                Ok(()) | Err(EngineError::NoSpace) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(false)
     }
@@ -738,10 +764,19 @@ impl Engine for SqliteEngine {
         if self.read_only() {
             return Ok(());
         }
-        self.writer
+        let r = self
+            .writer
             .lock()
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e));
+        match r {
+            // The WAL stays, with everything in it: the next open reads it as usual.
+            Err(EngineError::NoSpace) => {
+                log::info!("the device is full: the store's WAL is left to the next mount");
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     fn space(&self) -> Result<EngineSpace, EngineError> {
