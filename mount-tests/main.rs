@@ -11,6 +11,7 @@ mod harness;
 mod cli;
 mod concurrency;
 mod crash;
+mod damage;
 mod data;
 mod llm;
 mod posix;

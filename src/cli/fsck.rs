@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use llmfs::codec::profile::{CodecProfile, Engine};
 use llmfs::fs::llm;
 use llmfs::fs::tier::ModelWorker;
+use llmfs::store::engine::sqlite::journal::JournalDamage;
 use llmfs::store::engine::EngineError;
 use llmfs::store::fsck::{
     CheckOptions, CheckPhase, CheckProgress, CheckReport, LlmDecoder, Problem, ProblemKind,
@@ -82,10 +83,29 @@ pub fn run(args: FsckArgs) -> i32 {
         create: None,
         read_only: !args.repair,
     };
+    let mut journal_repairs = Vec::new();
     let store = match Store::open(&args.store, &opts) {
         Ok(s) => s,
+        Err(StoreError::Engine(EngineError::Journal(_))) if args.repair => {
+            match llmfs::store::engine::product::repair_journal(&args.store) {
+                Ok(done) => journal_repairs = done,
+                Err(e) => return cannot_check(&args, "repairing its WAL", &e.into()),
+            }
+            match Store::open(&args.store, &opts) {
+                Ok(s) => s,
+                Err(e) => return cannot_check(&args, "opening it after the WAL repair", &e),
+            }
+        }
+        Err(StoreError::Engine(EngineError::Journal(damage))) => {
+            return report_journal(&args, &damage)
+        }
         Err(e) => return cannot_check(&args, "opening it", &e),
     };
+    for line in &journal_repairs {
+        if !args.json {
+            println!("repaired the WAL: {line}");
+        }
+    }
     let mut decoder = if args.verify {
         match model_decoder(&args, &store) {
             Ok(d) => d,
@@ -135,6 +155,51 @@ pub fn run(args: FsckArgs) -> i32 {
             cannot_check(&args, "repairing it", &e)
         }
     }
+}
+
+/// A store whose WAL lost commits or is damaged: nothing was opened; what was found and
+/// what `--repair` would do.
+fn report_journal(args: &FsckArgs, damage: &JournalDamage) -> i32 {
+    let fix = if damage.rebuildable {
+        "rebuild the database from every intact frame of the WAL"
+    } else {
+        "accept the loss and check what is left"
+    };
+    let dir = args.store.display();
+    if args.json {
+        let problems: Vec<Value> = damage
+            .findings
+            .iter()
+            .map(|f| {
+                json!({
+                    "severity": "error",
+                    "kind": "journal",
+                    "ino": null,
+                    "chunk": null,
+                    "path": null,
+                    "message": f,
+                    "repairable": true,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"store": dir.to_string(), "clean": false, "problems": problems})
+        );
+        return EXIT_PROBLEMS;
+    }
+    for f in &damage.findings {
+        println!("error: the write-ahead log: {f} [repairable]");
+    }
+    println!(
+        "{dir}: the store was not opened (opening it would silently lose those commits); \
+         nothing was changed"
+    );
+    println!(
+        "`llmfs fsck --repair {dir}` will {fix}, keeping the files it replaces next to the store"
+    );
+    println!("the store is NOT clean");
+    EXIT_PROBLEMS
 }
 
 /// A failure to open or read the store: damage is a problem found (exit 1), anything

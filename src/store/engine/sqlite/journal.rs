@@ -31,6 +31,8 @@
 //! older than this file, or a copy without it) is created at the next read-write open.
 
 use super::super::EngineError;
+use super::wal;
+use super::DB_FILE;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -121,10 +123,56 @@ impl SyncedFile {
     }
 }
 
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The WAL of the store in `dir` and its analysis; `None` when there is no WAL or it is
+/// empty. The log is read whole: it is folded into the database every 1,000 pages, so
+/// it holds a few MiB (one commit of the whole dirty limit at most, 64 MiB by default).
+fn analyze(dir: &Path) -> Result<Option<(Vec<u8>, wal::WalAnalysis)>, EngineError> {
+    let path = dir.join(format!("{DB_FILE}-wal"));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) if b.is_empty() => return Ok(None),
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path)(e)),
+    };
+    let db = dir.join(DB_FILE);
+    let mut header = [0u8; 100];
+    let page_size = File::open(&db)
+        .and_then(|f| f.read_exact_at(&mut header, 0))
+        .ok()
+        .and_then(|()| wal::db_page_size(&header));
+    let analysis = wal::analyze(&bytes, page_size);
+    Ok(Some((bytes, analysis)))
+}
+
 /// Checks, before a store is opened, that its database holds every durable commit
-/// (`db_stamp` is the stamp SQLite reads with the WAL's intact frames applied).
+/// (`db_stamp` is the stamp SQLite reads with the WAL's intact frames applied) and that
+/// no intact commit of the WAL lies beyond a damaged frame.
 pub fn check(dir: &Path, db_stamp: u64) -> Result<(), EngineError> {
     let mut findings = Vec::new();
+    let mut rebuildable = false;
+    if dir.join(format!("{DB_FILE}.rebuilt")).exists() {
+        findings.push(format!(
+            "an interrupted repair left {DB_FILE}.rebuilt behind (the database rebuilt from \
+             the WAL)"
+        ));
+        rebuildable = true;
+    }
+    if let Some((_, analysis)) = analyze(dir)? {
+        if let Some(d) = &analysis.damage {
+            findings.push(format!(
+                "{DB_FILE}-wal: {}",
+                d.summary.trim_end_matches('.')
+            ));
+            rebuildable = true;
+        }
+    }
     match read_synced(dir) {
         Ok(Some(recorded)) if recorded > db_stamp => findings.push(format!(
             "the database opens at durable commit #{db_stamp}, but commit #{recorded} was on \
@@ -140,8 +188,106 @@ pub fn check(dir: &Path, db_stamp: u64) -> Result<(), EngineError> {
     Err(EngineError::Journal(Box::new(JournalDamage {
         dir: dir.to_path_buf(),
         findings,
-        rebuildable: false,
+        rebuildable,
     })))
+}
+
+/// What [`repair`] did, in words, one line each.
+pub type Repaired = Vec<String>;
+
+/// The operator's decision on a store [`check`] refused (`llmfs fsck --repair`): the
+/// database is rebuilt from every intact frame of the WAL when frames are damaged;
+/// otherwise the loss is accepted. Either way every file that is replaced is kept next
+/// to the store, renamed `NAME.before-repair-SECONDS`, and `llmfs.synced` is set to what
+/// the database now holds. The caller holds the store's lock.
+pub fn repair(dir: &Path) -> Result<Repaired, EngineError> {
+    let mut done = Vec::new();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = |name: &str| dir.join(format!("{name}.before-repair-{stamp}"));
+    let db = dir.join(DB_FILE);
+    let wal_name = format!("{DB_FILE}-wal");
+    let wal_path = dir.join(&wal_name);
+    let tmp = dir.join(format!("{DB_FILE}.rebuilt"));
+    let wal_there = wal_path.exists();
+    if tmp.exists() && !wal_there {
+        // A rebuild stopped between removing the WAL and putting the rebuilt database in
+        // place: the rebuilt file was complete (fsync'd) before anything was moved.
+        std::fs::rename(&tmp, &db).map_err(io_error(&db))?;
+        done.push(format!(
+            "finished an interrupted rebuild: {DB_FILE} is the database rebuilt from the WAL"
+        ));
+    }
+    if tmp.exists() {
+        std::fs::remove_file(&tmp).map_err(io_error(&tmp))?;
+    }
+    let damaged = analyze(dir)?.filter(|(_, a)| a.damage.is_some());
+    if let Some((wal_bytes, analysis)) = damaged {
+        let db_bytes = std::fs::read(&db).map_err(io_error(&db))?;
+        let rebuilt =
+            wal::rebuild(&db_bytes, &wal_bytes, &analysis).map_err(|why| EngineError::Corrupt {
+                path: wal_path.clone(),
+                why: format!("the database cannot be rebuilt from it: {why}"),
+            })?;
+        let d = analysis.damage.as_ref().expect("filtered on damage");
+        std::fs::write(&tmp, &rebuilt)
+            .and_then(|()| File::open(&tmp)?.sync_all())
+            .map_err(io_error(&tmp))?;
+        // Keep the old files under new names (hard links: no copy), then take the WAL
+        // away before the rebuilt database takes the old one's name: a WAL left next to
+        // the rebuilt database would be applied to it again. A crash in between leaves
+        // the old database without its WAL (refused by the stamp check) and the complete
+        // rebuilt file, which the next repair puts in place.
+        std::fs::hard_link(&db, kept(DB_FILE)).map_err(io_error(&db))?;
+        std::fs::hard_link(&wal_path, kept(&wal_name)).map_err(io_error(&wal_path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(dir))?;
+        std::fs::remove_file(&wal_path).map_err(io_error(&wal_path))?;
+        std::fs::rename(&tmp, &db).map_err(io_error(&db))?;
+        done.push(format!(
+            "rebuilt {DB_FILE} from the database and every intact frame of the WAL, up to \
+             frame {} ({} commits SQLite would have dropped are kept)",
+            d.last_intact_commit_frame, d.later_commits
+        ));
+        if !d.unverified_pages.is_empty() {
+            done.push(format!(
+                "{} pages came from damaged frames and may hold damaged records: the check \
+                 that follows reads every record and names any that fail",
+                d.unverified_pages.len()
+            ));
+        }
+    } else if std::fs::metadata(&wal_path).is_ok_and(|m| m.len() > 0) {
+        // The WAL's intact prefix is part of the store: keep a copy of the whole file,
+        // and leave it for SQLite to read.
+        std::fs::copy(&wal_path, kept(&wal_name)).map_err(io_error(&wal_path))?;
+        done.push(format!(
+            "accepted the loss of the missing durable commits; the WAL as it was is kept as \
+             {}",
+            kept(&wal_name).display()
+        ));
+    } else {
+        done.push(
+            "accepted the loss of the missing durable commits: there is no WAL to take them \
+             from"
+                .to_string(),
+        );
+    }
+    // The stamp file goes with the database as it is now (the next writable open sets
+    // it to the database's own stamp).
+    let synced = dir.join(SYNCED_FILE);
+    if synced.exists() {
+        std::fs::rename(&synced, kept(SYNCED_FILE)).map_err(io_error(&synced))?;
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))?;
+    done.push(format!(
+        "the files replaced are kept next to the store as *.before-repair-{stamp}: delete them \
+         once the store reads as it should"
+    ));
+    Ok(done)
 }
 
 /// Why the journal check refused a store, and what the operator can do.

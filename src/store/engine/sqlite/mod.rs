@@ -24,6 +24,8 @@
 //!   POSIX locks, which would let a second daemon in).
 
 pub mod journal;
+pub mod pages;
+pub mod wal;
 
 use super::{Engine, EngineError, EngineSpace, Entry, RawOp, Table};
 use journal::SyncedFile;
@@ -338,6 +340,13 @@ pub fn create(
         .map_err(io(dir))?;
     drop(lock);
     open(dir, false)
+}
+
+/// Carries out the operator's decision on a store whose WAL the open refused
+/// ([`journal::repair`]), under the store's lock.
+pub fn repair_journal(dir: &Path) -> Result<journal::Repaired, EngineError> {
+    let _lock = lock_dir(dir, false)?;
+    journal::repair(dir)
 }
 
 /// Opens the store database in `dir`. The write-ahead log is checked first ([`journal`]):
