@@ -8,7 +8,10 @@
 //! | tag | 1 byte | high nibble: frame format version (1); low nibble: [`Codec`] |
 //! | plain_len | varint | length of the plaintext |
 //! | crc | 4 bytes | CRC-32 (IEEE) of the plaintext |
-//! | payload | rest | codec specific; raw: the plaintext; zstd: one zstd frame; LLM: see [`crate::codec::segment`] |
+//! | payload | rest | codec specific; raw: the plaintext; zstd: one zstd frame; LLM: see [`crate::codec::segment`]; lost: why (UTF-8) |
+//!
+//! A *lost* frame holds no data: `llmfs fsck --salvage` puts one where a chunk of a file
+//! could not be recovered, so that reading it is an I/O error naming why, never zeros.
 //!
 //! The model fingerprint of LLM frames is not repeated per frame: the container header
 //! and the filesystem superblock record it once, and both refuse a different model
@@ -29,24 +32,25 @@ pub enum Codec {
     Raw = 0,
     Zstd = 1,
     Llm = 2,
+    /// A chunk that salvage could not recover: it reads as an error.
+    Lost = 3,
 }
 
 impl Codec {
+    /// Every codec, in the order of their numbers.
+    pub const ALL: [Codec; 4] = [Codec::Raw, Codec::Zstd, Codec::Llm, Codec::Lost];
+
     pub fn name(self) -> &'static str {
         match self {
             Codec::Raw => "raw",
             Codec::Zstd => "zstd",
             Codec::Llm => "llm",
+            Codec::Lost => "lost",
         }
     }
 
     fn from_nibble(n: u8) -> Option<Codec> {
-        match n {
-            0 => Some(Codec::Raw),
-            1 => Some(Codec::Zstd),
-            2 => Some(Codec::Llm),
-            _ => None,
-        }
+        Codec::ALL.get(usize::from(n)).copied()
     }
 }
 
@@ -70,6 +74,9 @@ pub enum FrameError {
     NeedsModel,
     #[error("the language model failed: {0}")]
     Model(String),
+    /// The chunk was lost to damage (a [`Codec::Lost`] frame): the text says how.
+    #[error("this chunk was lost: {0}")]
+    Lost(String),
     /// The caller's cancel flag was set ([`crate::codec::segment::SegmentCoder::set_cancel`]):
     /// nothing is wrong with the data, try again later.
     #[error("coding was cancelled")]
@@ -123,6 +130,15 @@ pub fn encode_fast(plain: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A frame that stands for `plain_len` bytes that were lost, saying why.
+pub fn lost(plain_len: u64, why: &str) -> Vec<u8> {
+    let mut out = vec![(FRAME_VERSION << 4) | Codec::Lost as u8];
+    varint::put(&mut out, plain_len);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(why.as_bytes());
+    out
+}
+
 /// Builds a frame around an already coded payload.
 pub fn assemble(codec: Codec, plain: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 16);
@@ -166,6 +182,11 @@ pub fn decode(
         Codec::Llm => llm
             .ok_or(FrameError::NeedsModel)?
             .decode_llm_payload(payload, plain_len)?,
+        Codec::Lost => {
+            return Err(FrameError::Lost(
+                String::from_utf8_lossy(payload).into_owned(),
+            ))
+        }
     };
     verify(&header, &plain)?;
     Ok(plain)
@@ -271,6 +292,15 @@ mod tests {
         for cut in 0..f.len() {
             assert!(decode(&f[..cut], None).is_err());
         }
+    }
+
+    #[test]
+    fn a_lost_chunk_reads_as_an_error_saying_why() {
+        let f = lost(4096, "page 12 of the database was unreadable");
+        let h = parse_header(&f).unwrap();
+        assert_eq!((h.codec, h.plain_len), (Codec::Lost, 4096));
+        let e = decode(&f, None).unwrap_err();
+        assert!(e.to_string().contains("page 12"), "{e}");
     }
 
     #[test]

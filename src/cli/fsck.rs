@@ -27,8 +27,9 @@ pub const EXIT_PROBLEMS: i32 = 1;
 pub const EXIT_FAILED: i32 = 8;
 
 pub const EXIT_HELP: &str = "Exit status: 0 the store is clean (with --repair: clean after \
-the repairs), 1 problems were found (with --repair: some remain), 2 usage error, 8 the store \
-could not be checked (missing, mounted, not a store, unreadable).";
+the repairs; with --salvage: nothing was lost), 1 problems were found, a store too damaged to \
+open among them (with --repair: some remain; with --salvage: something was lost, and said), 2 \
+usage error, 8 the check could not run (store missing, mounted, not a store, I/O error).";
 
 #[derive(Args)]
 pub struct FsckArgs {
@@ -42,6 +43,13 @@ pub struct FsckArgs {
     /// nothing references), then check again. Without it nothing is written.
     #[arg(long)]
     pub repair: bool,
+    /// Build a new store in NEWSTORE from every record of STORE that still reads, for
+    /// damage no repair in place can fix (a damaged database page, a file cut short);
+    /// STORE is only read. What is lost reads as an I/O error in the new store.
+    #[arg(long, requires = "newstore", conflicts_with_all = ["repair", "verify"])]
+    pub salvage: bool,
+    /// With --salvage: the new store's directory (missing or empty).
+    pub newstore: Option<PathBuf>,
     /// Print one JSON object instead of lines.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +86,13 @@ fn model_decoder(args: &FsckArgs, store: &Store) -> anyhow::Result<Option<ModelD
 }
 
 pub fn run(args: FsckArgs) -> i32 {
+    if args.salvage {
+        return salvage(&args);
+    }
+    if args.newstore.is_some() {
+        eprintln!("llmfs fsck: a second directory is only for --salvage");
+        return 2;
+    }
     // Without --repair nothing in the store's files changes: no checkpoint, no upgrade.
     let opts = OpenOptions {
         create: None,
@@ -157,6 +172,146 @@ pub fn run(args: FsckArgs) -> i32 {
     }
 }
 
+/// `--salvage`: a new store from every record that still reads.
+fn salvage(args: &FsckArgs) -> i32 {
+    let Some(target) = &args.newstore else {
+        return 2;
+    };
+    let quiet = args.json;
+    let report = match llmfs::store::salvage::salvage(&args.store, target, &mut |line| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "llmfs fsck: cannot salvage {} into {}: {e}",
+                args.store.display(),
+                target.display()
+            );
+            return EXIT_FAILED;
+        }
+    };
+    if args.json {
+        let tables: serde_json::Map<String, Value> = report
+            .tables
+            .iter()
+            .map(|(t, c)| {
+                (
+                    t.to_string(),
+                    json!({"found": c.found, "kept": c.kept, "damaged": c.damaged, "duplicates": c.duplicates}),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "store": args.store.display().to_string(),
+                "salvaged_into": target.display().to_string(),
+                "lossless": report.lossless(),
+                "tables": tables,
+                "damaged_pages": report.scan.pages.damaged.iter().map(|(p, w)| json!({"page": p, "why": w})).collect::<Vec<_>>(),
+                "damaged_records": report.damaged,
+                "files_with_lost_chunks": report.lost_chunks.iter().map(|(i, p, n)| json!({"ino": i, "path": p, "chunks": n})).collect::<Vec<_>>(),
+                "rebuilt_inodes": report.rebuilt.iter().map(|(i, p)| json!({"ino": i, "path": p})).collect::<Vec<_>>(),
+                "relinked_into_lost_found": report.relinked,
+                "clean": report.check.is_clean(),
+                "problems": report.check.problems.iter().map(problem_json).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        print_salvage(&report);
+    }
+    if report.lossless() && report.check.is_clean() {
+        EXIT_CLEAN
+    } else {
+        EXIT_PROBLEMS
+    }
+}
+
+fn print_salvage(r: &llmfs::store::salvage::SalvageReport) {
+    let p = &r.scan.pages;
+    println!(
+        "salvaged {} into {} (chunk size {}{})",
+        r.source.display(),
+        r.target.display(),
+        r.chunk_size,
+        if r.superblock_found {
+            ""
+        } else {
+            ", inferred: the superblock was lost"
+        }
+    );
+    println!(
+        "read {} pages ({} leaf, {} interior, {} overflow, {} free left out), {}",
+        p.pages, p.leaf_pages, p.interior_pages, p.overflow_pages, p.free_pages, r.scan.wal
+    );
+    for (page, why) in &p.damaged {
+        println!("damaged page {page}: {why}");
+    }
+    println!("| table | found | kept | damaged | duplicates |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (t, c) in &r.tables {
+        println!(
+            "| {t} | {} | {} | {} | {} |",
+            c.found, c.kept, c.damaged, c.duplicates
+        );
+    }
+    if !r.sealed {
+        println!("the old store was of format 2: its records carry no checksums and were copied unverified");
+    }
+    const SHOWN: usize = 20;
+    let more = |n: usize| {
+        if n > SHOWN {
+            println!("... and {} more (--json lists them all)", n - SHOWN);
+        }
+    };
+    for d in r.damaged.iter().take(SHOWN) {
+        println!("dropped: {d}");
+    }
+    more(r.damaged.len());
+    for (ino, path, n) in r.lost_chunks.iter().take(SHOWN) {
+        println!(
+            "lost: inode {ino} ({path}): {n} chunks could not be recovered; they read as I/O \
+             errors in the new store"
+        );
+    }
+    more(r.lost_chunks.len());
+    for (ino, path) in r.rebuilt.iter().take(SHOWN) {
+        println!(
+            "rebuilt: inode {ino} ({path}) had lost its record: its data is kept under a new one \
+             (owner root, mode 0600 or 0700; size as far as the data found reaches)"
+        );
+    }
+    more(r.rebuilt.len());
+    for ino in r.relinked.iter().take(SHOWN) {
+        println!("relinked: inode {ino} is no longer reachable from the root: /lost+found/#{ino}");
+    }
+    more(r.relinked.len());
+    println!(
+        "repaired {} derived fields in the new store; checked it:",
+        r.repaired
+    );
+    for p in r
+        .check
+        .problems
+        .iter()
+        .filter(|p| p.severity != Severity::Info)
+    {
+        println!("{p}");
+    }
+    println!("{}", tally(&r.check));
+    println!(
+        "{}",
+        if r.lossless() {
+            "nothing was lost: every record of the old store is in the new one"
+        } else {
+            "the new store holds everything that still read; what is listed above was lost"
+        }
+    );
+}
+
 /// A store whose WAL lost commits or is damaged: nothing was opened; what was found and
 /// what `--repair` would do.
 fn report_journal(args: &FsckArgs, damage: &JournalDamage) -> i32 {
@@ -220,7 +375,11 @@ fn cannot_check(args: &FsckArgs, doing: &str, e: &StoreError) -> i32 {
         );
     }
     if damaged {
-        eprintln!("error: {}: {doing}: {e}", args.store.display());
+        let dir = args.store.display();
+        eprintln!(
+            "error: {dir}: {doing}: {e}; `llmfs fsck --salvage {dir} NEWSTORE` copies every \
+             record that still reads into a new store"
+        );
         EXIT_PROBLEMS
     } else {
         eprintln!(

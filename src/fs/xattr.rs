@@ -150,7 +150,7 @@ impl Core {
         match what {
             b"stored" => Ok(inode.stored.to_string().into_bytes()),
             b"codecs" => {
-                let mut counts = [0u64; 3];
+                let mut counts = [0u64; 4];
                 let mut damaged = 0;
                 for c in self.store.chunks_in(ino, 0, u64::MAX)? {
                     match c.codec {
@@ -159,6 +159,9 @@ impl Core {
                     }
                 }
                 let mut s = format!("llm={} zstd={} raw={}", counts[2], counts[1], counts[0]);
+                if counts[3] > 0 {
+                    s.push_str(&format!(" lost={}", counts[3]));
+                }
                 if damaged > 0 {
                     s.push_str(&format!(" damaged={damaged}"));
                 }

@@ -42,6 +42,7 @@ pub mod extent;
 pub mod fsck;
 pub mod keys;
 pub mod records;
+pub mod salvage;
 pub mod seal;
 pub mod stats;
 pub mod txn;
@@ -720,12 +721,15 @@ impl Store {
     /// chunks the background reaper has not removed yet.
     pub fn orphans(&self) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
-        self.engine.scan(Table::Orphan, &[], None, &mut |k, _| {
-            if let Some(ino) = keys::u64_at(k, 0) {
-                out.push(ino);
-            }
-            true
-        })?;
+        self.engine
+            .scan_checked(Table::Orphan, &[], None, &mut |k, v| {
+                match v {
+                    Ok(_) => out.extend(keys::u64_at(k, 0)),
+                    // Its inode number cannot be trusted: nothing is deleted on its word.
+                    Err(why) => log::error!("{why}: left alone; `llmfs fsck` reports it"),
+                }
+                true
+            })?;
         Ok(out)
     }
 
@@ -755,12 +759,14 @@ impl Store {
         Ok(())
     }
 
+    /// Inode records, damaged ones included (for statfs).
     pub fn count_inodes(&self) -> Result<u64, StoreError> {
         let mut n = 0;
-        self.engine.scan(Table::Inode, &[], None, &mut |_, _| {
-            n += 1;
-            true
-        })?;
+        self.engine
+            .scan_checked(Table::Inode, &[], None, &mut |_, _| {
+                n += 1;
+                true
+            })?;
         Ok(n)
     }
 
@@ -1082,18 +1088,36 @@ impl Store {
         txn.delete(Table::Chunk, key.clone());
         txn.delete(Table::Pending, key);
         let added = frame.len() as i64;
-        let chunk = ExtentChunk { index, ver, frame };
+        self.place_settled(txn, ino, ExtentChunk { index, ver, frame })?;
+        Ok(old - added)
+    }
+
+    /// Adds to `txn` a settled chunk where no chunk is (a salvage marking a lost one).
+    pub(crate) fn put_settled(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        index: u64,
+        ver: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.place_settled(txn, ino, ExtentChunk { index, ver, frame })
+    }
+
+    /// Puts `chunk` into the extent that spans its index, or onto the end of the one
+    /// before it if it has room, or onto the front of the next one if that has room,
+    /// else into a new one.
+    fn place_settled(&self, txn: &mut Txn, ino: u64, chunk: ExtentChunk) -> Result<(), StoreError> {
+        let index = chunk.index;
         let target = self.engine.extent_target();
         let grow = Extent::growth(chunk.frame.len());
-        // Into the extent that spans `index`, or onto the end of the one before it if it
-        // has room, or onto the front of the next one if that has room, else a new one.
         if let Some((first, v)) = self.extent_floor(Some(txn), ino, index)? {
             let mut e = Extent::decode(&v)?;
             let spans = e.last().is_some_and(|l| l > index);
             if spans || e.encoded_len() + grow <= target {
                 e.insert(chunk);
                 self.put_split(txn, ino, first, e, target);
-                return Ok(old - added);
+                return Ok(());
             }
         }
         let mut after = None;
@@ -1112,13 +1136,13 @@ impl Store {
             if e.encoded_len() + grow <= target {
                 e.insert(chunk);
                 self.put_extent(txn, ino, first, &e);
-                return Ok(old - added);
+                return Ok(());
             }
         }
         let mut e = Extent::default();
         e.insert(chunk);
         txn.put(Table::Extent, keys::chunk(ino, index), e.encode());
-        Ok(old - added)
+        Ok(())
     }
 
     /// Writes `e` (stored under `first`), split in two if it outgrew `target`.

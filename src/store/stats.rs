@@ -25,8 +25,8 @@ pub struct StoreStats {
     pub logical_bytes: u64,
     /// Sum of frame lengths (hot and settled).
     pub stored_bytes: u64,
-    /// Indexed by [`Codec`] as usize: raw, zstd, llm.
-    pub per_codec: [CodecStats; 3],
+    /// Indexed by [`Codec`] as usize: raw, zstd, llm, lost.
+    pub per_codec: [CodecStats; 4],
     /// Chunks written and not yet settled by the compactor.
     pub pending_chunks: u64,
     pub extents: u64,
@@ -61,7 +61,7 @@ impl StoreStats {
             ("pending_chunks".into(), self.pending_chunks),
             ("extents".into(), self.extents),
         ];
-        for c in [Codec::Raw, Codec::Zstd, Codec::Llm] {
+        for c in Codec::ALL {
             let s = self.codec(c);
             f.push((format!("chunks_{}", c.name()), s.chunks));
             f.push((format!("frame_bytes_{}", c.name()), s.frame_bytes));

@@ -396,6 +396,20 @@ impl Checker<'_> {
         if h.codec == Codec::Llm {
             self.counts.llm_frames += 1;
         }
+        if h.codec == Codec::Lost {
+            self.add(
+                Problem::error(
+                    K::Lost,
+                    Some(ino),
+                    format!(
+                        "{} were lost to damage before a salvage, which marked them: they \
+                         read as an I/O error (never as zeros); restore the file from a backup",
+                        self.bytes_of(index)
+                    ),
+                )
+                .at_chunk(index),
+            );
+        }
         // What the chunk may hold: all of it, or up to the end of the file. Shorter is
         // fine (a file grown past a partial chunk reads zeros after it).
         let room = match file {

@@ -38,7 +38,8 @@ use std::fmt;
 pub use repair::RepairSummary;
 
 /// What a user can do about damage no repair can fix.
-const RESTORE: &str = "copy what still reads out of the store and restore the rest from a backup";
+const RESTORE: &str = "`llmfs fsck --salvage STORE NEWSTORE` copies every record that still reads \
+into a new store (what is lost then reads as an I/O error there); or restore from a backup";
 
 /// Decodes one LLM frame (the whole frame, header included) to its plaintext: the
 /// language model, which the store layer does not know.
@@ -118,6 +119,8 @@ pub enum ProblemKind {
     Unverified,
     /// A record that fails its checksum ([`super::seal`]).
     Checksum,
+    /// A chunk a salvage marked as lost.
+    Lost,
     /// The write-ahead log: damaged, cut short, or missing durable commits.
     Journal,
 }
@@ -149,6 +152,7 @@ impl ProblemKind {
             ProblemKind::Decode => "decode",
             ProblemKind::Unverified => "unverified",
             ProblemKind::Checksum => "checksum",
+            ProblemKind::Lost => "lost",
             ProblemKind::Journal => "journal",
         }
     }
@@ -462,8 +466,7 @@ impl<'s> Checker<'s> {
             ProblemKind::Database,
             None,
             format!(
-                "the database file is damaged: {}{more}; copy what still reads off a mount, \
-                 or restore the store from a backup",
+                "the database file is damaged: {}{more}; {RESTORE}",
                 lines[..lines.len().min(SHOWN)].join("; ")
             ),
         ));

@@ -28,7 +28,7 @@ fn decode(framed: &[u8], cs: u64, llm: &mut Option<LlmDecoder<'_>>) -> Verdict {
     let Ok(h) = frame::parse_header(framed) else {
         return Verdict::Skipped;
     };
-    if h.plain_len > cs {
+    if h.plain_len > cs || h.codec == Codec::Lost {
         return Verdict::Skipped;
     }
     let result = match (h.codec, llm.as_mut()) {

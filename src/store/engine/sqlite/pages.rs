@@ -176,11 +176,47 @@ impl DbHeader {
     }
 }
 
+/// Where a [`FileImage`]'s bytes are: in memory, or read a page at a time from an open
+/// file (a store of gigabytes is scanned without being read into memory).
+#[derive(Debug)]
+enum Bytes {
+    Memory(Vec<u8>),
+    File { file: std::fs::File, len: u64 },
+}
+
+impl Bytes {
+    fn len(&self) -> u64 {
+        match self {
+            Bytes::Memory(v) => v.len() as u64,
+            Bytes::File { len, .. } => *len,
+        }
+    }
+
+    /// `len` bytes at `start`, if the file holds them all.
+    fn get(&self, start: u64, len: usize) -> Option<Cow<'_, [u8]>> {
+        let end = start.checked_add(len as u64)?;
+        if end > self.len() {
+            return None;
+        }
+        match self {
+            Bytes::Memory(v) => v
+                .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+                .map(Cow::Borrowed),
+            Bytes::File { file, .. } => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, start).ok()?;
+                Some(Cow::Owned(buf))
+            }
+        }
+    }
+}
+
 /// A database file's bytes, optionally overlaid with newer pages (from the WAL: see
 /// `WalAnalysis::overlay` in the sibling `wal` module).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FileImage {
-    data: Vec<u8>,
+    data: Bytes,
     overlay: BTreeMap<u32, Vec<u8>>,
     page_size: u32,
     page_count: u32,
@@ -201,12 +237,33 @@ impl FileImage {
     /// last commit).
     pub fn with_overlay(
         data: Vec<u8>,
-        mut overlay: BTreeMap<u32, Vec<u8>>,
+        overlay: BTreeMap<u32, Vec<u8>>,
         fallback_page_size: u32,
     ) -> Self {
+        Self::build(Bytes::Memory(data), overlay, fallback_page_size)
+    }
+
+    /// [`FileImage::with_overlay`] over an open database file, read a page at a time.
+    pub fn from_file(
+        file: std::fs::File,
+        overlay: BTreeMap<u32, Vec<u8>>,
+        fallback_page_size: u32,
+    ) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self::build(
+            Bytes::File { file, len },
+            overlay,
+            fallback_page_size,
+        ))
+    }
+
+    fn build(data: Bytes, mut overlay: BTreeMap<u32, Vec<u8>>, fallback_page_size: u32) -> Self {
         let size_of = |p: &[u8]| DbHeader::parse(p).ok().map(|h| h.page_size);
         let fallback = Some(fallback_page_size).filter(|s| sane_page_size(*s));
-        let page_size = size_of(&data)
+        let first = data.get(0, 100.min(data.len() as usize));
+        let page_size = first
+            .as_deref()
+            .and_then(size_of)
             .or_else(|| overlay.get(&1).and_then(|p| size_of(p)))
             .or(fallback)
             .unwrap_or(DEFAULT_PAGE_SIZE);
@@ -229,7 +286,7 @@ impl FileImage {
 
     /// Pages in the file itself, a partial last page included.
     pub fn file_pages(&self) -> u32 {
-        let pages = (self.data.len() as u64).div_ceil(u64::from(self.page_size));
+        let pages = self.data.len().div_ceil(u64::from(self.page_size));
         u32::try_from(pages).unwrap_or(u32::MAX)
     }
 
@@ -261,10 +318,8 @@ impl PageSource for FileImage {
             return Some(Cow::Borrowed(page));
         }
         let size = self.page_size as usize;
-        let start = (pgno as usize - 1).checked_mul(size)?;
-        self.data
-            .get(start..start.checked_add(size)?)
-            .map(Cow::Borrowed)
+        let start = u64::from(pgno - 1).checked_mul(size as u64)?;
+        self.data.get(start, size)
     }
 }
 
