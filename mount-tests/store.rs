@@ -370,3 +370,74 @@ fn reads_and_unmount_work_on_a_full_disk() {
     }
     assert_eq!(log.matches("ERROR").count(), 2, "{log}");
 }
+
+/// `stat` latencies (ms) of names that do not exist, for `secs` seconds: each one is a
+/// lookup the daemon answers (the kernel caches no negative entry), sorted.
+fn stat_latencies(m: &Mount, tag: &str, secs: f64) -> Vec<f64> {
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    while start.elapsed().as_secs_f64() < secs {
+        let t = std::time::Instant::now();
+        let _ = fs::metadata(m.path(&format!("missing-{tag}-{}", out.len())));
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
+}
+
+#[test]
+fn users_reading_statistics_in_a_loop_do_not_stall_metadata() {
+    let m = Mount::with_options(&["nomodel", "allow_other"]);
+    // 131,072 chunks: one walk of the store reads every one of them.
+    let line = b"{\"role\":\"assistant\",\"content\":\"the quick brown fox\"}\n";
+    let block = line.repeat((1 << 20) / line.len());
+    let mut f = fs::File::create(m.path("big.jsonl")).unwrap();
+    for _ in 0..512 {
+        f.write_all(&block).unwrap();
+    }
+    drop(f);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let idle = stat_latencies(&m, "idle", 2.0);
+    let walks_before = crate::harness::stat(&m.stats(), "stats_walks");
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+                .arg(format!(
+                    "exec 2>/dev/null; while :; do getfattr -n user.llmfs.stats {} >/dev/null; done",
+                    m.mnt.display()
+                ))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let loaded = stat_latencies(&m, "loaded", 4.0);
+    for mut l in loops {
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+    let _ = Command::new("pkill")
+        .args(["-f", "getfattr -n user.llmfs.stats"])
+        .status();
+    let walks = crate::harness::stat(&m.stats(), "stats_walks") - walks_before;
+    // One walk at a time, each result reused for at least 2 s: 4.5 s of four loops
+    // walk at most 3 times (before: once per call, back to back).
+    assert!(walks <= 4, "{walks} walks in 4.5 s");
+    let (p50, p99) = (quantile(&idle, 0.5), quantile(&idle, 0.99));
+    let (l50, l99) = (quantile(&loaded, 0.5), quantile(&loaded, 0.99));
+    eprintln!("stat ms idle p50 {p50:.4} p99 {p99:.4}; loaded p50 {l50:.4} p99 {l99:.4}");
+    // Within 2x of idle (with a floor for timer noise at microseconds).
+    assert!(
+        l50 <= (2.0 * p50).max(0.05),
+        "p50 {l50:.4} ms under load, {p50:.4} idle"
+    );
+    assert!(
+        l99 <= (2.0 * p99).max(0.5),
+        "p99 {l99:.4} ms under load, {p99:.4} idle"
+    );
+}

@@ -55,6 +55,20 @@ fn print(m: &Map<String, Value>, json: bool) {
     }
 }
 
+/// The daemon's statistics, walked after `since`: it reuses a walk for a few seconds
+/// (so that readers in a loop cost nothing), and after waiting for idle the figures must
+/// include the last compaction.
+fn fresh_stats(path: &Path, since: Instant) -> anyhow::Result<Map<String, Value>> {
+    loop {
+        let m = live(path)?.context("the mount went away")?;
+        let age = Duration::from_millis(num(&m, "stats_age_ms"));
+        if age <= since.elapsed() {
+            return Ok(m);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Polls the daemon until nothing is pending and the model is idle.
 fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -77,7 +91,7 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            return live(path)?.context("the mount went away");
+            return fresh_stats(path, Instant::now());
         }
         let first = *first_pending.get_or_insert(pending);
         if let Some(b) = &bar {

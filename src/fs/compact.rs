@@ -127,7 +127,7 @@ impl Core {
             if last_log.elapsed() >= Duration::from_secs(60) {
                 let st = self.compact_stats();
                 if st.chunks_llm + st.chunks_kept > logged.chunks_llm + logged.chunks_kept {
-                    log_progress(&logged, &st, self.store.count_pending().unwrap_or(0));
+                    log_progress(&logged, &st, self.store.count_pending());
                     logged = st;
                 }
                 last_log = Instant::now();
@@ -144,6 +144,11 @@ impl Core {
         loop {
             let batch = self.store.pending(*cursor, BATCH)?;
             if batch.is_empty() {
+                if *cursor == (0, 0) && self.store.count_pending() != 0 {
+                    // The table is empty: a counter that says otherwise drifted.
+                    log::debug!("pending count resynchronised");
+                    self.store.recount_pending()?;
+                }
                 *cursor = (0, 0);
                 // Everything seen was not cold yet (or nothing waits).
                 return Ok(next_due

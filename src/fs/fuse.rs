@@ -98,6 +98,16 @@ impl FuseFs {
         done: impl FnOnce(FsResult<T>) + Send + 'static,
     ) {
         self.core.touch();
+        self.run_or_slow(op, done);
+    }
+
+    /// [`FuseFs::dispatch`] for a request that is not activity (reading statistics):
+    /// a poller must not keep the filesystem from counting as idle.
+    fn run_or_slow<T: 'static>(
+        &self,
+        op: impl Fn(&Core, Wait) -> FsResult<T> + Send + 'static,
+        done: impl FnOnce(FsResult<T>) + Send + 'static,
+    ) {
         match op(&self.core, Wait::NoModel) {
             Err(FsError::WouldBlock) => {
                 let core = Arc::clone(&self.core);
@@ -588,10 +598,10 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(
-            self.core.getxattr(&caller(req), ino.0, name.as_bytes()),
-            size,
-            reply,
+        let (caller, ino, name) = (caller(req), ino.0, name.as_bytes().to_vec());
+        self.run_or_slow(
+            move |c, wait| c.getxattr(&caller, ino, &name, wait),
+            move |r| reply_xattr(r, size, reply),
         );
     }
 

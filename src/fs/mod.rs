@@ -162,6 +162,10 @@ pub struct Core {
     store_dir: Option<std::path::PathBuf>,
     /// An access time could not be saved for want of space (logged once per episode).
     atime_skipped: std::sync::atomic::AtomicBool,
+    /// The store's walked statistics, reused for a while ([`report::StatsCache`]).
+    stats_cache: report::StatsCache,
+    /// Chunks per codec of recently asked files ([`xattr::CodecsCache`]).
+    codecs_cache: xattr::CodecsCache,
 }
 
 impl Core {
@@ -204,6 +208,8 @@ impl Core {
             origin: std::time::Instant::now(),
             store_dir: None,
             atime_skipped: std::sync::atomic::AtomicBool::new(false),
+            stats_cache: report::StatsCache::default(),
+            codecs_cache: xattr::CodecsCache::default(),
         };
         let orphans = if core.cfg.read_only {
             Vec::new()

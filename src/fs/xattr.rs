@@ -1,9 +1,11 @@
 //! Extended attributes: get/set/list/remove, with XATTR_CREATE/XATTR_REPLACE.
 
+use super::data::Wait;
 use super::perm::{self, R, W};
 use super::{live, Caller, Core, FsError, FsResult};
 use crate::store::records::{Kind, Time};
 use crate::store::Txn;
+use parking_lot::Mutex;
 
 /// Attributes llmfs computes: read-only, not listed (so copies do not carry them).
 /// `user.llmfs.stored` (bytes stored), `user.llmfs.codecs` (chunks per codec) on any
@@ -14,6 +16,29 @@ const LLMFS_PREFIX: &[u8] = b"user.llmfs.";
 /// Linux's limits (XATTR_NAME_MAX, XATTR_SIZE_MAX).
 const NAME_MAX: usize = 255;
 const VALUE_MAX: usize = 65536;
+
+/// `user.llmfs.codecs` of recently asked files: counting a file's chunks reads all of
+/// them, so the answer is kept while the file's content version and stored bytes stay
+/// (a write moves the first, the compactor's swap the second), and one count runs at a
+/// time: a user asking in a loop costs one walk per change of the file.
+pub struct CodecsCache {
+    counting: Mutex<()>,
+    answers: Mutex<lru::LruCache<u64, CodecsAnswer>>,
+}
+
+/// (content version, stored bytes, the answer) of one file.
+type CodecsAnswer = (u64, u64, Vec<u8>);
+
+impl Default for CodecsCache {
+    fn default() -> CodecsCache {
+        CodecsCache {
+            counting: Mutex::new(()),
+            answers: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4096).expect("non-zero"),
+            )),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetXattr {
@@ -86,11 +111,21 @@ fn check_access(
 }
 
 impl Core {
-    pub fn getxattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+    /// An attribute's value. The computed ones that walk the store or a file's chunks
+    /// say [`FsError::WouldBlock`] with [`Wait::NoModel`] when they have no fresh answer
+    /// at hand: the FUSE adapter then computes them on a slow-request thread, so that a
+    /// user asking in a loop never holds a request thread `stat` needs.
+    pub fn getxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        name: &[u8],
+        wait: Wait,
+    ) -> FsResult<Vec<u8>> {
         let inode = self.getattr(ino)?.inode;
         check_access(caller, &inode, name, R)?;
         if let Some(what) = name.strip_prefix(LLMFS_PREFIX) {
-            return self.computed_xattr(ino, &inode, what);
+            return self.computed_xattr(ino, &inode, what, wait);
         }
         self.store.xattr(ino, name)?.ok_or(FsError::NoAttr)
     }
@@ -146,10 +181,29 @@ impl Core {
         ino: u64,
         inode: &crate::store::records::Inode,
         what: &[u8],
+        wait: Wait,
     ) -> FsResult<Vec<u8>> {
         match what {
             b"stored" => Ok(inode.stored.to_string().into_bytes()),
             b"codecs" => {
+                let key = (inode.data_ver, inode.stored);
+                let hit = |c: &CodecsCache| {
+                    c.answers
+                        .lock()
+                        .get(&ino)
+                        .filter(|a| (a.0, a.1) == key)
+                        .map(|a| a.2.clone())
+                };
+                if let Some(v) = hit(&self.codecs_cache) {
+                    return Ok(v);
+                }
+                if wait == Wait::NoModel {
+                    return Err(FsError::WouldBlock);
+                }
+                let _counting = self.codecs_cache.counting.lock();
+                if let Some(v) = hit(&self.codecs_cache) {
+                    return Ok(v);
+                }
                 let mut counts = [0u64; 4];
                 let mut damaged = 0;
                 for c in self.store.chunks_in(ino, 0, u64::MAX)? {
@@ -165,10 +219,15 @@ impl Core {
                 if damaged > 0 {
                     s.push_str(&format!(" damaged={damaged}"));
                 }
-                Ok(s.into_bytes())
+                let v = s.into_bytes();
+                self.codecs_cache
+                    .answers
+                    .lock()
+                    .put(ino, (key.0, key.1, v.clone()));
+                Ok(v)
             }
             b"stats" if ino == crate::store::ROOT_INO => {
-                let m = self.live_stats()?;
+                let m = self.live_stats(wait)?;
                 Ok(serde_json::Value::Object(m).to_string().into_bytes())
             }
             b"progress" if ino == crate::store::ROOT_INO => {
@@ -222,11 +281,11 @@ mod tests {
         core.setxattr(&r, f, b"user.a", b"2", SetXattr::Replace)
             .unwrap();
         core.setxattr(&r, f, b"user.b", b"", SetXattr::Any).unwrap();
-        assert_eq!(core.getxattr(&r, f, b"user.a").unwrap(), b"2");
+        assert_eq!(core.getxattr(&r, f, b"user.a", Wait::Model).unwrap(), b"2");
         assert_eq!(core.listxattr(&r, f).unwrap(), b"user.a\0user.b\0");
         core.removexattr(&r, f, b"user.a").unwrap();
         assert!(matches!(
-            core.getxattr(&r, f, b"user.a"),
+            core.getxattr(&r, f, b"user.a", Wait::Model),
             Err(FsError::NoAttr)
         ));
     }

@@ -158,6 +158,9 @@ pub struct Store {
     /// (next inode number to hand out, first number not yet reserved in the store)
     inos: Mutex<(u64, u64)>,
     writes: WriteProgress,
+    /// Chunks waiting for the compactor, kept by every commit (counted once at open),
+    /// so that asking costs no scan.
+    pending: std::sync::atomic::AtomicI64,
 }
 
 /// How long the oldest unfinished write has been running, for the watchdog: a daemon
@@ -408,12 +411,15 @@ impl Store {
                 .ok_or_else(|| StoreError::Corrupt("next_ino record malformed".into()))?,
             None => return Err(StoreError::Corrupt("next_ino record missing".into())),
         };
-        Ok(Store {
+        let store = Store {
             engine,
             superblock: sb,
             inos: Mutex::new((next, next)),
             writes: WriteProgress::default(),
-        })
+            pending: std::sync::atomic::AtomicI64::new(0),
+        };
+        store.recount_pending()?;
+        Ok(store)
     }
 
     /// Seals every record of a format 2 store (resuming an interrupted upgrade), then
@@ -484,8 +490,10 @@ impl Store {
         if txn.is_empty() {
             return Ok(());
         }
-        let ops = txn.into_ops();
-        Ok(self.writes.run(|| self.engine.commit(&ops, false))?)
+        let (ops, delta) = txn.into_parts();
+        self.writes.run(|| self.engine.commit(&ops, false))?;
+        self.pending.fetch_add(delta, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Makes everything committed so far durable.
@@ -967,6 +975,12 @@ impl Store {
             .filter(|c| c.hot)
         {
             txn.delete(Table::Chunk, keys::chunk(ino, c.index));
+            if self
+                .get(Some(txn), Table::Pending, &keys::chunk(ino, c.index))?
+                .is_some()
+            {
+                txn.pending_delta -= 1;
+            }
             txn.delete(Table::Pending, keys::chunk(ino, c.index));
             freed += c.frame_len as u64;
         }
@@ -1017,6 +1031,9 @@ impl Store {
                 _ => 0,
             },
         };
+        if self.get(Some(txn), Table::Pending, &key)?.is_none() {
+            txn.pending_delta += 1;
+        }
         txn.put(Table::Chunk, key.clone(), HotChunk::encode(ver, frame));
         let pending = Pending {
             ver,
@@ -1054,13 +1071,21 @@ impl Store {
         }
     }
 
-    /// Number of chunks waiting for the compactor.
-    pub fn count_pending(&self) -> Result<u64, StoreError> {
-        let mut n = 0;
-        self.engine.scan(Table::Pending, &[], None, &mut |_, _| {
-            n += 1;
-            true
-        })?;
+    /// Number of chunks waiting for the compactor (a counter: no scan).
+    pub fn count_pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Counts the pending records again (at open, and when the compactor has seen the
+    /// whole table: the counter then cannot drift for long).
+    pub fn recount_pending(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        self.engine
+            .scan_checked(Table::Pending, &[], None, &mut |_, _| {
+                n += 1;
+                true
+            })?;
+        self.pending.store(n as i64, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -1086,6 +1111,9 @@ impl Store {
             }
         };
         txn.delete(Table::Chunk, key.clone());
+        if self.get(Some(txn), Table::Pending, &key)?.is_some() {
+            txn.pending_delta -= 1;
+        }
         txn.delete(Table::Pending, key);
         let added = frame.len() as i64;
         self.place_settled(txn, ino, ExtentChunk { index, ver, frame })?;
@@ -1176,6 +1204,9 @@ impl Store {
                 n + doomed.len() < max
             })?;
             n += doomed.len();
+            if table == Table::Pending {
+                txn.pending_delta -= doomed.len() as i64;
+            }
             for k in doomed {
                 txn.delete(table, k);
             }

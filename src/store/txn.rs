@@ -15,6 +15,9 @@ use std::ops::Bound;
 pub struct Txn {
     /// The final state of every key changed: `Some(value)` or deleted.
     changes: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    /// Pending records this transaction adds (positive) or removes, as the store's
+    /// methods that build it know: the store's count moves by it once it commits.
+    pub(super) pending_delta: i64,
 }
 
 impl Txn {
@@ -60,13 +63,21 @@ impl Txn {
     }
 
     pub(super) fn into_ops(self) -> Vec<RawOp> {
-        self.changes
+        self.into_parts().0
+    }
+
+    /// The operations, and the change of the pending count.
+    pub(super) fn into_parts(self) -> (Vec<RawOp>, i64) {
+        let delta = self.pending_delta;
+        let ops = self
+            .changes
             .into_iter()
             .map(|((t, k), v)| match v {
                 Some(v) => RawOp::Put(t, k, v),
                 None => RawOp::Delete(t, k),
             })
-            .collect()
+            .collect();
+        (ops, delta)
     }
 
     pub fn put_superblock(&mut self, sb: &Superblock) {

@@ -523,11 +523,19 @@ impl SqliteEngine {
         sql_error(&self.db, e)
     }
 
+    /// Runs `f` on the connection, then hands it on fairly: to a thread already waiting
+    /// rather than back to this one. A scan takes the connection once per batch of rows;
+    /// without a fair hand-off the scanning thread took it back at once, and a `stat`
+    /// waiting meanwhile waited ~12 ms per request for the whole length of the scan
+    /// (measured: a statistics walk of 262,000 chunks).
     fn with_reader<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
-        f(&self.writer.lock())
+        let c = self.writer.lock();
+        let r = f(&c);
+        parking_lot::MutexGuard::unlock_fair(c);
+        r
     }
 
     /// Checkpoints the WAL into the database file and truncates it (best effort). The
