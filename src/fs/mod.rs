@@ -166,6 +166,8 @@ pub struct Core {
     stats_cache: report::StatsCache,
     /// Chunks per codec of recently asked files ([`xattr::CodecsCache`]).
     codecs_cache: xattr::CodecsCache,
+    /// (inode, kind of error) of unreadable chunks already logged.
+    logged_errors: Mutex<std::collections::HashSet<(u64, String)>>,
 }
 
 impl Core {
@@ -210,6 +212,7 @@ impl Core {
             atime_skipped: std::sync::atomic::AtomicBool::new(false),
             stats_cache: report::StatsCache::default(),
             codecs_cache: xattr::CodecsCache::default(),
+            logged_errors: Mutex::new(std::collections::HashSet::new()),
         };
         let orphans = if core.cfg.read_only {
             Vec::new()

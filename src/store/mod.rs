@@ -527,6 +527,12 @@ impl Store {
         Ok(self.writes.run(|| self.engine.reclaim())?)
     }
 
+    /// Bytes the device holding the store has for new data (its free space and the
+    /// free pages inside the database, less the reserve kept for deletes).
+    pub fn device_room(&self) -> u64 {
+        self.engine.room()
+    }
+
     pub fn space(&self) -> Result<engine::EngineSpace, StoreError> {
         Ok(self.engine.space()?)
     }

@@ -261,6 +261,10 @@ impl Engine for Sealed {
     fn extent_target(&self) -> usize {
         self.inner.extent_target()
     }
+
+    fn room(&self) -> u64 {
+        self.inner.room()
+    }
 }
 
 /// The meta record an interrupted upgrade leaves: how far it got.

@@ -150,6 +150,12 @@ pub trait Engine: Send + Sync {
 
     fn space(&self) -> Result<EngineSpace, EngineError>;
 
+    /// Bytes new data may still take on the device (what commits that add data may use
+    /// before they are refused); unbounded for engines without a device.
+    fn room(&self) -> u64 {
+        u64::MAX
+    }
+
     /// The size extents of settled frames aim at: what packs into the database's pages
     /// with the least waste ([`super::extent`]).
     fn extent_target(&self) -> usize;

@@ -888,6 +888,13 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn room(&self) -> u64 {
+        let (avail, total) = self.device();
+        let inside = self.free_pages().unwrap_or(0) * PAGE_SIZE;
+        let reserve = (total / 50).clamp(RESERVE_MIN, RESERVE_MAX);
+        avail.saturating_add(inside).saturating_sub(reserve)
+    }
+
     fn extent_target(&self) -> usize {
         // A value fills whole overflow pages but its last: the bigger, the less the tail
         // wastes (95% full at 64 KiB, 92% at 16 KiB, measured), and an edit rewrites at
