@@ -346,33 +346,46 @@ fn readdir_is_stable_under_concurrent_creates_and_unlinks() {
     churn.join().unwrap();
 }
 
+/// The daemon's resident memory now and at its peak, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("a field of /proc/PID/status")
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// A writer that never closes its file: the daemon's memory must stay bounded by its
-/// dirty limit and caches, not grow with the data written. Measured at cbbae94: peak
-/// RSS 259-286 MiB (dirty 32M + chunk cache 32M + sled's cache, allocator, threads).
+/// dirty limit and caches, not grow with the data written. What the mount holds before
+/// (the model's weights and lanes, about 100 MiB each: README, "Memory") is its own
+/// budget; the growth from there stays within dirty limit + cache + 48 MiB (SQLite's
+/// page cache, allocator, threads).
 #[test]
 fn memory_stays_bounded_under_a_writer_that_never_closes() {
     let m = Mount::with_options(&["dirty_limit=32M", "cache_size=32M"]);
+    let (at_mount, _) = rss_kib(m.pid());
     let mut f = File::create(m.path("endless")).unwrap();
     let mut buf = pseudo_random(1 << 20, 77);
     for i in 0..512u64 {
         buf[..8].copy_from_slice(&i.to_le_bytes());
         f.write_all(&buf).unwrap();
     }
-    let status = fs::read_to_string(format!("/proc/{}/status", m.pid())).unwrap();
-    let hwm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM in /proc/PID/status");
+    let (_, peak) = rss_kib(m.pid());
+    let grew = peak.saturating_sub(at_mount);
     eprintln!(
-        "daemon peak RSS after 512 MiB written without close: {} MiB",
-        hwm_kib >> 10
+        "daemon RSS {} MiB at mount, peak {} MiB after 512 MiB written without close",
+        at_mount >> 10,
+        peak >> 10
     );
     assert!(
-        hwm_kib < 320 << 10,
-        "daemon peak RSS {} MiB after 512 MiB written to a file never closed",
-        hwm_kib >> 10
+        grew < (32 + 32 + 48) << 10,
+        "daemon RSS grew by {} MiB after 512 MiB written to a file never closed",
+        grew >> 10
     );
     f.sync_all().unwrap();
     assert_eq!(f.metadata().unwrap().len(), 512 << 20);

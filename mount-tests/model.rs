@@ -14,10 +14,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
-fn logs_coded_by_the_model_read_back_with_another_thread_count() {
+fn logs_coded_on_two_lanes_read_back_on_one_with_another_thread_count() {
     let name = "SmolLM2-135M-Instruct.Q4_1.jsonl";
     let data = corpus(name);
-    let mut m = Mount::unmounted(&["cold_after=0", "llm_threads=2"]);
+    // Two lanes of one thread each: chunks are coded side by side.
+    let mut m = Mount::unmounted(&["cold_after=0", "llm_lanes=2", "llm_threads=2"]);
     m.watchdog_timeout = Duration::from_secs(1800);
     m.start();
     fs::write(m.path(name), &data).unwrap();
@@ -36,9 +37,10 @@ fn logs_coded_by_the_model_read_back_with_another_thread_count() {
     .unwrap();
     m.stop();
 
-    // Another llama.cpp thread count than the compaction used: the code must not depend
-    // on it. The cache is cold: every chunk decodes through the model.
-    m.set_options(&["llm_threads=1"]);
+    // One lane, with another llama.cpp thread count than the compaction's lanes, in
+    // another process: the code must not depend on any of it. The cache is cold: every
+    // chunk decodes through the model.
+    m.set_options(&["llm_lanes=1", "llm_threads=2"]);
     m.start();
     let f = fs::File::open(m.path(name)).unwrap();
     // Four cold reads at once; `stat` of another file must not wait behind them.
@@ -87,7 +89,7 @@ fn logs_coded_by_the_model_read_back_with_another_thread_count() {
     assert_eq!(
         fs::read(m.path(name)).unwrap(),
         data,
-        "read back with 1 thread"
+        "read back on one lane of 2 threads"
     );
     m.stop();
 

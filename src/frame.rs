@@ -54,7 +54,7 @@ impl Codec {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("frame is truncated")]
     Truncated,

@@ -13,3 +13,4 @@ pub mod codec;
 pub mod frame;
 pub mod fs;
 pub mod store;
+pub mod tier;

@@ -317,7 +317,7 @@ fn text_split_at(len: usize, at: usize) -> Vec<u8> {
 /// process. With flash attention on (the first container version) this failed from
 /// about 500 tokens on: llama.cpp split the attention over the threads.
 #[test]
-fn the_thread_count_does_not_change_the_code() {
+fn the_thread_count_and_the_lanes_do_not_change_the_code() {
     let _cpu = exclusive_cpu();
     let dir = tempfile::tempdir().unwrap();
     // 4 KiB segments: a full one whose edge splits a character, then a short one.
@@ -329,9 +329,12 @@ fn the_thread_count_does_not_change_the_code() {
         let input = dir.path().join(format!("text-{segment}"));
         std::fs::write(&input, &text).unwrap();
         let packed = dir.path().join(format!("text-{segment}.llz"));
+        // Two lanes of one thread each, coding side by side.
         let o = run_llmfs(
             &[
                 "compress",
+                "--lanes",
+                "2",
                 "--threads",
                 "2",
                 "--no-verify",
@@ -346,11 +349,39 @@ fn the_thread_count_does_not_change_the_code() {
         assert!(o.status.success(), "{}", stderr(&o));
         let all_llm = format!("{segments} of {segments} segments LLM-coded");
         assert!(stderr(&o).contains(&all_llm), "{}", stderr(&o));
+        if segments > 1 {
+            // One lane alone writes the same bytes.
+            let single = dir.path().join(format!("text-{segment}-1.llz"));
+            let o = run_llmfs(
+                &[
+                    "compress",
+                    "--lanes",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--no-verify",
+                    "--segment-size",
+                    segment,
+                    p(&input),
+                    "-o",
+                    p(&single),
+                ],
+                None,
+            );
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert!(
+                std::fs::read(&single).unwrap() == std::fs::read(&packed).unwrap(),
+                "{segment}: one lane and two lanes wrote different files"
+            );
+        }
+        // One lane, in another process, with one thread and with three.
         for threads in ["1", "3"] {
             let out = dir.path().join(format!("out-{segment}-{threads}"));
             let o = run_llmfs(
                 &[
                     "decompress",
+                    "--lanes",
+                    "1",
                     "--threads",
                     threads,
                     p(&packed),

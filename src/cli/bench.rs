@@ -7,10 +7,13 @@ use super::model::{parse_segment_size, ModelArgs};
 use anyhow::{ensure, Context};
 use clap::Args;
 use llmfs::codec::container::{self, Container};
+use llmfs::codec::profile::CodecProfile;
 use llmfs::codec::segment::SegmentCoder;
 use llmfs::frame::Codec;
+use llmfs::tier::Pool;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -53,6 +56,12 @@ struct Row {
     /// Files decoded with another thread count, and how many of them gave the same bytes.
     cross_checked: usize,
     cross_identical: usize,
+    /// With --lanes: the pool's wall time to encode and decode, and whether its file was
+    /// byte-identical to the one-stream file.
+    pool_enc: Duration,
+    pool_dec: Duration,
+    pool_checked: usize,
+    pool_identical: usize,
 }
 
 impl Row {
@@ -77,6 +86,10 @@ impl Row {
         self.dec_tokens += o.dec_tokens;
         self.cross_checked += o.cross_checked;
         self.cross_identical += o.cross_identical;
+        self.pool_enc += o.pool_enc;
+        self.pool_dec += o.pool_dec;
+        self.pool_checked += o.pool_checked;
+        self.pool_identical += o.pool_identical;
     }
 }
 
@@ -116,6 +129,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let other_threads = args
         .other_threads
         .unwrap_or(if model.threads() == 1 { 2 } else { 1 });
+    // With --lanes: the same files once more through a pool of lanes, timed, and its
+    // files compared with the one-stream ones byte for byte.
+    let pool = match args.model.lanes {
+        Some(_) => {
+            let max = args.segment_size.iter().copied().max().unwrap_or(4096);
+            let (pool, _) = args.model.pool(max, false)?;
+            eprintln!("pool: {} lanes, {:?}", pool.lanes(), pool.config());
+            Some(pool)
+        }
+        None => None,
+    };
     let mut rows = Vec::new();
     for path in &args.files {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -158,7 +182,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             } else {
                 (0, 0)
             };
+            let (pool_enc, pool_dec, pool_identical) = match &pool {
+                Some(pool) => pool_run(pool, model.profile(), &data, seg, &packed)?,
+                None => (Duration::ZERO, Duration::ZERO, false),
+            };
             let mut row = Row {
+                pool_enc,
+                pool_dec,
+                pool_checked: usize::from(pool.is_some()),
+                pool_identical: usize::from(pool_identical),
                 name: name.clone(),
                 segment_size: seg,
                 plain: data.len(),
@@ -196,7 +228,104 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     print_tables(&rows, &args.segment_size, model.threads(), other_threads);
+    if let Some(pool) = &pool {
+        print_pool_table(&rows, &args.segment_size, pool);
+    }
     Ok(())
+}
+
+/// Encodes `data` through the pool (every segment at once), checks the file against the
+/// one-stream `packed`, and decodes it through the pool: (encode time, decode time,
+/// identical).
+fn pool_run(
+    pool: &Pool,
+    profile: &CodecProfile,
+    data: &[u8],
+    seg: usize,
+    packed: &[u8],
+) -> anyhow::Result<(Duration, Duration, bool)> {
+    let t0 = Instant::now();
+    let (bytes, _) = container::compress_segments(data, seg, profile, |segments| {
+        let tickets: Vec<_> = segments
+            .iter()
+            .map(|s| pool.submit_encode(Arc::new(s.to_vec()), true))
+            .collect();
+        tickets
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.wait()
+                    .map(|c| (c.frame, c.report))
+                    .map_err(|e| (i, e.into()))
+            })
+            .collect()
+    })?;
+    let enc = t0.elapsed();
+    let c = Container::parse(&bytes)?;
+    let t1 = Instant::now();
+    let tickets: Vec<_> = (0..c.segments())
+        .map(|i| pool.submit_decode(c.frame(i).to_vec()))
+        .collect();
+    let mut plain = Vec::with_capacity(data.len());
+    for t in tickets {
+        plain.extend(t.wait()?);
+    }
+    let dec = t1.elapsed();
+    ensure!(
+        plain == data,
+        "the pool's decode did not give back the original bytes"
+    );
+    Ok((enc, dec, bytes == packed))
+}
+
+fn print_pool_table(rows: &[Row], sizes: &[usize], pool: &Pool) {
+    let c = pool.config();
+    println!(
+        "\n### Lanes: {} lanes of {} llama.cpp thread(s), against one stream of {} threads\n",
+        pool.lanes(),
+        c.threads_per_lane,
+        c.wide_threads.unwrap_or(c.threads_per_lane)
+    );
+    println!("| file | segment | encode B/s, one stream | encode B/s, lanes | speed-up | decode B/s, one stream | decode B/s, lanes | speed-up | file identical to one stream's |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let mut all = rows.to_vec();
+    for &seg in sizes {
+        let mut total = Row {
+            name: "**total**".into(),
+            segment_size: seg,
+            ..Default::default()
+        };
+        for r in rows.iter().filter(|r| r.segment_size == seg) {
+            total.add(r);
+        }
+        all.push(total);
+    }
+    for r in &all {
+        let (e1, en) = (
+            per_sec(r.plain as f64, r.enc),
+            per_sec(r.plain as f64, r.pool_enc),
+        );
+        let (d1, dn) = (
+            per_sec(r.plain as f64, r.dec),
+            per_sec(r.plain as f64, r.pool_dec),
+        );
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.2}x | {} |",
+            r.name,
+            r.segment_size,
+            e1,
+            en,
+            en / e1.max(1e-9),
+            d1,
+            dn,
+            dn / d1.max(1e-9),
+            if r.pool_identical == r.pool_checked {
+                "yes"
+            } else {
+                "**NO**"
+            }
+        );
+    }
 }
 
 fn print_tables(rows: &[Row], sizes: &[usize], threads: u32, other_threads: u32) {

@@ -5,10 +5,13 @@ use super::output::Output;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use llmfs::codec::container::{self, ContainerReader, Recorded};
+use llmfs::codec::container::{self, ContainerError, ContainerReader, Recorded};
 use llmfs::codec::legacy::LegacyDecoder;
-use llmfs::codec::segment::SegmentCoder;
+use llmfs::codec::profile::CodecProfile;
 use llmfs::codec::DEFAULT_SEGMENT_SIZE;
+use llmfs::frame::Codec;
+use llmfs::tier::{Pool, Ticket};
+use std::collections::VecDeque;
 use std::io::{BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -197,17 +200,26 @@ pub fn run_compress(args: CompressArgs) -> anyhow::Result<()> {
     let plain = read_input(&args.input)?;
     // Opened before minutes of coding, so that an unusable output fails at once.
     let mut out = Output::open(&output)?;
-    let model = args.model.load()?;
     let max_tokens = args.segment_size.max(DEFAULT_SEGMENT_SIZE);
-    let mut coder = SegmentCoder::new(model.session(max_tokens)?, !args.no_verify);
-    let steps = coder.live_steps();
-    let progress = Progress::new(plain.len() as u64, steps.clone());
+    let (pool, model) = args.model.pool(max_tokens, !args.no_verify)?;
+    let progress = Progress::new(plain.len() as u64, None);
     let (bytes, reports) =
-        container::compress(&plain, args.segment_size, &mut coder, |done, _| {
-            progress.update(
-                done as u64,
-                steps.as_ref().map_or(0, |s| s.load(Ordering::Relaxed)),
-            )
+        container::compress_segments(&plain, args.segment_size, model.profile(), |segments| {
+            // Every segment to the pool at once: its lanes code them side by side, and
+            // the frames come back in order (the bytes are those of one lane).
+            let tickets: Vec<_> = segments
+                .iter()
+                .map(|s| pool.submit_encode(Arc::new(s.to_vec()), true))
+                .collect();
+            let mut done = 0;
+            let mut coded = Vec::with_capacity(tickets.len());
+            for (i, t) in tickets.into_iter().enumerate() {
+                let c = t.wait().map_err(|e| (i, e.into()))?;
+                done += c.report.plain_len;
+                progress.update(done as u64, 0);
+                coded.push((c.frame, c.report));
+            }
+            Ok(coded)
         })?;
     progress.finish();
     out.write_all(&bytes)?;
@@ -231,12 +243,19 @@ pub fn run_compress(args: CompressArgs) -> anyhow::Result<()> {
 enum Decoder<'m> {
     /// No segment needs a model.
     Plain,
-    Current(SegmentCoder<'m>),
+    /// Current files: segments decoded on a pool's lanes, a window of them at once.
+    Pool(Pool),
     Legacy(LegacyDecoder<'m>),
 }
 
-/// Decodes segment by segment, writing each as it comes: memory stays within a segment
-/// or two whatever the file claims.
+/// A segment in flight: decoded already, or waiting on a lane.
+enum Pending {
+    Ready(Result<Vec<u8>, ContainerError>),
+    Decoding(usize, Ticket<Vec<u8>>),
+}
+
+/// Decodes segment by segment, writing each as it comes: memory stays within a window
+/// of segments (two per lane) whatever the file claims.
 pub fn run_decompress(args: DecompressArgs) -> anyhow::Result<()> {
     let output = match &args.output {
         Some(o) => o.clone(),
@@ -247,48 +266,75 @@ pub fn run_decompress(args: DecompressArgs) -> anyhow::Result<()> {
     let mut reader = ContainerReader::new(BufReader::new(input)).with_context(|| name.clone())?;
     let header = reader.header.clone();
     let mut out = Output::open(&output)?;
-    let model = if header.needs_model() {
-        Some(args.model.load()?)
-    } else {
-        None
-    };
     let segment_size = header.segment_size as usize;
-    let mut decoder = match (&header.recorded, &model) {
-        (Recorded::Profile(_), Some(m)) => {
-            let coder = SegmentCoder::new(m.session(segment_size.max(DEFAULT_SEGMENT_SIZE))?, true);
+    let model;
+    let mut decoder = match &header.recorded {
+        Recorded::Profile(_) if header.needs_model() => {
+            let (pool, m) = args
+                .model
+                .pool(segment_size.max(DEFAULT_SEGMENT_SIZE), true)?;
+            let profile = CodecProfile::decode(pool.profile())
+                .map_err(|e| anyhow::anyhow!("the lanes' profile: {e}"))?;
             header
-                .check_profile(Some(coder.profile()))
+                .check_profile(Some(&profile))
                 .with_context(|| name.clone())?;
-            Decoder::Current(coder)
+            drop(m);
+            Decoder::Pool(pool)
         }
-        (Recorded::V1 { .. }, Some(m)) => {
+        Recorded::V1 { .. } if header.needs_model() => {
+            model = args.model.load()?;
             header
-                .check_profile(Some(m.profile()))
+                .check_profile(Some(model.profile()))
                 .with_context(|| name.clone())?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            Decoder::Legacy(LegacyDecoder::new(m, args.model.threads, cores.max(4)))
+            Decoder::Legacy(LegacyDecoder::new(&model, args.model.threads, cores.max(4)))
         }
         _ => Decoder::Plain,
     };
-    let steps = match &decoder {
-        Decoder::Current(c) => c.live_steps(),
-        _ => None,
+    let window = match &decoder {
+        Decoder::Pool(p) => 2 * p.lanes().max(1),
+        _ => 1,
     };
-    let progress = Progress::new(header.plain_len, steps.clone());
+    let progress = Progress::new(header.plain_len, None);
     let mut done = 0u64;
-    while let Some((index, frame)) = reader.next_frame().with_context(|| name.clone())? {
-        let data = match &mut decoder {
-            Decoder::Plain => container::decode_frame(&header, index, &frame, None),
-            Decoder::Current(c) => container::decode_frame(&header, index, &frame, Some(c)),
-            Decoder::Legacy(l) => l.decode(&header, index, &frame),
+    let mut in_flight: VecDeque<Pending> = VecDeque::new();
+    let mut finish_one = |p: Pending, out: &mut Output| -> anyhow::Result<()> {
+        let data = match p {
+            Pending::Ready(r) => r,
+            Pending::Decoding(index, t) => t.wait().map_err(|e| {
+                let (start, end) = header.segment_bounds(index);
+                ContainerError::Segment {
+                    index,
+                    start,
+                    end,
+                    error: e.into(),
+                }
+            }),
         }
         .with_context(|| name.clone())?;
         out.write_all(&data)?;
         done += data.len() as u64;
-        progress.update(
-            done,
-            steps.as_ref().map_or(0, |s| s.load(Ordering::Relaxed)),
-        );
+        progress.update(done, 0);
+        Ok(())
+    };
+    while let Some((index, frame)) = reader.next_frame().with_context(|| name.clone())? {
+        let pending = match &mut decoder {
+            Decoder::Plain => Pending::Ready(container::decode_frame(&header, index, &frame, None)),
+            Decoder::Legacy(l) => Pending::Ready(l.decode(&header, index, &frame)),
+            Decoder::Pool(pool) => match container::check_frame(&header, index, &frame) {
+                Ok(Codec::Llm) => Pending::Decoding(index, pool.submit_decode(frame)),
+                Ok(_) => Pending::Ready(container::decode_frame(&header, index, &frame, None)),
+                Err(e) => Pending::Ready(Err(e)),
+            },
+        };
+        in_flight.push_back(pending);
+        while in_flight.len() >= window {
+            let p = in_flight.pop_front().expect("not empty");
+            finish_one(p, &mut out)?;
+        }
+    }
+    while let Some(p) = in_flight.pop_front() {
+        finish_one(p, &mut out)?;
     }
     progress.finish();
     if let Decoder::Legacy(l) = &decoder {

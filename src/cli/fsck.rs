@@ -5,8 +5,6 @@ use super::model::ModelArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use llmfs::codec::profile::{CodecProfile, Engine};
-use llmfs::fs::llm;
-use llmfs::fs::tier::ModelWorker;
 use llmfs::store::engine::sqlite::journal::JournalDamage;
 use llmfs::store::engine::EngineError;
 use llmfs::store::fsck::{
@@ -14,6 +12,7 @@ use llmfs::store::fsck::{
     Severity,
 };
 use llmfs::store::{MetaKey, OpenOptions, Store, StoreError};
+use llmfs::tier::{self, Pool};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -57,31 +56,31 @@ pub struct FsckArgs {
     pub model: ModelArgs,
 }
 
-/// A decoder of LLM frames, owned.
-type ModelDecoder = Box<dyn FnMut(&[u8]) -> Result<Vec<u8>, String>>;
+/// A decoder of batches of LLM frames, owned.
+type ModelDecoder = Box<dyn FnMut(Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, String>>>;
 
 /// The language model for `--verify` of LLM-coded chunks, as the store's pinned profile
 /// names it (the synthetic test model, or a GGUF: `--model` and the usual defaults): a
-/// decoder of whole frames to plaintext. `None` when the store holds no LLM frames. A
-/// model that is not the store's is caught by the canary, first thing of the check.
+/// decoder of batches of whole frames, each batch decoded on every lane of a pool at
+/// once. `None` when the store holds no LLM frames. A model that is not the store's is
+/// caught by the canary, first thing of the check.
 fn model_decoder(args: &FsckArgs, store: &Store) -> anyhow::Result<Option<ModelDecoder>> {
     let Some(pinned) = store.meta(MetaKey::Profile)? else {
         return Ok(None);
     };
     let synthetic = CodecProfile::decode(&pinned).is_ok_and(|p| p.engine == Engine::Synthetic);
-    let starter = if synthetic {
-        llm::synthetic()
+    let pool = if synthetic {
+        Pool::start(args.model.pool_config(), tier::lanes::synthetic(true))
+            .map_err(anyhow::Error::new)?
     } else {
-        llm::gguf(args.model.config(), store.chunk_size() as usize)
+        args.model.pool(store.chunk_size() as usize, true)?.0
     };
-    let worker = ModelWorker::start(starter).map_err(anyhow::Error::msg)?;
-    let mut n = 0u64;
-    Ok(Some(Box::new(move |frame: &[u8]| {
-        // Each frame its own key: the worker shares decodes of equal keys.
-        n += 1;
-        worker
-            .decode((u64::MAX, n, 0), frame)
-            .map(|plain| plain.to_vec())
+    Ok(Some(Box::new(move |frames: Vec<Vec<u8>>| {
+        let tickets: Vec<_> = frames.into_iter().map(|f| pool.submit_decode(f)).collect();
+        tickets
+            .into_iter()
+            .map(|t| t.wait().map_err(|e| e.to_string()))
+            .collect()
     })))
 }
 

@@ -3,7 +3,9 @@
 
 use clap::Args;
 use llmfs::codec::llm::{LlmModel, ModelConfig};
+use llmfs::tier::{self, Pool, PoolConfig};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// File name of the default model, SmolLM2-135M-Instruct Q4_1.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -16,9 +18,34 @@ pub struct ModelArgs {
     /// Model layers to offload to the GPU (needs a build with --features cuda, metal or vulkan).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub gpu_layers: u32,
-    /// llama.cpp threads [default: all cores].
+    /// llama.cpp threads, shared by the lanes [default: all cores]. Changes the speed,
+    /// never the code.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+    /// Model lanes: contexts coding segments at once, each on its own thread [default:
+    /// one per thread, as memory allows]. Changes the speed, never the code.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub lanes: Option<u16>,
+}
+
+/// What one lane costs in memory, for 4 KiB segments of the default model: its
+/// context's KV cache (2 x 30 layers x 4,098 cells x 192 values x 2 bytes = 94 MiB
+/// allocated) and compute buffers; measured with `scripts/bench-pool.sh` (README).
+pub const LANE_BYTES: u64 = 110 << 20;
+
+/// Lanes for `threads` threads: one per thread, fewer when half the available memory
+/// would not hold them.
+pub fn default_lanes(threads: u32) -> usize {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib << 10);
+    let by_memory = (available / 2 / LANE_BYTES).max(1);
+    (threads as u64).min(by_memory) as usize
 }
 
 /// Where `scripts/install.sh` puts the model for system use (services, mount(8)).
@@ -66,6 +93,39 @@ impl ModelArgs {
             gpu_layers: self.gpu_layers,
             threads: self.threads,
         }
+    }
+
+    /// The pool's shape: `--lanes` and `--threads`, else one 1-thread lane per core (as
+    /// memory allows), lane 0 with a wide context of every thread for lone reads.
+    pub fn pool_config(&self) -> PoolConfig {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+        let lanes = self
+            .lanes
+            .map_or_else(|| default_lanes(threads), usize::from);
+        PoolConfig::new(Some(lanes), Some(threads))
+    }
+
+    /// Loads the model and starts a pool of lanes over it, for segments of up to
+    /// `max_tokens` tokens; `verify` decodes every LLM segment again before accepting it.
+    pub fn pool(&self, max_tokens: usize, verify: bool) -> anyhow::Result<(Pool, Arc<LlmModel>)> {
+        let model = Arc::new(self.load()?);
+        let config = self.pool_config();
+        let pool = Pool::start(
+            config,
+            tier::lanes::gguf(Arc::clone(&model), max_tokens, verify),
+        )
+        .map_err(|e| anyhow::anyhow!("starting the model's lanes: {e}"))?;
+        log::debug!(
+            "{} lanes of {} llama.cpp threads{}",
+            pool.lanes(),
+            config.threads_per_lane,
+            config.wide_threads.map_or(String::new(), |w| format!(
+                ", lane 0 also {w} for lone reads"
+            ))
+        );
+        Ok((pool, model))
     }
 
     pub fn load(&self) -> anyhow::Result<LlmModel> {

@@ -6,11 +6,10 @@ use anyhow::Context;
 use clap::Args;
 use fuser::{MountOption, SessionACL};
 use llmfs::fs::fuse::FuseFs;
-use llmfs::fs::llm;
-use llmfs::fs::tier::ModelWorker;
 use llmfs::fs::{Core, CoreConfig};
 use llmfs::store::CreateOptions;
 use llmfs::store::MetaKey;
+use llmfs::tier::{self, Pool};
 use nix::sys::signal::{SigSet, Signal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,8 +27,9 @@ pub struct MountArgs {
     /// cache_size=SIZE (decoded chunk cache, default 64M), chunk_size=SIZE (only when
     /// the store is created, default 4K), threads=N (request threads, default 4),
     /// dirty_limit=SIZE (unsaved data held in memory, default 64M), model=PATH (GGUF
-    /// model, default as for `compress`), llm_threads=N (llama.cpp threads, default all
-    /// cores), gpu_layers=N (with a GPU build), cold_after=DURATION (compact chunks not
+    /// model, default as for `compress`), llm_threads=N (llama.cpp threads the model's
+    /// lanes share, default all cores), llm_lanes=N (contexts coding at once, default
+    /// one per thread as memory allows), gpu_layers=N (with a GPU build), cold_after=DURATION (compact chunks not
     /// written for this long, default 5m; e.g. 0, 30s, 5m, 1h), compact=on|off (default
     /// on), sync_llm (flush and fsync wait for LLM coding), nomodel (no model: LLM chunks
     /// read as EIO, everything else works), no_default_permissions.
@@ -63,6 +63,7 @@ pub struct ModelChoice {
     /// `model=`; else `$LLMFS_MODEL`, else the default location.
     pub path: Option<PathBuf>,
     pub threads: Option<u32>,
+    pub lanes: Option<u16>,
     pub gpu_layers: u32,
     /// `nomodel`: never load one.
     pub none: bool,
@@ -216,6 +217,10 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
             }
             ("llm_threads", v) => {
                 cfg.model.threads = Some(parse_count(key, need(key, v)?, 1024)?);
+                continue;
+            }
+            ("llm_lanes", v) => {
+                cfg.model.lanes = Some(parse_count(key, need(key, v)?, 256)? as u16);
                 continue;
             }
             ("gpu_layers", v) => {
@@ -457,28 +462,40 @@ fn attach_model(core: &Core, cfg: &MountConfig) -> anyhow::Result<()> {
         return Ok(()); // nothing here needs a model
     }
     let chunk = core.chunk_size() as usize;
-    let (starter, what) = if cfg.model.test {
-        (llm::synthetic(), "the synthetic test model".to_string())
-    } else {
-        let model_cfg = ModelArgs {
-            model: cfg.model.path.clone(),
-            gpu_layers: cfg.model.gpu_layers,
-            threads: cfg.model.threads,
-        }
-        .config();
-        let what = model_cfg.path.display().to_string();
-        (llm::gguf(model_cfg, chunk), what)
+    let args = ModelArgs {
+        model: cfg.model.path.clone(),
+        gpu_layers: cfg.model.gpu_layers,
+        threads: cfg.model.threads,
+        lanes: cfg.model.lanes,
     };
-    let worker = ModelWorker::start(starter).map_err(|e| {
-        let hint = if pinned {
-            "; or mount with -o nomodel to read everything but the LLM-coded chunks"
-        } else {
-            "; or mount with -o compact=off to store with the fast codec only"
-        };
-        anyhow::anyhow!("starting the model ({what}): {e}{hint}")
-    })?;
-    core.attach_model(worker).map_err(anyhow::Error::msg)?;
-    if let Err(why) = core.check_pinned_profile(llm::profile_differences) {
+    let hint = if pinned {
+        "; or mount with -o nomodel to read everything but the LLM-coded chunks"
+    } else {
+        "; or mount with -o compact=off to store with the fast codec only"
+    };
+    let pool = if cfg.model.test {
+        let config = args.pool_config();
+        Pool::start(config, tier::lanes::synthetic(true))
+            .map_err(|e| anyhow::anyhow!("starting the synthetic test model: {e}{hint}"))?
+    } else {
+        let what = args.config().path.display().to_string();
+        // A chunk never has more tokens than bytes.
+        let (pool, model) = args
+            .pool(chunk, true)
+            .map_err(|e| anyhow::anyhow!("starting the model ({what}): {e:#}{hint}"))?;
+        let c = pool.config();
+        log::info!(
+            "model {what} ({}) loaded: {} lanes of {} llama.cpp thread(s){}",
+            model.name(),
+            pool.lanes(),
+            c.threads_per_lane,
+            c.wide_threads
+                .map_or(String::new(), |w| format!(", and {w} for a lone read"))
+        );
+        pool
+    };
+    core.attach_model(pool).map_err(anyhow::Error::msg)?;
+    if let Err(why) = core.check_pinned_profile(tier::lanes::profile_differences) {
         anyhow::bail!(
             "refusing to mount {}: {why}. Mount it with the model, llmfs build and backend \
              that wrote it (model=PATH), or with -o nomodel to read everything but its \

@@ -342,25 +342,48 @@ pub fn compress(
     coder: &mut SegmentCoder<'_>,
     mut progress: impl FnMut(usize, &SegmentReport),
 ) -> Result<(Vec<u8>, Vec<SegmentReport>), ContainerError> {
+    let profile = coder.profile().clone();
+    let mut done = 0;
+    compress_segments(plain, segment_size, &profile, |segments| {
+        let mut coded = Vec::with_capacity(segments.len());
+        for (i, seg) in segments.iter().enumerate() {
+            let (f, report) = coder.encode(seg).map_err(|e| (i, e))?;
+            done += seg.len();
+            progress(done, &report);
+            coded.push((f, report));
+        }
+        Ok(coded)
+    })
+}
+
+/// A segment's frame and what happened.
+pub type CodedSegment = (Vec<u8>, SegmentReport);
+
+/// Encodes `plain` into a container whose segments `code` codes under `profile`: it gets
+/// every segment at once and returns their frames and reports in order (a model pool
+/// codes them on all its lanes), or the index of a segment that failed and why. The
+/// bytes do not depend on how, or in what order, the segments were coded.
+pub fn compress_segments(
+    plain: &[u8],
+    segment_size: usize,
+    profile: &CodecProfile,
+    code: impl FnOnce(&[&[u8]]) -> Result<Vec<CodedSegment>, (usize, FrameError)>,
+) -> Result<(Vec<u8>, Vec<SegmentReport>), ContainerError> {
     if segment_size == 0 || segment_size as u64 > MAX_SEGMENT_SIZE {
         return Err(ContainerError::BadSegmentSize);
     }
-    let mut frames = Vec::new();
-    let mut reports = Vec::new();
-    let mut done = 0;
-    for (index, seg) in plain.chunks(segment_size).enumerate() {
-        let (f, report) = coder.encode(seg).map_err(|error| ContainerError::Segment {
+    let segments: Vec<&[u8]> = plain.chunks(segment_size).collect();
+    let coded = code(&segments).map_err(|(index, error)| {
+        let start = (index * segment_size) as u64;
+        ContainerError::Segment {
             index,
-            start: done as u64,
-            end: (done + seg.len()) as u64,
+            start,
+            end: (start + segments.get(index).map_or(0, |s| s.len() as u64)),
             error,
-        })?;
-        done += seg.len();
-        progress(done, &report);
-        frames.push(f);
-        reports.push(report);
-    }
-    let profile = coder.profile().short();
+        }
+    })?;
+    let (mut frames, mut reports): (Vec<_>, Vec<_>) = coded.into_iter().unzip();
+    let profile = profile.short();
     let mut any_llm = reports.iter().any(|r| r.codec == Some(Codec::Llm));
     if any_llm {
         any_llm = keep_llm_frames(plain, segment_size, &profile, &mut frames, &mut reports);
@@ -423,6 +446,33 @@ pub fn assemble(header: &Header, frames: &[Vec<u8>]) -> Vec<u8> {
         out.extend_from_slice(f);
     }
     out
+}
+
+/// Checks that the frame of segment `index` holds exactly that segment's length, before
+/// anything decodes it: a corrupted length must not make the model run, or a buffer
+/// grow, for longer than one segment. Returns the frame's codec.
+pub fn check_frame(
+    header: &Header,
+    index: usize,
+    frame_bytes: &[u8],
+) -> Result<Codec, ContainerError> {
+    let (start, end) = header.segment_bounds(index);
+    let result = frame::parse_header(frame_bytes).and_then(|h| {
+        if h.plain_len != end - start {
+            return Err(FrameError::Corrupt(format!(
+                "frame holds {} bytes, segment has {}",
+                h.plain_len,
+                end - start
+            )));
+        }
+        Ok(h.codec)
+    });
+    result.map_err(|error| ContainerError::Segment {
+        index,
+        start,
+        end,
+        error,
+    })
 }
 
 /// Decodes the frame of segment `index`, after checking that it holds exactly that

@@ -21,8 +21,9 @@
 
 use super::cache::Cached;
 use super::{Core, FsError, FsResult};
-use crate::frame::{self, Codec, FrameError};
+use crate::frame::{self, Codec};
 use crate::store::{PendingChunk, Txn};
+use crate::tier::{Coded, Encoded, TierError};
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,14 @@ pub struct CompactorState {
     pin: Mutex<()>,
     /// Chunks settled with an LLM frame since mount, for `sync_llm` waits and stats.
     settled: AtomicU64,
+    /// Chunks handed to a worker and not done yet.
+    in_flight: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// A worker's encode was stopped for a reader: the next pass waits a little.
+    backoff: std::sync::atomic::AtomicBool,
+    /// A worker failed: the next pass waits a minute.
+    failed: std::sync::atomic::AtomicBool,
+    /// Workers coding now, and since when one has been (for the wall time of `busy`).
+    active: Mutex<(usize, Option<Instant>)>,
 }
 
 /// Compaction counters for live statistics.
@@ -60,7 +69,8 @@ pub struct CompactStats {
     pub plain_bytes: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
-    /// Time spent coding (the model's encode and verify), for throughput.
+    /// Wall time during which chunks were being coded (encode and verify, on any lane),
+    /// for throughput.
     pub busy: Duration,
     /// Results dropped because the chunk changed while it was coded.
     pub dropped: u64,
@@ -77,6 +87,8 @@ pub enum Outcome {
     Changed,
     /// Foreground work needed the model: try again later.
     Cancelled,
+    /// Handed to a compaction worker.
+    Queued,
 }
 
 impl Core {
@@ -92,15 +104,87 @@ impl Core {
         *self.compactor.stats.lock()
     }
 
-    /// Runs the compactor until [`Core::shutdown`].
+    /// Runs the compactor until [`Core::shutdown`]: `llmfs-compactor` finds cold chunks
+    /// and hands each to one of `llmfs-compact-N`, one worker per model lane, so every
+    /// lane codes at once.
     pub fn spawn_compactor(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let workers = self.tier.get().map_or(1, |t| t.lanes()).max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<PendingChunk>(0);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut handles = Vec::new();
+        for i in 0..workers {
+            let (core, rx) = (Arc::clone(self), Arc::clone(&rx));
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("llmfs-compact-{i}"))
+                    .spawn(move || core.compact_worker(&rx))?,
+            );
+        }
         let core = Arc::clone(self);
         std::thread::Builder::new()
             .name("llmfs-compactor".into())
-            .spawn(move || core.run_compactor())
+            .spawn(move || {
+                core.run_compactor(&tx);
+                drop(tx);
+                for h in handles {
+                    if h.join().is_err() {
+                        log::error!("a compaction worker panicked");
+                    }
+                }
+            })
     }
 
-    fn run_compactor(&self) {
+    /// A worker: codes the chunks it is handed until the channel closes.
+    fn compact_worker(&self, rx: &Mutex<std::sync::mpsc::Receiver<PendingChunk>>) {
+        loop {
+            let next = rx.lock().recv();
+            let Ok(p) = next else {
+                return;
+            };
+            match self.compact_chunk(&p, false) {
+                Ok(Outcome::Cancelled) => self.compactor.backoff.store(true, Ordering::Relaxed),
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("compaction failed: {e}; trying again in a minute");
+                    self.compactor.failed.store(true, Ordering::Relaxed);
+                }
+            }
+            self.compactor.in_flight.lock().remove(&(p.ino, p.index));
+        }
+    }
+
+    /// Hands `p` to a free worker (waiting for one), unless it is being coded already.
+    fn hand_out(
+        &self,
+        tx: &std::sync::mpsc::SyncSender<PendingChunk>,
+        p: &PendingChunk,
+    ) -> FsResult<Outcome> {
+        if self.compactor.backoff.swap(false, Ordering::Relaxed) {
+            return Ok(Outcome::Cancelled); // readers are using the lanes
+        }
+        if !self.compactor.in_flight.lock().insert((p.ino, p.index)) {
+            return Ok(Outcome::Changed);
+        }
+        let mut job = *p;
+        loop {
+            match tx.try_send(job) {
+                Ok(()) => return Ok(Outcome::Queued),
+                Err(std::sync::mpsc::TrySendError::Full(j)) => {
+                    if self.stopping() {
+                        self.compactor.in_flight.lock().remove(&(p.ino, p.index));
+                        return Ok(Outcome::Cancelled);
+                    }
+                    job = j;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    return Err(FsError::Io("the compaction workers stopped".into()))
+                }
+            }
+        }
+    }
+
+    fn run_compactor(&self, tx: &std::sync::mpsc::SyncSender<PendingChunk>) {
         let mut cursor = (0u64, 0u64);
         // When to look again although nothing woke us: the next chunk turning cold.
         let mut sleep = Duration::ZERO;
@@ -117,12 +201,15 @@ impl Core {
             if self.stopping() {
                 return;
             }
-            match self.compact_pass(&mut cursor) {
+            match self.pass_with(&mut cursor, &mut |p| self.hand_out(tx, p)) {
                 Ok(next) => sleep = next,
                 Err(e) => {
                     log::error!("compaction failed: {e}; trying again in a minute");
                     sleep = Duration::from_secs(60);
                 }
+            }
+            if self.compactor.failed.swap(false, Ordering::Relaxed) {
+                sleep = Duration::from_secs(60);
             }
             if last_log.elapsed() >= Duration::from_secs(60) {
                 let st = self.compact_stats();
@@ -135,9 +222,20 @@ impl Core {
         }
     }
 
-    /// Compacts cold chunks from `cursor` on, for at most a few seconds of model time
-    /// after the first coded chunk; returns how long to wait before the next pass.
+    /// Compacts cold chunks from `cursor` on, one at a time on this thread, for at most a
+    /// few seconds of model time after the first coded chunk; returns how long to wait
+    /// before the next pass.
+    #[cfg(test)]
     pub(super) fn compact_pass(&self, cursor: &mut (u64, u64)) -> FsResult<Duration> {
+        self.pass_with(cursor, &mut |p| self.compact_chunk(p, false))
+    }
+
+    /// A pass over the pending chunks from `cursor` on, giving each cold one to `code`.
+    fn pass_with(
+        &self,
+        cursor: &mut (u64, u64),
+        code: &mut dyn FnMut(&PendingChunk) -> FsResult<Outcome>,
+    ) -> FsResult<Duration> {
         let cold_after = self.cfg.cold_after;
         let mut next_due: Option<Duration> = None;
         let started = Instant::now();
@@ -164,7 +262,7 @@ impl Core {
                     next_due = Some(next_due.map_or(due, |d| d.min(due)));
                     continue;
                 }
-                match self.compact_chunk(&p, false)? {
+                match code(&p)? {
                     Outcome::Cancelled => {
                         // A reader needs the model: let it, and come back.
                         *cursor = (p.ino, p.index);
@@ -233,18 +331,18 @@ impl Core {
                 }
             },
         };
-        let t0 = Instant::now();
+        self.active(1);
         let coded = tier.encode(Arc::clone(&plain), foreground);
-        let busy = t0.elapsed();
-        let (new_frame, llm) = match coded {
-            Err(FrameError::Cancelled) => return Ok(Outcome::Cancelled),
+        self.active(-1);
+        let (new_frame, llm) = match coded.map(Coded::outcome) {
+            Err(TierError::Cancelled | TierError::Stopped) => return Ok(Outcome::Cancelled),
             Err(e) => {
                 return Err(FsError::Io(format!(
                     "the model failed on chunk {} of inode {}: {e}",
                     p.index, p.ino
                 )))
             }
-            Ok(super::tier::Encoded::Llm(f)) if f.len() < stored.frame.len() => (f, true),
+            Ok(Encoded::Llm(f)) if f.len() < stored.frame.len() => (f, true),
             Ok(_) => (stored.frame.clone(), false),
         };
         let before = stored.frame.len() as u64;
@@ -262,8 +360,26 @@ impl Core {
         st.plain_bytes += plain.len() as u64;
         st.bytes_before += before;
         st.bytes_after += after;
-        st.busy += busy;
         Ok(if llm { Outcome::Llm } else { Outcome::Kept })
+    }
+
+    /// One more (`1`) or one less (`-1`) chunk being coded; `busy` counts the wall time
+    /// during which any is, so that its bytes per second are the pool's, not a lane's.
+    fn active(&self, delta: i32) {
+        let mut a = self.compactor.active.lock();
+        if delta > 0 {
+            if a.0 == 0 {
+                a.1 = Some(Instant::now());
+            }
+            a.0 += 1;
+        } else {
+            a.0 = a.0.saturating_sub(1);
+            if a.0 == 0 {
+                if let Some(t0) = a.1.take() {
+                    self.compactor.stats.lock().busy += t0.elapsed();
+                }
+            }
+        }
     }
 
     /// Swaps chunk `p` (if it is still hot at version `p.ver`) for `frame` in an extent,
@@ -317,8 +433,11 @@ impl Core {
             .tier
             .get()
             .ok_or(FsError::Io("no model attached".into()))?;
-        match tier.encode(Arc::new(CANARY_TEXT.to_vec()), true) {
-            Ok(super::tier::Encoded::Llm(f)) => Ok((tier.profile().to_vec(), f)),
+        match tier
+            .encode(Arc::new(CANARY_TEXT.to_vec()), true)
+            .map(Coded::outcome)
+        {
+            Ok(Encoded::Llm(f)) => Ok((tier.profile().to_vec(), f)),
             Ok(other) => Err(FsError::Io(format!(
                 "the model does not code the canary text ({other:?}): it cannot be pinned"
             ))),
@@ -403,7 +522,7 @@ impl Core {
         // A decode checks the plaintext's CRC: passing it means this model computes the
         // probabilities the store was coded with (the text itself may differ between
         // releases).
-        match tier.decode((0, 0, 0), &canary) {
+        match tier.decode((0, 0, 0), &canary, crate::tier::SYSTEM) {
             Ok(_) if is_llm => Ok(()),
             Ok(_) => Err("the store's canary is not LLM-coded".into()),
             Err(e) => Err(format!(

@@ -62,8 +62,21 @@ pub enum Fallocate {
 pub enum Wait {
     /// It may (a worker thread): seconds per model-coded chunk on a CPU.
     Model,
+    /// It may, for user `uid`: the model's queue is fair between users, so one user's
+    /// flood of cold reads delays another's by about one decode per lane.
+    ModelFor(u32),
     /// It must not (a FUSE request thread): [`FsError::WouldBlock`] instead.
     NoModel,
+}
+
+impl Wait {
+    /// Who the model works for.
+    fn requester(self) -> u32 {
+        match self {
+            Wait::ModelFor(uid) => uid,
+            _ => crate::tier::SYSTEM,
+        }
+    }
 }
 
 /// A chunk as decoded from the store.
@@ -224,46 +237,34 @@ impl Core {
         }
     }
 
-    /// Decodes chunk `idx` of `ino` into the cache in the background, if the model is
-    /// idle and the chunk is LLM-coded and not cached: a sequential reader then finds
-    /// the next chunk decoded.
-    pub fn prefetch(self: &Arc<Self>, ino: u64, idx: u64) {
+    /// Reads ahead for a reader that just read up to chunk `idx` of `ino`: the next
+    /// LLM-coded chunks that are not cached, up to one per lane, are queued as
+    /// prefetches, which free lanes decode and the pool keeps for the reader. So `cat`
+    /// of an archived file decodes on every lane at once. (The pool never calls back into
+    /// the filesystem: no lane takes a file lock or reads the store.)
+    pub fn prefetch(&self, ino: u64, idx: u64) {
         let Some(tier) = self.tier.get() else {
             return;
         };
-        if !tier.idle() || self.cache.get(ino, idx).is_some() {
-            return;
-        }
-        let Ok(Some(c)) = self.store.chunk(ino, idx) else {
+        let window = tier.config().lanes as u64;
+        let Ok(size) = self.getattr(ino).map(|e| e.inode.size) else {
             return;
         };
-        if !frame::parse_header(&c.frame).is_ok_and(|h| h.codec == Codec::Llm) {
-            return;
-        }
-        let core = Arc::clone(self);
-        let ver = c.ver;
-        tier.prefetch(
-            (ino, idx, ver),
-            c.frame,
-            Box::new(move |r| {
-                if let Ok(plain) = r {
-                    core.cache_if_current(ino, idx, ver, plain);
-                }
-            }),
-        );
-    }
-
-    /// Caches a model-decoded chunk if it is still the file's current version.
-    fn cache_if_current(&self, ino: u64, idx: u64, ver: u64, plain: Arc<Vec<u8>>) {
-        let Ok(n) = self.node(ino) else {
-            return;
-        };
-        let g = n.lock();
-        if g.deleted || g.dirty.contains_key(&idx) {
-            return;
-        }
-        if self.store.chunk_ver(ino, idx).ok().flatten() == Some(ver) {
-            self.cache.put(ino, idx, Cached { ver, plain }, true);
+        let cs = self.chunk_size();
+        for next in idx..(idx + window).min(size.div_ceil(cs)) {
+            if self.cache.get(ino, next).is_some() {
+                continue;
+            }
+            let Ok(Some(c)) = self.store.chunk(ino, next) else {
+                continue;
+            };
+            if !frame::parse_header(&c.frame).is_ok_and(|h| h.codec == Codec::Llm) {
+                continue;
+            }
+            let key = (ino, next, c.ver);
+            if !tier.has(&key) {
+                tier.prefetch(key, c.frame);
+            }
         }
     }
 
@@ -320,7 +321,7 @@ impl Core {
                 if wait == Wait::NoModel {
                     return Err(FsError::WouldBlock);
                 }
-                self.decode_llm(ino, idx, ver, framed)
+                self.decode_llm(ino, idx, ver, framed, wait.requester())
             }
             Ok(_) => frame::decode(framed, None),
             Err(e) => Err(e),

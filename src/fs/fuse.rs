@@ -94,17 +94,19 @@ impl FuseFs {
     /// a slow-request thread, where it may. `done` gets the result either way.
     fn dispatch<T: 'static>(
         &self,
+        uid: u32,
         op: impl Fn(&Core, Wait) -> FsResult<T> + Send + 'static,
         done: impl FnOnce(FsResult<T>) + Send + 'static,
     ) {
         self.core.touch();
-        self.run_or_slow(op, done);
+        self.run_or_slow(uid, op, done);
     }
 
     /// [`FuseFs::dispatch`] for a request that is not activity (reading statistics):
     /// a poller must not keep the filesystem from counting as idle.
     fn run_or_slow<T: 'static>(
         &self,
+        uid: u32,
         op: impl Fn(&Core, Wait) -> FsResult<T> + Send + 'static,
         done: impl FnOnce(FsResult<T>) + Send + 'static,
     ) {
@@ -112,7 +114,7 @@ impl FuseFs {
             Err(FsError::WouldBlock) => {
                 let core = Arc::clone(&self.core);
                 self.slow
-                    .run(Box::new(move || done(op(&core, Wait::Model))));
+                    .run(Box::new(move || done(op(&core, Wait::ModelFor(uid)))));
             }
             r => done(r),
         }
@@ -257,6 +259,7 @@ impl Filesystem for FuseFs {
         };
         let (caller, ino, blksize) = (caller(req), ino.0, self.core.chunk_size() as u32);
         self.dispatch(
+            req.uid(),
             move |core, wait| core.setattr(&caller, ino, &set, wait),
             move |r| match r {
                 Ok(e) => reply.attr(&TTL, &file_attr(&e, blksize)),
@@ -396,7 +399,7 @@ impl Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -408,6 +411,7 @@ impl Filesystem for FuseFs {
         let ino = ino.0;
         let core = Arc::clone(&self.core);
         self.dispatch(
+            req.uid(),
             move |c, wait| c.read(ino, offset, size, wait),
             move |r| {
                 match r {
@@ -441,6 +445,7 @@ impl Filesystem for FuseFs {
                 // The chunk it edits needs the model: copy the data for a slow thread.
                 let data = data.to_vec();
                 self.dispatch(
+                    req.uid(),
                     move |c, wait| c.write(ino, offset, &data, kill, wait),
                     move |r| match r {
                         Ok(n) => reply.written(n),
@@ -458,7 +463,7 @@ impl Filesystem for FuseFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
@@ -466,6 +471,7 @@ impl Filesystem for FuseFs {
     ) {
         let ino = ino.0;
         self.dispatch(
+            req.uid(),
             move |c, wait| c.flush(ino, wait),
             move |r| reply_empty(r, reply),
         );
@@ -486,7 +492,7 @@ impl Filesystem for FuseFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
@@ -494,6 +500,7 @@ impl Filesystem for FuseFs {
     ) {
         let ino = ino.0;
         self.dispatch(
+            req.uid(),
             move |c, wait| c.fsync(ino, wait),
             move |r| reply_empty(r, reply),
         );
@@ -600,6 +607,7 @@ impl Filesystem for FuseFs {
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (caller, ino, name) = (caller(req), ino.0, name.as_bytes().to_vec());
         self.run_or_slow(
+            req.uid(),
             move |c, wait| c.getxattr(&caller, ino, &name, wait),
             move |r| reply_xattr(r, size, reply),
         );
@@ -669,6 +677,7 @@ impl Filesystem for FuseFs {
             req.uid() != 0,
         );
         self.dispatch(
+            req.uid(),
             move |c, wait| c.copy_range(from, to, len, kill, wait),
             move |r| match r {
                 Ok(n) => reply.written(n),
@@ -707,7 +716,7 @@ impl Filesystem for FuseFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -724,6 +733,7 @@ impl Filesystem for FuseFs {
         };
         let ino = ino.0;
         self.dispatch(
+            req.uid(),
             move |c, wait| c.fallocate(ino, offset, length, how, wait),
             move |r| reply_empty(r, reply),
         );

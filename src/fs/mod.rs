@@ -18,17 +18,16 @@ pub mod data;
 pub mod dir;
 pub mod error;
 pub mod fuse;
-pub mod llm;
 pub mod perm;
 pub mod rename;
 pub mod report;
-pub mod tier;
 pub mod xattr;
 
 use crate::frame::FrameError;
 use crate::store::engine::Engine;
 use crate::store::records::Inode;
 use crate::store::{CreateOptions, OpenOptions, Store, StoreError, Txn};
+use crate::tier::Pool;
 use cache::ChunkCache;
 pub use error::{FsError, FsResult};
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -151,8 +150,8 @@ pub struct Core {
     next_fh: AtomicU64,
     inode_count: AtomicU64,
     shutdown: (Mutex<bool>, Condvar),
-    /// The language model, when one is attached ([`Core::attach_model`]).
-    tier: OnceLock<Arc<tier::ModelWorker>>,
+    /// The language model's pool of lanes, when one is attached ([`Core::attach_model`]).
+    tier: OnceLock<Arc<Pool>>,
     /// The compactor's state and wake-up call.
     compactor: compact::CompactorState,
     /// Milliseconds since `origin` of the last request, for idle work.
@@ -238,16 +237,16 @@ impl Core {
         Ok(core)
     }
 
-    /// Attaches the language model: LLM chunks become readable, and the compactor (if
-    /// `compact`) has something to code with.
-    pub fn attach_model(&self, worker: tier::ModelWorker) -> Result<(), String> {
+    /// Attaches the language model's pool: LLM chunks become readable, and the compactor
+    /// (if `compact`) has lanes to code with.
+    pub fn attach_model(&self, pool: Pool) -> Result<(), String> {
         self.tier
-            .set(Arc::new(worker))
+            .set(Arc::new(pool))
             .map_err(|_| "a model is attached already".to_string())
     }
 
-    /// The attached model, if any.
-    pub fn model(&self) -> Option<&Arc<tier::ModelWorker>> {
+    /// The attached model pool, if any.
+    pub fn model(&self) -> Option<&Arc<Pool>> {
         self.tier.get()
     }
 
@@ -457,21 +456,21 @@ impl Core {
             })
     }
 
-    /// Decodes an LLM frame with the model (blocking: seconds on a CPU).
+    /// Decodes an LLM frame with the model for `who` (blocking: seconds on a CPU).
     fn decode_llm(
         &self,
         ino: u64,
         idx: u64,
         ver: u64,
         framed: &[u8],
+        who: u32,
     ) -> Result<Vec<u8>, FrameError> {
         let Some(tier) = self.tier.get() else {
             return Err(FrameError::NeedsModel);
         };
-        match tier.decode((ino, idx, ver), framed) {
-            Ok(plain) => Ok(Arc::unwrap_or_clone(plain)),
-            Err(why) => Err(FrameError::Model(why)),
-        }
+        tier.decode((ino, idx, ver), framed, who)
+            .map(Arc::unwrap_or_clone)
+            .map_err(FrameError::from)
     }
 
     /// Notes a request: idle work (giving space back) waits for a quiet filesystem.
@@ -576,17 +575,22 @@ pub(crate) mod testutil {
         }
     }
 
-    impl tier::ChunkCodec for FakeCodec {
-        fn encode(&mut self, plain: &[u8]) -> Result<tier::Encoded, FrameError> {
+    impl crate::tier::ChunkCodec for FakeCodec {
+        fn encode(&mut self, plain: &[u8]) -> Result<crate::tier::Coded, FrameError> {
             self.wait()?;
             let z =
                 zstd::bulk::compress(plain, 19).map_err(|e| FrameError::Model(e.to_string()))?;
-            let f = crate::frame::assemble(crate::frame::Codec::Llm, plain, &z);
-            if f.len() < crate::frame::encode_fast(plain).len() {
-                Ok(tier::Encoded::Llm(f))
-            } else {
-                Ok(tier::Encoded::NotWon)
-            }
+            let llm = crate::frame::assemble(crate::frame::Codec::Llm, plain, &z);
+            let fast = crate::frame::encode_fast(plain);
+            let frame = if llm.len() < fast.len() { llm } else { fast };
+            let codec = crate::frame::parse_header(&frame)?.codec;
+            Ok(crate::tier::Coded {
+                frame,
+                report: crate::codec::segment::SegmentReport {
+                    codec: Some(codec),
+                    ..Default::default()
+                },
+            })
         }
         fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
             self.wait()?;
@@ -604,18 +608,32 @@ pub(crate) mod testutil {
         }
     }
 
-    /// A model worker running a [`FakeCodec`].
-    pub fn fake_tier(delay: std::time::Duration, profile: &[u8]) -> tier::ModelWorker {
+    /// A one-lane pool running a [`FakeCodec`].
+    pub fn fake_tier(delay: std::time::Duration, profile: &[u8]) -> Pool {
+        fake_pool(1, delay, profile)
+    }
+
+    /// A pool of `lanes` lanes running [`FakeCodec`]s.
+    pub fn fake_pool(lanes: usize, delay: std::time::Duration, profile: &[u8]) -> Pool {
         let profile = profile.to_vec();
-        tier::ModelWorker::start(Box::new(move |serve| {
+        let starter: crate::tier::LaneStarter = Arc::new(move |_spec, serve| {
             let mut c = FakeCodec {
                 delay,
-                profile,
+                profile: profile.clone(),
                 cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             };
-            serve(&mut c);
+            serve(crate::tier::Lane {
+                narrow: &mut c,
+                wide: None,
+            });
             Ok(())
-        }))
-        .unwrap()
+        });
+        let config = crate::tier::PoolConfig {
+            lanes,
+            threads_per_lane: 1,
+            wide_threads: None,
+            prefetch_bytes: 1 << 20,
+        };
+        Pool::start(config, starter).unwrap()
     }
 }

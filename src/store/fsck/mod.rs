@@ -41,9 +41,13 @@ pub use repair::RepairSummary;
 const RESTORE: &str = "`llmfs fsck --salvage STORE NEWSTORE` copies every record that still reads \
 into a new store (what is lost then reads as an I/O error there); or restore from a backup";
 
-/// Decodes one LLM frame (the whole frame, header included) to its plaintext: the
-/// language model, which the store layer does not know.
-pub type LlmDecoder<'a> = &'a mut dyn FnMut(&[u8]) -> Result<Vec<u8>, String>;
+/// Decodes a batch of LLM frames (whole frames, header included) to their plaintexts,
+/// in order: the language model, which the store layer does not know. The caller
+/// decodes a batch on all its lanes at once.
+pub type LlmDecoder<'a> = &'a mut dyn FnMut(Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, String>>;
+
+/// Frames handed to the decoder at a time: enough to keep every lane of a big pool busy.
+pub const VERIFY_BATCH: usize = 32;
 
 #[derive(Clone, Debug, Default)]
 pub struct CheckOptions {

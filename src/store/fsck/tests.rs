@@ -176,10 +176,15 @@ fn fake_llm(plain: &[u8]) -> Vec<u8> {
     frame::assemble(Codec::Llm, plain, &payload)
 }
 
-fn fake_decoder(framed: &[u8]) -> Result<Vec<u8>, String> {
+fn fake_decode_one(framed: &[u8]) -> Result<Vec<u8>, String> {
     let h = frame::parse_header(framed).map_err(|e| e.to_string())?;
     let z: Vec<u8> = framed[h.header_len..].iter().map(|b| b ^ 0x55).collect();
     zstd::bulk::decompress(&z, 1 << 20).map_err(|e| e.to_string())
+}
+
+/// Decodes a batch as a pool would, in order.
+fn fake_decoder(frames: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, String>> {
+    frames.iter().map(|f| fake_decode_one(f)).collect()
 }
 
 /// Settles hot chunks with LLM frames as the compactor does: extent, record, one commit.
@@ -337,7 +342,12 @@ fn damaged_frames_are_found_by_verify_only() {
 #[test]
 fn a_model_that_fails_the_canary_verifies_no_llm_frame() {
     let fx = Fixture::new();
-    let mut wrong = |_: &[u8]| Ok(b"something else".to_vec());
+    let mut wrong = |frames: Vec<Vec<u8>>| {
+        frames
+            .iter()
+            .map(|_| Ok(b"something else".to_vec()))
+            .collect::<Vec<_>>()
+    };
     let r = fx.verify(Some(&mut wrong));
     let kinds: Vec<_> = found(&r).into_iter().map(|f| f.0).collect();
     assert_eq!(kinds, [ProblemKind::Decode, ProblemKind::Unverified]);

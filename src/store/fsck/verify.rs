@@ -24,26 +24,53 @@ enum Verdict {
     Skipped,
 }
 
-fn decode(framed: &[u8], cs: u64, llm: &mut Option<LlmDecoder<'_>>) -> Verdict {
+/// The verdict on a frame that needs no model; `None` for an LLM frame, which goes to
+/// the batch.
+fn decode_here(framed: &[u8], cs: u64, have_model: bool) -> Option<Verdict> {
     let Ok(h) = frame::parse_header(framed) else {
-        return Verdict::Skipped;
+        return Some(Verdict::Skipped);
     };
     if h.plain_len > cs || h.codec == Codec::Lost {
-        return Verdict::Skipped;
+        return Some(Verdict::Skipped);
     }
-    let result = match (h.codec, llm.as_mut()) {
-        (Codec::Llm, None) => return Verdict::NoModel(h.plain_len),
-        (Codec::Llm, Some(decode)) => {
-            decode(framed).and_then(|plain| frame::verify(&h, &plain).map_err(|e| e.to_string()))
-        }
-        _ => frame::decode(framed, None)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-    };
-    match result {
-        Ok(()) => Verdict::Intact(h.plain_len),
-        Err(e) => Verdict::Bad(h.plain_len, e),
+    if h.codec == Codec::Llm {
+        return (!have_model).then_some(Verdict::NoModel(h.plain_len));
     }
+    Some(match frame::decode(framed, None) {
+        Ok(_) => Verdict::Intact(h.plain_len),
+        Err(e) => Verdict::Bad(h.plain_len, e.to_string()),
+    })
+}
+
+/// LLM frames waiting for the decoder, with where they are from.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<Vec<u8>>,
+    at: Vec<(u64, u64)>,
+}
+
+/// Decodes a batch of LLM frames and judges each against its header.
+fn decode_batch(batch: Batch, llm: &mut LlmDecoder<'_>) -> Vec<((u64, u64), Verdict)> {
+    let headers: Vec<_> = batch
+        .frames
+        .iter()
+        .map(|f| frame::parse_header(f).expect("parsed before it was batched"))
+        .collect();
+    let results = llm(batch.frames);
+    batch
+        .at
+        .into_iter()
+        .zip(headers)
+        .zip(results)
+        .map(|((at, h), r)| {
+            let r = r.and_then(|plain| frame::verify(&h, &plain).map_err(|e| e.to_string()));
+            let v = match r {
+                Ok(()) => Verdict::Intact(h.plain_len),
+                Err(e) => Verdict::Bad(h.plain_len, e),
+            };
+            (at, v)
+        })
+        .collect()
 }
 
 impl Checker<'_> {
@@ -62,32 +89,55 @@ impl Checker<'_> {
             total,
         });
         let mut bad = Vec::new();
-        for table in [Table::Chunk, Table::Extent] {
-            let nodes = &self.nodes;
-            let counts = &mut self.counts;
-            let mut one = |ino: u64, index: u64, framed: &[u8]| {
-                match decode(framed, cs, &mut llm) {
-                    Verdict::Intact(n) => {
-                        counts.verified_frames += 1;
-                        counts.verified_bytes += n;
-                        done += n;
-                    }
-                    Verdict::Bad(n, e) => {
-                        bad.push((ino, index, e));
-                        done += n;
-                    }
-                    Verdict::NoModel(n) => {
-                        counts.unverified_frames += 1;
-                        counts.unverified_bytes += n;
-                        done += n;
-                    }
-                    Verdict::Skipped => return,
+        let mut batch = Batch::default();
+        let nodes = &self.nodes;
+        let counts = &mut self.counts;
+        let mut judge = |(ino, index): (u64, u64), v: Verdict| {
+            match v {
+                Verdict::Intact(n) => {
+                    counts.verified_frames += 1;
+                    counts.verified_bytes += n;
+                    done += n;
                 }
-                progress(CheckProgress {
-                    phase: CheckPhase::Verify,
-                    done: done.min(total),
-                    total,
-                });
+                Verdict::Bad(n, e) => {
+                    bad.push((ino, index, e));
+                    done += n;
+                }
+                Verdict::NoModel(n) => {
+                    counts.unverified_frames += 1;
+                    counts.unverified_bytes += n;
+                    done += n;
+                }
+                Verdict::Skipped => return,
+            }
+            progress(CheckProgress {
+                phase: CheckPhase::Verify,
+                done: done.min(total),
+                total,
+            });
+        };
+        for table in [Table::Chunk, Table::Extent] {
+            let mut frames: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+            let mut flush = |frames: &mut Vec<(u64, u64, Vec<u8>)>,
+                             batch: &mut Batch,
+                             force: bool| {
+                for (ino, index, framed) in frames.drain(..) {
+                    match decode_here(&framed, cs, llm.is_some()) {
+                        Some(v) => judge((ino, index), v),
+                        None => {
+                            batch.frames.push(framed);
+                            batch.at.push((ino, index));
+                        }
+                    }
+                }
+                if batch.frames.len() >= super::VERIFY_BATCH || (force && !batch.frames.is_empty())
+                {
+                    if let Some(d) = llm.as_mut() {
+                        for (at, v) in decode_batch(std::mem::take(batch), d) {
+                            judge(at, v);
+                        }
+                    }
+                }
             };
             self.store
                 .engine
@@ -104,15 +154,17 @@ impl Checker<'_> {
                     }
                     if table == Table::Chunk {
                         if let Ok(h) = HotChunk::decode(v) {
-                            one(ino, index, &h.frame);
+                            frames.push((ino, index, h.frame));
                         }
                     } else if let Ok(e) = Extent::decode(v) {
                         for c in e.chunks() {
-                            one(ino, c.index, &c.frame);
+                            frames.push((ino, c.index, c.frame.clone()));
                         }
                     }
+                    flush(&mut frames, &mut batch, false);
                     true
                 })?;
+            flush(&mut frames, &mut batch, true);
         }
         for (ino, index, e) in bad {
             let what = self.bytes_of(index);
@@ -149,10 +201,17 @@ impl Checker<'_> {
     /// the one the store was written with, and every LLM frame would fail with it, so
     /// they are left unverified instead of each reported as damaged.
     fn verify_canary(&mut self, llm: &mut Option<LlmDecoder<'_>>) {
-        let (Some(canary), Some(_)) = (self.canary.as_ref(), llm.as_ref()) else {
+        let (Some(canary), Some(decoder)) = (self.canary.clone(), llm.as_mut()) else {
             return;
         };
-        if let Verdict::Bad(_, e) = decode(canary, u64::MAX, llm) {
+        if frame::parse_header(&canary).is_err() {
+            return; // reported by the namespace pass
+        }
+        let batch = Batch {
+            frames: vec![canary],
+            at: vec![(0, 0)],
+        };
+        if let Some((_, Verdict::Bad(_, e))) = decode_batch(batch, decoder).pop() {
             self.add(Problem::error(
                 K::Decode,
                 None,
