@@ -583,14 +583,7 @@ pub(crate) mod testutil {
             let llm = crate::frame::assemble(crate::frame::Codec::Llm, plain, &z);
             let fast = crate::frame::encode_fast(plain);
             let frame = if llm.len() < fast.len() { llm } else { fast };
-            let codec = crate::frame::parse_header(&frame)?.codec;
-            Ok(crate::tier::Coded {
-                frame,
-                report: crate::codec::segment::SegmentReport {
-                    codec: Some(codec),
-                    ..Default::default()
-                },
-            })
+            crate::tier::Coded::from_frame(frame)
         }
         fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
             self.wait()?;

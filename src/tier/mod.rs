@@ -78,6 +78,21 @@ pub enum Encoded {
 }
 
 impl Coded {
+    /// A frame coded by other means (a test's stand-in codec), with the report its header
+    /// gives.
+    pub fn from_frame(frame: Vec<u8>) -> Result<Coded, FrameError> {
+        let h = crate::frame::parse_header(&frame)?;
+        Ok(Coded {
+            report: SegmentReport {
+                codec: Some(h.codec),
+                plain_len: h.plain_len as usize,
+                frame_len: frame.len(),
+                ..SegmentReport::default()
+            },
+            frame,
+        })
+    }
+
     pub fn outcome(self) -> Encoded {
         if self.report.verify_failed {
             Encoded::VerifyFailed
