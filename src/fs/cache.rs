@@ -75,6 +75,11 @@ impl ChunkCache {
         g.cheap.get(&(ino, index)).cloned()
     }
 
+    /// Whether the chunk is cached as one the model decoded.
+    pub fn is_costly(&self, ino: u64, index: u64) -> bool {
+        self.inner.lock().costly.contains(&(ino, index))
+    }
+
     /// Caches a chunk; `costly` when the model had to decode it.
     pub fn put(&self, ino: u64, index: u64, entry: Cached, costly: bool) {
         self.remove(ino, index);

@@ -199,7 +199,13 @@ impl Core {
                 }
                 missing
             };
-            for idx in missing {
+            let lanes = self.tier.get().map_or(1, |t| t.config().lanes);
+            for (k, &idx) in missing.iter().enumerate() {
+                // The next ones are decoded meanwhile on the other lanes: a large read
+                // of an archived file runs at the pool's speed.
+                if wait != Wait::NoModel && lanes > 1 {
+                    self.prefetch_chunks(ino, missing[k + 1..].iter().take(lanes - 1).copied());
+                }
                 let l = self.load_chunk(ino, idx, wait)?;
                 loaded.insert(idx, l);
             }
@@ -246,12 +252,26 @@ impl Core {
         let Some(tier) = self.tier.get() else {
             return;
         };
+        // Only after a chunk the model decoded: a reader of the fast tier costs no look
+        // into the store for chunks that need no model.
+        if idx == 0 || !self.cache.is_costly(ino, idx - 1) {
+            return;
+        }
         let window = tier.config().lanes as u64;
         let Ok(size) = self.getattr(ino).map(|e| e.inode.size) else {
             return;
         };
         let cs = self.chunk_size();
-        for next in idx..(idx + window).min(size.div_ceil(cs)) {
+        self.prefetch_chunks(ino, idx..(idx + window).min(size.div_ceil(cs)));
+    }
+
+    /// Queues the LLM-coded ones among `indexes` of `ino` that are not cached as
+    /// prefetches.
+    fn prefetch_chunks(&self, ino: u64, indexes: impl Iterator<Item = u64>) {
+        let Some(tier) = self.tier.get() else {
+            return;
+        };
+        for next in indexes {
             if self.cache.get(ino, next).is_some() {
                 continue;
             }
