@@ -5,6 +5,7 @@ mod common;
 
 use llmfs::codec::container::{self, Container, ContainerError, Recorded};
 use llmfs::codec::llm::{LlmModel, ModelConfig};
+use llmfs::codec::primer::{Coding, Primer};
 use llmfs::codec::segment::SegmentCoder;
 use llmfs::frame::{Codec, FrameError};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,12 @@ fn model() -> &'static LlmModel {
 }
 
 fn coder(verify: bool) -> SegmentCoder<'static> {
-    SegmentCoder::new(model().session(4096).expect("a llama.cpp context"), verify)
+    SegmentCoder::new(
+        model()
+            .session(&Coding::default(), 4096)
+            .expect("a llama.cpp context"),
+        verify,
+    )
 }
 
 /// Compresses with verification on, decompresses with a fresh coder, checks the bytes.
@@ -196,32 +202,35 @@ fn model_mismatch_names_both_fingerprints() {
     // Pretend the file was written by another model.
     let c = Container::parse(&packed).unwrap();
     let mut header = c.header.clone();
-    let Recorded::Profile(profile) = &mut header.recorded else {
-        panic!("an LLM-coded file records its profile")
+    let Recorded::Tiny(tiny) = &mut header.recorded else {
+        panic!("an LLM-coded file records its codec")
     };
-    assert_eq!(*profile, model().profile().short());
-    profile.model.fingerprint = vec![0xab; 8];
-    let frames: Vec<Vec<u8>> = (0..c.segments()).map(|i| c.frame(i).to_vec()).collect();
+    assert_eq!(*tiny, model().profile_for(&Coding::default()).tiny());
+    tiny[..3].copy_from_slice(&[0xab; 3]);
+    let frames: Vec<Vec<u8>> = (0..c.segments()).map(|i| c.frame(i)).collect();
     let other = container::assemble(&header, &frames);
     let c = Container::parse(&other).unwrap();
     let err = c.check_model(Some(&coder(false))).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ContainerError::ProfileMismatch(_)));
-    assert!(
-        msg.contains("model: recorded abababababababab, loaded "),
-        "{msg}"
-    );
+    assert!(matches!(err, ContainerError::WrongModel { .. }), "{msg}");
+    assert!(msg.contains("fingerprint starts ababab"), "{msg}");
     assert!(msg.contains(&model().fingerprint().to_string()), "{msg}");
     assert!(matches!(
         c.check_model(None),
         Err(ContainerError::NeedsModel(_))
     ));
+    // The same model under another primer: refused, saying so.
+    let unprimed = SegmentCoder::new(model().session(&Coding::unprimed(), 4096).unwrap(), false);
+    let c = Container::parse(&packed).unwrap();
+    let msg = c.check_model(Some(&unprimed)).unwrap_err().to_string();
+    assert!(msg.contains("primer"), "{msg}");
 }
 
 #[test]
 fn the_profile_records_this_build() {
-    let p = model().profile();
+    let p = model().profile_for(&Coding::default());
     assert_eq!(p.coder_version, llmfs::codec::profile::CODER_VERSION);
+    assert_eq!(p.primer, Some(Primer::builtin().id()));
     assert_eq!(p.build, llmfs::codec::profile::LLAMA_CPP_SYS_VERSION);
     assert_eq!(p.kernels.arch, std::env::consts::ARCH);
     assert_ne!(p.kernels.features, 0, "ggml reports its CPU features: {p}");
@@ -234,7 +243,7 @@ fn the_profile_records_this_build() {
 /// cells adds exact zeros.
 #[test]
 fn the_context_length_does_not_change_the_code() {
-    context_lengths_give_one_code(4096, &[4098, 8192]);
+    context_lengths_give_one_code(4096, &[4600, 8192]);
 }
 
 /// The same at 16 KiB (about 3,700 tokens): a minute and a half of model time, so run
@@ -269,8 +278,17 @@ fn context_lengths_give_one_code(len: usize, others: &[u32]) {
         "long enough for llama.cpp's long-KV paths: {tokens}"
     );
     let mut codes = Vec::new();
-    for &n_ctx in [tokens as u32 + 2].iter().chain(others) {
-        let mut coder = SegmentCoder::new(model().session_with_n_ctx(n_ctx).unwrap(), false);
+    let primer = model()
+        .tokenize_exact(Primer::builtin().text())
+        .unwrap()
+        .len();
+    for &n_ctx in [(tokens + primer) as u32 + 2].iter().chain(others) {
+        let mut coder = SegmentCoder::new(
+            model()
+                .session_with_n_ctx(&Coding::default(), n_ctx)
+                .unwrap(),
+            false,
+        );
         let (frame, report) = coder.encode(&text).unwrap();
         assert_eq!(report.codec, Some(Codec::Llm));
         codes.push((n_ctx, frame));

@@ -3,12 +3,16 @@
 //! every LLM result is decoded again and compared before it is reported, and decoded
 //! once more with another thread count to show that the code does not depend on it.
 
+use super::compress::parse_primer;
 use super::model::{parse_segment_size, ModelArgs};
 use anyhow::{ensure, Context};
 use clap::Args;
 use llmfs::codec::container::{self, Container};
+use llmfs::codec::llm::LlmModel;
+use llmfs::codec::primer::{Coding, Primer};
 use llmfs::codec::profile::CodecProfile;
 use llmfs::codec::segment::SegmentCoder;
+use llmfs::codec::TokenModel;
 use llmfs::frame::Codec;
 use llmfs::tier::Pool;
 use std::io::Write;
@@ -27,6 +31,16 @@ pub struct BenchArgs {
     /// gives the same bytes [default: 1, or 2 when --threads is 1]; 0 skips the check.
     #[arg(long, value_name = "N")]
     other_threads: Option<u32>,
+    /// Primers to measure, comma separated: `builtin`, `none`, or the path of a text
+    /// file to try as a primer (e.g. none,builtin,my-primer.txt). Files coded with a
+    /// primer from a file decode only with that file, so only `bench` takes one.
+    #[arg(long, default_value = "builtin", value_delimiter = ',', value_parser = parse_bench_primer)]
+    primer: Vec<Coding>,
+    /// Instead of coding: measure what mixing the model with cheap adaptive models
+    /// (token n-grams, a match model) would save, per token, at the first segment size
+    /// and primer.
+    #[arg(long)]
+    probe_mix: bool,
     /// Files to compress.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -36,6 +50,8 @@ pub struct BenchArgs {
 #[derive(Default, Clone)]
 struct Row {
     name: String,
+    /// The primer's name (`none` without one).
+    primer: String,
     segment_size: usize,
     plain: usize,
     packed: usize,
@@ -62,6 +78,8 @@ struct Row {
     pool_dec: Duration,
     pool_checked: usize,
     pool_identical: usize,
+    /// The container written on one stream.
+    file: Vec<u8>,
 }
 
 impl Row {
@@ -91,6 +109,22 @@ impl Row {
         self.pool_checked += o.pool_checked;
         self.pool_identical += o.pool_identical;
     }
+}
+
+/// A `--primer` of `bench`: a name, or a file whose text is tried as a primer.
+fn parse_bench_primer(s: &str) -> Result<Coding, String> {
+    let path = std::path::Path::new(s);
+    if !path.is_file() {
+        return parse_primer(s);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{s}: {e}"))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| s.to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Coding {
+        coder_version: llmfs::codec::profile::CODER_VERSION,
+        primer: Some(Arc::new(Primer::new(&name, text))),
+    })
 }
 
 fn ratio(plain: usize, packed: usize) -> f64 {
@@ -124,112 +158,177 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         model.name(),
         args.model.config().path.display(),
         model.threads(),
-        model.profile()
+        model.profile_for(args.primer.first().unwrap_or(&Coding::default()))
     );
+    if args.probe_mix {
+        let seg = args.segment_size.first().copied().unwrap_or(4096);
+        let coding = args.primer.first().cloned().unwrap_or_default();
+        return super::probe::run(&model, &coding, &args.files, seg);
+    }
     let other_threads = args
         .other_threads
         .unwrap_or(if model.threads() == 1 { 2 } else { 1 });
-    // With --lanes: the same files once more through a pool of lanes, timed, and its
-    // files compared with the one-stream ones byte for byte.
-    let pool = match args.model.lanes {
-        Some(_) => {
-            let max = args.segment_size.iter().copied().max().unwrap_or(4096);
-            let (pool, _) = args.model.pool(max, false)?;
-            eprintln!("pool: {} lanes, {:?}", pool.lanes(), pool.config());
-            Some(pool)
-        }
-        None => None,
-    };
     let mut rows = Vec::new();
-    for path in &args.files {
-        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into(),
-        );
-        let (gzip, xz, zstd) = (gzip9(&data), xz9(&data), zstd19(&data));
-        for &seg in &args.segment_size {
-            let mut coder = SegmentCoder::new(model.session(seg)?, false);
-            let t0 = Instant::now();
-            let (packed, reports) = container::compress(&data, seg, &mut coder, |_, _| {})?;
-            let enc = t0.elapsed();
-            let enc_llama = coder.stats().llama_time;
-            let c = Container::parse(&packed)?;
-            c.check_model(Some(&coder))?;
-            let (llama_before, steps_before) = (coder.stats().llama_time, coder.stats().steps);
-            let t1 = Instant::now();
-            let plain = c.read_range(0, c.plain_len(), Some(&mut coder))?;
-            let dec = t1.elapsed();
-            ensure!(
-                plain == data,
-                "{name}: decoding did not give back the original bytes"
-            );
-            let (cross_checked, cross_identical) = if other_threads > 0 && c.needs_model() {
-                let mut other =
-                    SegmentCoder::new(model.session_with_threads(seg, other_threads)?, false);
-                let same = c
-                    .read_range(0, c.plain_len(), Some(&mut other))
-                    .is_ok_and(|p| p == data);
-                eprintln!(
-                    "{name} @ {seg} B segments: decoding with {other_threads} threads {}",
-                    if same {
-                        "gave the same bytes"
-                    } else {
-                        "FAILED"
-                    }
-                );
-                (1, usize::from(same))
-            } else {
-                (0, 0)
-            };
-            let (pool_enc, pool_dec, pool_identical) = match &pool {
-                Some(pool) => pool_run(pool, model.profile(), &data, seg, &packed)?,
-                None => (Duration::ZERO, Duration::ZERO, false),
-            };
-            let mut row = Row {
-                pool_enc,
-                pool_dec,
-                pool_checked: usize::from(pool.is_some()),
-                pool_identical: usize::from(pool_identical),
-                name: name.clone(),
-                segment_size: seg,
-                plain: data.len(),
-                packed: packed.len(),
-                gzip,
-                xz,
-                zstd,
-                enc,
-                enc_llama,
-                enc_steps: steps_before,
-                dec,
-                dec_llama: coder.stats().llama_time - llama_before,
-                dec_tokens: coder.stats().steps - steps_before,
-                cross_checked,
-                cross_identical,
-                ..Default::default()
-            };
-            for r in &reports {
-                let i = match r.codec {
-                    Some(Codec::Llm) => 0,
-                    Some(Codec::Zstd) => 1,
-                    _ => 2,
-                };
-                row.segments[i] += 1;
-                row.data += r.data_len;
-                row.tokens += r.tokens as u64;
-                row.ce_bits += r.cross_entropy_bits;
-                row.code_bits += (r.code_len * 8) as f64;
+    for coding in &args.primer {
+        let primer_name = coding
+            .primer
+            .as_ref()
+            .map_or("none", |p| p.name())
+            .to_string();
+        // With --lanes: the same files once more through a pool of lanes, timed, and its
+        // files compared with the one-stream ones byte for byte.
+        let pool = match args.model.lanes {
+            Some(_) => {
+                let max = args.segment_size.iter().copied().max().unwrap_or(4096);
+                let (pool, _) = args.model.pool(coding, max, false)?;
+                eprintln!("pool: {} lanes, {:?}", pool.lanes(), pool.config());
+                Some(pool)
             }
-            eprintln!(
-                "{name} @ {seg} B segments: {:.2}x",
-                ratio(row.plain, row.packed)
+            None => None,
+        };
+        for path in &args.files {
+            let data =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into(),
             );
-            rows.push(row);
+            let (gzip, xz, zstd) = (gzip9(&data), xz9(&data), zstd19(&data));
+            for &seg in &args.segment_size {
+                let mut row = bench_one(&model, coding, &data, &name, seg, other_threads)?;
+                (row.gzip, row.xz, row.zstd) = (gzip, xz, zstd);
+                row.primer.clone_from(&primer_name);
+                if let Some(pool) = &pool {
+                    let (enc, dec, identical) =
+                        pool_run(pool, &model.profile_for(coding), &data, seg, &row.file)?;
+                    (row.pool_enc, row.pool_dec) = (enc, dec);
+                    row.pool_checked = 1;
+                    row.pool_identical = usize::from(identical);
+                }
+                eprintln!(
+                    "{name} @ {seg} B segments, primer {primer_name}: {:.2}x",
+                    ratio(row.plain, row.packed)
+                );
+                rows.push(row);
+            }
+        }
+        if let Some(pool) = &pool {
+            print_pool_table(&rows, &args.segment_size, pool, &primer_name);
         }
     }
     print_tables(&rows, &args.segment_size, model.threads(), other_threads);
-    if let Some(pool) = &pool {
-        print_pool_table(&rows, &args.segment_size, pool);
+    print_primer_table(&model, &args.primer)?;
+    Ok(())
+}
+
+/// One file at one segment size under one coding, coded and decoded on one stream
+/// (and decoded again with `other_threads`). The session's primer is computed before
+/// the clock starts: a lane does it once, not per file ([`print_primer_table`]).
+fn bench_one(
+    model: &LlmModel,
+    coding: &Coding,
+    data: &[u8],
+    name: &str,
+    seg: usize,
+    other_threads: u32,
+) -> anyhow::Result<Row> {
+    let mut session = model.session(coding, seg)?;
+    session.reset()?;
+    let mut coder = SegmentCoder::new(session, false);
+    let (llama0, steps0) = (coder.stats().llama_time, coder.stats().steps);
+    let t0 = Instant::now();
+    let (packed, reports) = container::compress(data, seg, &mut coder, |_, _| {})?;
+    let enc = t0.elapsed();
+    let enc_llama = coder.stats().llama_time - llama0;
+    let enc_steps = coder.stats().steps - steps0;
+    let c = Container::parse(&packed)?;
+    c.check_model(Some(&coder))?;
+    let (llama_before, steps_before) = (coder.stats().llama_time, coder.stats().steps);
+    let t1 = Instant::now();
+    let plain = c.read_range(0, c.plain_len(), Some(&mut coder))?;
+    let dec = t1.elapsed();
+    ensure!(
+        plain == data,
+        "{name}: decoding did not give back the original bytes"
+    );
+    let (cross_checked, cross_identical) = if other_threads > 0 && c.needs_model() {
+        let mut other = SegmentCoder::new(
+            model.session_with_threads(coding, seg, other_threads)?,
+            false,
+        );
+        let same = c
+            .read_range(0, c.plain_len(), Some(&mut other))
+            .is_ok_and(|p| p == data);
+        eprintln!(
+            "{name} @ {seg} B segments: decoding with {other_threads} threads {}",
+            if same {
+                "gave the same bytes"
+            } else {
+                "FAILED"
+            }
+        );
+        (1, usize::from(same))
+    } else {
+        (0, 0)
+    };
+    let mut row = Row {
+        name: name.into(),
+        segment_size: seg,
+        plain: data.len(),
+        packed: packed.len(),
+        enc,
+        enc_llama,
+        enc_steps,
+        dec,
+        dec_llama: coder.stats().llama_time - llama_before,
+        dec_tokens: coder.stats().steps - steps_before,
+        cross_checked,
+        cross_identical,
+        file: packed,
+        ..Default::default()
+    };
+    for r in &reports {
+        let i = match r.codec {
+            Some(Codec::Llm) => 0,
+            Some(Codec::Zstd) => 1,
+            _ => 2,
+        };
+        row.segments[i] += 1;
+        row.data += r.data_len;
+        row.tokens += r.tokens as u64;
+        row.ce_bits += r.cross_entropy_bits;
+        row.code_bits += (r.code_len * 8) as f64;
+    }
+    Ok(row)
+}
+
+/// What each primer costs once per lane: its tokens, computed one per step.
+fn print_primer_table(model: &LlmModel, codings: &[Coding]) -> anyhow::Result<()> {
+    let primed: Vec<_> = codings
+        .iter()
+        .filter_map(|c| c.primer.as_ref().map(|p| (c, p)))
+        .collect();
+    if primed.is_empty() {
+        return Ok(());
+    }
+    println!("\n### Primers\n");
+    println!("| primer | bytes | tokens | computed once per lane in | tok/s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (coding, p) in primed {
+        let mut session = model.session(coding, 16)?;
+        let t0 = Instant::now();
+        session.reset()?;
+        let took = t0.elapsed();
+        let steps = session.stats().steps;
+        println!(
+            "| {} ({}) | {} | {} | {:.2} s | {:.1} |",
+            p.name(),
+            llmfs::codec::fingerprint::hex(&p.id()),
+            p.text().len(),
+            steps.saturating_sub(1),
+            took.as_secs_f64(),
+            per_sec(steps as f64, took)
+        );
     }
     Ok(())
 }
@@ -278,28 +377,51 @@ fn pool_run(
     Ok((enc, dec, bytes == packed))
 }
 
-fn print_pool_table(rows: &[Row], sizes: &[usize], pool: &Pool) {
+/// The rows, then a total per segment size and primer.
+fn with_totals(rows: &[Row], sizes: &[usize]) -> Vec<Row> {
+    let mut all = rows.to_vec();
+    let mut primers: Vec<&str> = Vec::new();
+    for r in rows {
+        if !primers.contains(&r.primer.as_str()) {
+            primers.push(&r.primer);
+        }
+    }
+    for p in primers {
+        for &seg in sizes {
+            let mut total = Row {
+                name: "**total**".into(),
+                primer: p.into(),
+                segment_size: seg,
+                ..Default::default()
+            };
+            for r in rows
+                .iter()
+                .filter(|r| r.segment_size == seg && r.primer == p)
+            {
+                total.add(r);
+            }
+            all.push(total);
+        }
+    }
+    all
+}
+
+fn print_pool_table(rows: &[Row], sizes: &[usize], pool: &Pool, primer: &str) {
     let c = pool.config();
     println!(
-        "\n### Lanes: {} lanes of {} llama.cpp thread(s), against one stream of {} threads\n",
+        "\n### Lanes: {} lanes of {} llama.cpp thread(s), against one stream of {} threads, primer {primer}\n",
         pool.lanes(),
         c.threads_per_lane,
         c.wide_threads.unwrap_or(c.threads_per_lane)
     );
+    let rows: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.primer == primer)
+        .cloned()
+        .collect();
     println!("| file | segment | encode B/s, one stream | encode B/s, lanes | speed-up | decode B/s, one stream | decode B/s, lanes | speed-up | file identical to one stream's |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-    let mut all = rows.to_vec();
-    for &seg in sizes {
-        let mut total = Row {
-            name: "**total**".into(),
-            segment_size: seg,
-            ..Default::default()
-        };
-        for r in rows.iter().filter(|r| r.segment_size == seg) {
-            total.add(r);
-        }
-        all.push(total);
-    }
+    let all = with_totals(&rows, sizes);
     for r in &all {
         let (e1, en) = (
             per_sec(r.plain as f64, r.enc),
@@ -329,21 +451,10 @@ fn print_pool_table(rows: &[Row], sizes: &[usize], pool: &Pool) {
 }
 
 fn print_tables(rows: &[Row], sizes: &[usize], threads: u32, other_threads: u32) {
-    let mut all = rows.to_vec();
-    for &seg in sizes {
-        let mut total = Row {
-            name: "**total**".into(),
-            segment_size: seg,
-            ..Default::default()
-        };
-        for r in rows.iter().filter(|r| r.segment_size == seg) {
-            total.add(r);
-        }
-        all.push(total);
-    }
+    let all = with_totals(rows, sizes);
     println!("\n### Compression ratio\n");
-    println!("| file | bytes | segment | llmfs | gzip -9 | xz -9 | zstd -19 | bits/byte | segments llm/zstd/raw | format overhead | coded with {threads} threads, decodes with {other_threads} |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| file | bytes | segment | primer | llmfs | gzip -9 | xz -9 | zstd -19 | bits/byte | segments llm/zstd/raw | format overhead | coded with {threads} threads, decodes with {other_threads} |");
+    println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in &all {
         let cross = match (r.cross_checked, r.cross_identical) {
             (0, _) => "not checked".to_string(),
@@ -352,10 +463,11 @@ fn print_tables(rows: &[Row], sizes: &[usize], threads: u32, other_threads: u32)
             (n, k) => format!("**DIFFERENT** ({} of {n} files)", n - k),
         };
         println!(
-            "| {} | {} | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.3} | {}/{}/{} | {} B ({:.1}%) | {} |",
+            "| {} | {} | {} | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.3} | {}/{}/{} | {} B ({:.1}%) | {} |",
             r.name,
             r.plain,
             r.segment_size,
+            r.primer,
             ratio(r.plain, r.packed),
             ratio(r.plain, r.gzip),
             ratio(r.plain, r.xz),
@@ -372,15 +484,16 @@ fn print_tables(rows: &[Row], sizes: &[usize], threads: u32, other_threads: u32)
     println!("\nFormat overhead: every byte of the container that is not coded data (header, segment table, frame headers with their CRCs, UTF-8 edge bytes).");
     println!("\n### Coding cost and speed\n");
     println!("Cross-entropy: the model's own bits for the LLM-coded tokens; spent: the range coder's output for them.\n");
-    println!("| file | segment | tokens | cross-entropy bits | bits spent | over | encode tok/s | encode B/s | decode tok/s | decode B/s | llama.cpp tok/s | llama.cpp share of encode / decode |");
+    println!("| file | segment | primer | tokens | cross-entropy bits | bits spent | over | encode tok/s | encode B/s | decode tok/s | decode B/s | llama.cpp tok/s | llama.cpp share of encode / decode |");
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in &all {
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:+.2}% | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1}% / {:.1}% |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:+.2}% | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1}% / {:.1}% |",
             r.name,
             r.segment_size,
+            r.primer,
             r.tokens,
             r.ce_bits,
             r.code_bits,

@@ -7,7 +7,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use llmfs::codec::container::{self, ContainerError, ContainerReader, Recorded};
 use llmfs::codec::legacy::LegacyDecoder;
-use llmfs::codec::profile::CodecProfile;
+use llmfs::codec::llm::LlmModel;
+use llmfs::codec::primer::Coding;
 use llmfs::codec::DEFAULT_SEGMENT_SIZE;
 use llmfs::frame::Codec;
 use llmfs::tier::{Pool, Ticket};
@@ -34,6 +35,16 @@ pub struct CompressArgs {
     /// without verification a nondeterministic backend could store undecodable data.
     #[arg(long)]
     no_verify: bool,
+    /// The text every segment is coded after: `builtin` (llmfs's primer for LLM logs
+    /// and answers) or `none` (each segment from an empty context). Decompression needs
+    /// the same primer, which the file records.
+    #[arg(long, default_value = "builtin", value_parser = parse_primer)]
+    primer: Coding,
+}
+
+/// A `--primer` or `primer=` value.
+pub fn parse_primer(s: &str) -> Result<Coding, String> {
+    Coding::named(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -201,10 +212,11 @@ pub fn run_compress(args: CompressArgs) -> anyhow::Result<()> {
     // Opened before minutes of coding, so that an unusable output fails at once.
     let mut out = Output::open(&output)?;
     let max_tokens = args.segment_size.max(DEFAULT_SEGMENT_SIZE);
-    let (pool, model) = args.model.pool(max_tokens, !args.no_verify)?;
+    let (pool, model) = args.model.pool(&args.primer, max_tokens, !args.no_verify)?;
+    let profile = model.profile_for(&args.primer);
     let progress = Progress::new(plain.len() as u64, None);
     let (bytes, reports) =
-        container::compress_segments(&plain, args.segment_size, model.profile(), |segments| {
+        container::compress_segments(&plain, args.segment_size, &profile, |segments| {
             // Every segment to the pool at once: its lanes code them side by side, and
             // the frames come back in order (the bytes are those of one lane).
             let tickets: Vec<_> = segments
@@ -239,6 +251,26 @@ pub fn run_compress(args: CompressArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The coding a file's LLM segments need, with this model: the one its header names
+/// (version 2), or the one of this build's whose digest it records (version 3); an error
+/// says what differs.
+fn file_coding(header: &container::Header, model: &LlmModel) -> Result<Coding, anyhow::Error> {
+    if let Recorded::Profile(p) = &header.recorded {
+        let coding = Coding::of_profile(p)?;
+        header.check_profile(Some(&model.profile_for(&coding)))?;
+        return Ok(coding);
+    }
+    let candidates = Coding::candidates();
+    for c in &candidates {
+        if header.check_profile(Some(&model.profile_for(c))).is_ok() {
+            return Ok(c.clone());
+        }
+    }
+    // None matches: the default's error says whether the model or the rest differs.
+    header.check_profile(Some(&model.profile_for(&candidates[0])))?;
+    anyhow::bail!("no coding of this build matches the file")
+}
+
 /// How a file's segments are decoded.
 enum Decoder<'m> {
     /// No segment needs a model.
@@ -269,16 +301,12 @@ pub fn run_decompress(args: DecompressArgs) -> anyhow::Result<()> {
     let segment_size = header.segment_size as usize;
     let model;
     let mut decoder = match &header.recorded {
-        Recorded::Profile(_) if header.needs_model() => {
-            let (pool, m) = args
-                .model
-                .pool(segment_size.max(DEFAULT_SEGMENT_SIZE), true)?;
-            let profile = CodecProfile::decode(pool.profile())
-                .map_err(|e| anyhow::anyhow!("the lanes' profile: {e}"))?;
-            header
-                .check_profile(Some(&profile))
-                .with_context(|| name.clone())?;
-            drop(m);
+        Recorded::Profile(_) | Recorded::Tiny(_) if header.needs_model() => {
+            let m = Arc::new(args.model.load()?);
+            let coding = file_coding(&header, &m).with_context(|| name.clone())?;
+            let pool =
+                args.model
+                    .start_pool(m, &coding, segment_size.max(DEFAULT_SEGMENT_SIZE), true)?;
             Decoder::Pool(pool)
         }
         Recorded::V1 { .. } if header.needs_model() => {

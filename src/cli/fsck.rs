@@ -4,6 +4,7 @@
 use super::model::ModelArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use llmfs::codec::primer::Coding;
 use llmfs::codec::profile::{CodecProfile, Engine};
 use llmfs::store::engine::sqlite::journal::JournalDamage;
 use llmfs::store::engine::EngineError;
@@ -68,12 +69,20 @@ fn model_decoder(args: &FsckArgs, store: &Store) -> anyhow::Result<Option<ModelD
     let Some(pinned) = store.meta(MetaKey::Profile)? else {
         return Ok(None);
     };
-    let synthetic = CodecProfile::decode(&pinned).is_ok_and(|p| p.engine == Engine::Synthetic);
-    let pool = if synthetic {
-        Pool::start(args.model.pool_config(), tier::lanes::synthetic(true))
-            .map_err(anyhow::Error::new)?
+    let recorded = CodecProfile::decode(&pinned)
+        .map_err(|e| anyhow::anyhow!("the store's pinned codec profile is unreadable: {e}"))?;
+    let coding = Coding::of_profile(&recorded)
+        .map_err(|e| anyhow::anyhow!("the store's LLM frames were coded with {e}"))?;
+    let pool = if recorded.engine == Engine::Synthetic {
+        Pool::start(
+            args.model.pool_config(),
+            tier::lanes::synthetic(coding, true),
+        )
+        .map_err(anyhow::Error::new)?
     } else {
-        args.model.pool(store.chunk_size() as usize, true)?.0
+        args.model
+            .pool(&coding, store.chunk_size() as usize, true)?
+            .0
     };
     Ok(Some(Box::new(move |frames: Vec<Vec<u8>>| {
         let tickets: Vec<_> = frames.into_iter().map(|f| pool.submit_decode(f)).collect();
@@ -143,10 +152,11 @@ pub fn run(args: FsckArgs) -> i32 {
     };
     let checked = store.check(&opts, llm, &mut |p| shown.update(p));
     drop(shown);
-    let report = match checked {
+    let mut report = match checked {
         Ok(r) => r,
         Err(e) => return cannot_check(&args, "checking it", &e),
     };
+    report.problems.extend(codec_problem(&store));
     if !args.repair || report.repairable() == 0 {
         print_report(&args, &report, None);
         return if report.is_clean() {
@@ -169,6 +179,24 @@ pub fn run(args: FsckArgs) -> i32 {
             cannot_check(&args, "repairing it", &e)
         }
     }
+}
+
+/// Whether this build can code the store's LLM frames at all: its pinned profile must
+/// parse, and name a coder version and primer this build has. (The model, build and
+/// machine are checked by a mount, and by `--verify`, against the canary.)
+fn codec_problem(store: &Store) -> Option<Problem> {
+    let pinned = store.meta(MetaKey::Profile).ok()??;
+    let why = match CodecProfile::decode(&pinned) {
+        Err(e) => format!("the pinned codec profile does not parse ({e}): a mount with a model will refuse the store; report it"),
+        Ok(p) => match Coding::of_profile(&p) {
+            Ok(_) => return None,
+            Err(e) => format!(
+                "the store's LLM frames were coded with {e}: this build cannot decode them \
+                 (mount with -o nomodel to read everything else)"
+            ),
+        },
+    };
+    Some(Problem::error(ProblemKind::Profile, None, why))
 }
 
 /// `--salvage`: a new store from every record that still reads.

@@ -9,6 +9,7 @@ mod fsck;
 mod model;
 mod mount;
 mod output;
+mod probe;
 mod stats;
 
 #[derive(Parser)]

@@ -3,6 +3,7 @@
 
 use clap::Args;
 use llmfs::codec::llm::{LlmModel, ModelConfig};
+use llmfs::codec::primer::Coding;
 use llmfs::tier::{self, Pool, PoolConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,14 +108,32 @@ impl ModelArgs {
         PoolConfig::new(Some(lanes), Some(threads))
     }
 
-    /// Loads the model and starts a pool of lanes over it, for segments of up to
-    /// `max_tokens` tokens; `verify` decodes every LLM segment again before accepting it.
-    pub fn pool(&self, max_tokens: usize, verify: bool) -> anyhow::Result<(Pool, Arc<LlmModel>)> {
+    /// Loads the model and starts a pool of lanes over it, coding under `coding` segments
+    /// of up to `max_tokens` tokens; `verify` decodes every LLM segment again before
+    /// accepting it.
+    pub fn pool(
+        &self,
+        coding: &Coding,
+        max_tokens: usize,
+        verify: bool,
+    ) -> anyhow::Result<(Pool, Arc<LlmModel>)> {
         let model = Arc::new(self.load()?);
+        let pool = self.start_pool(Arc::clone(&model), coding, max_tokens, verify)?;
+        Ok((pool, model))
+    }
+
+    /// [`pool`](Self::pool) over a model already loaded.
+    pub fn start_pool(
+        &self,
+        model: Arc<LlmModel>,
+        coding: &Coding,
+        max_tokens: usize,
+        verify: bool,
+    ) -> anyhow::Result<Pool> {
         let config = self.pool_config();
         let pool = Pool::start(
             config,
-            tier::lanes::gguf(Arc::clone(&model), max_tokens, verify),
+            tier::lanes::gguf(Arc::clone(&model), coding.clone(), max_tokens, verify),
         )
         .map_err(|e| anyhow::anyhow!("starting the model's lanes: {e}"))?;
         log::debug!(
@@ -125,7 +144,7 @@ impl ModelArgs {
                 ", lane 0 also {w} for lone reads"
             ))
         );
-        Ok((pool, model))
+        Ok(pool)
     }
 
     pub fn load(&self) -> anyhow::Result<LlmModel> {

@@ -5,6 +5,8 @@ use super::model::ModelArgs;
 use anyhow::Context;
 use clap::Args;
 use fuser::{MountOption, SessionACL};
+use llmfs::codec::primer::Coding;
+use llmfs::codec::CodecProfile;
 use llmfs::fs::fuse::FuseFs;
 use llmfs::fs::{Core, CoreConfig};
 use llmfs::store::CreateOptions;
@@ -29,7 +31,8 @@ pub struct MountArgs {
     /// dirty_limit=SIZE (unsaved data held in memory, default 64M), model=PATH (GGUF
     /// model, default as for `compress`), llm_threads=N (llama.cpp threads the model's
     /// lanes share, default all cores), llm_lanes=N (contexts coding at once, default
-    /// one per thread as memory allows), gpu_layers=N (with a GPU build), cold_after=DURATION (compact chunks not
+    /// one per thread as memory allows), primer=builtin|none (what a new store's
+    /// LLM-coded chunks follow, default builtin), gpu_layers=N (with a GPU build), cold_after=DURATION (compact chunks not
     /// written for this long, default 5m; e.g. 0, 30s, 5m, 1h), compact=on|off (default
     /// on), sync_llm (flush and fsync wait for LLM coding), nomodel (no model: LLM chunks
     /// read as EIO, everything else works), no_default_permissions.
@@ -69,6 +72,9 @@ pub struct ModelChoice {
     pub none: bool,
     /// `test_model`: the built-in synthetic model, for tests of the filesystem only.
     pub test: bool,
+    /// `primer=`: the coding of a new store's LLM frames (a store's first LLM frame
+    /// pins it; a pinned store codes as it was pinned).
+    pub primer: Option<Coding>,
 }
 
 /// `0`, `90` (seconds), `500ms`, `30s`, `5m`, `2h`, `1d`.
@@ -221,6 +227,12 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
             }
             ("llm_lanes", v) => {
                 cfg.model.lanes = Some(parse_count(key, need(key, v)?, 256)? as u16);
+                continue;
+            }
+            ("primer", v) => {
+                let v = need(key, v)?;
+                cfg.model.primer =
+                    Some(Coding::named(v).map_err(|e| UsageError(format!("primer={v}: {e}")))?);
                 continue;
             }
             ("gpu_layers", v) => {
@@ -444,11 +456,11 @@ fn check_paths(store: &Path, mountpoint: &Path) -> anyhow::Result<()> {
 /// or machine that would compute other probabilities is refused here, at mount, with
 /// what differs and what to do, never at the first cold read.
 fn attach_model(core: &Core, cfg: &MountConfig) -> anyhow::Result<()> {
-    let pinned = core
+    let pinned_profile = core
         .store()
         .meta(MetaKey::Profile)
-        .map_err(|e| anyhow::anyhow!("reading the store's codec profile: {e}"))?
-        .is_some();
+        .map_err(|e| anyhow::anyhow!("reading the store's codec profile: {e}"))?;
+    let pinned = pinned_profile.is_some();
     if cfg.model.none {
         if pinned {
             log::warn!(
@@ -461,6 +473,33 @@ fn attach_model(core: &Core, cfg: &MountConfig) -> anyhow::Result<()> {
     if !pinned && (!cfg.core.compact || cfg.core.read_only) {
         return Ok(()); // nothing here needs a model
     }
+    let coding = match &pinned_profile {
+        // A pinned store codes as it was pinned: its frames decode only that way, and
+        // its new frames join them.
+        Some(bytes) => {
+            let recorded = CodecProfile::decode(bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "refusing to mount {}: its pinned codec profile is unreadable ({e}); \
+                     `llmfs fsck` says more",
+                    cfg.store.display()
+                )
+            })?;
+            let coding = Coding::of_profile(&recorded).map_err(|e| {
+                anyhow::anyhow!(
+                    "refusing to mount {}: its LLM frames were coded with {e}; or mount with \
+                     -o nomodel to read everything but its LLM-coded chunks",
+                    cfg.store.display()
+                )
+            })?;
+            if cfg.model.primer.as_ref().is_some_and(|c| *c != coding) {
+                log::warn!(
+                    "primer= ignored: the store is pinned to {coding}, which its LLM frames need"
+                );
+            }
+            coding
+        }
+        None => cfg.model.primer.clone().unwrap_or_default(),
+    };
     let chunk = core.chunk_size() as usize;
     let args = ModelArgs {
         model: cfg.model.path.clone(),
@@ -475,17 +514,17 @@ fn attach_model(core: &Core, cfg: &MountConfig) -> anyhow::Result<()> {
     };
     let pool = if cfg.model.test {
         let config = args.pool_config();
-        Pool::start(config, tier::lanes::synthetic(true))
+        Pool::start(config, tier::lanes::synthetic(coding, true))
             .map_err(|e| anyhow::anyhow!("starting the synthetic test model: {e}{hint}"))?
     } else {
         let what = args.config().path.display().to_string();
         // A chunk never has more tokens than bytes.
         let (pool, model) = args
-            .pool(chunk, true)
+            .pool(&coding, chunk, true)
             .map_err(|e| anyhow::anyhow!("starting the model ({what}): {e:#}{hint}"))?;
         let c = pool.config();
         log::info!(
-            "model {what} ({}) loaded: {} lanes of {} llama.cpp thread(s){}",
+            "model {what} ({}) loaded, {coding}: {} lanes of {} llama.cpp thread(s){}",
             model.name(),
             pool.lanes(),
             c.threads_per_lane,

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use llmfs::codec::{primer, CodecProfile};
 use serde_json::{Map, Value};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,30 @@ fn read_attr(path: &Path, attr: &str) -> anyhow::Result<Option<Map<String, Value
 
 fn num(m: &Map<String, Value>, key: &str) -> u64 {
     m.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Adds what the codec profile (hex, as the store or daemon gives it) says in words:
+/// `codec` (coder version, engine, build, backend, kernels, model, primer) and `primer`.
+fn describe_codec(m: &mut Map<String, Value>) {
+    let Some(hex) = m.get("codec_profile").and_then(Value::as_str) else {
+        return;
+    };
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    match bytes.map(|b| CodecProfile::decode(&b)) {
+        Some(Ok(p)) => {
+            m.insert("primer".into(), primer::describe(p.primer.as_ref()).into());
+            m.insert("codec".into(), p.to_string().into());
+        }
+        Some(Err(e)) => {
+            m.insert("codec".into(), format!("unreadable profile: {e}").into());
+        }
+        None => {
+            m.insert("codec".into(), "unreadable profile".into());
+        }
+    }
 }
 
 fn print(m: &Map<String, Value>, json: bool) {
@@ -116,11 +141,12 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
 
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     if let Some(m) = live(&args.path)? {
-        let m = if args.wait_idle {
+        let mut m = if args.wait_idle {
             wait_idle(&args.path)?
         } else {
             m
         };
+        describe_codec(&mut m);
         print(&m, args.json);
         return Ok(());
     }
@@ -132,6 +158,8 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     }
     let st = llmfs::store::stats::collect(&args.path)
         .map_err(|e| anyhow::anyhow!("reading store {}: {e}", args.path.display()))?;
-    print(&llmfs::fs::report::store_fields(&st), args.json);
+    let mut m = llmfs::fs::report::store_fields(&st);
+    describe_codec(&mut m);
+    print(&m, args.json);
     Ok(())
 }

@@ -1,40 +1,49 @@
 //! The standalone container written by `llmfs compress`.
 //!
-//! Layout of version 2, written by this build (varints are unsigned LEB128,
-//! [`crate::frame::varint`]):
+//! Layout of version 3, written by this build (varints are unsigned LEB128,
+//! [`crate::frame::varint`]): a one-segment file spends 18 bytes on it, and the LLM
+//! payload one more on its UTF-8 edges ([`super::segment`]).
 //!
 //! | field | size | meaning |
 //! | --- | --- | --- |
 //! | magic | 3 bytes | `LLZ` |
-//! | version | 1 byte | container format version (2) |
-//! | flags | 1 byte | bit 0: a codec profile follows (when any segment is LLM-coded); other bits 0 |
-//! | profile length | 1 byte, if flag bit 0 | length of the profile |
-//! | profile | that many bytes | the [`CodecProfile`] the LLM segments were coded under, model fingerprint cut to 8 bytes |
-//! | segment_size | varint | plaintext bytes per segment (the last may be shorter), at most [`MAX_SEGMENT_SIZE`] |
+//! | version | 1 byte | container format version (3) |
+//! | flags | 1 byte | bit 0: the codec's identity follows (when any segment is LLM-coded); bit 1: segments of [`DEFAULT_SEGMENT_SIZE`](super::DEFAULT_SEGMENT_SIZE) bytes, no segment_size field; other bits 0 |
+//! | identity | 6 bytes, if flag bit 0 | [`CodecProfile::tiny`]: 3 bytes of the model's fingerprint, 3 of a digest of the rest of the codec profile (coder version, primer, llama.cpp build, backend, offload, CPU kernels) |
+//! | segment_size | varint, unless flag bit 1 | plaintext bytes per segment (the last may be shorter), at most [`MAX_SEGMENT_SIZE`] |
 //! | plain_len | varint | total plaintext length; the segment count follows from it |
 //! | frame lengths | varint each | byte length of every frame but the last (the last runs to the end) |
-//! | frames | rest | one [`crate::frame`] per segment, in order |
+//! | frames | rest | one [`crate::frame`] per segment, in order, without its plain_len field (the segment's length, known from the header) |
 //!
-//! Version 1 (llmfs before the codec profile) had, instead of the profile, flags bits
-//! 0-1: [`Backend`], bit 2: GPU offload, bit 3: an 8-byte model fingerprint follows. Its
-//! LLM segments were coded with flash attention on, so their code depends on the thread
-//! count of the machine that wrote them, which it did not record; [`super::legacy`]
-//! decodes them by trying thread counts.
+//! A decoder finds the coding by the identity: the model's fingerprint must match, and
+//! the digest one of the codings this build has for that model ([`super::primer::Coding`]),
+//! else the file is refused, saying whether the model or the rest differs. The digest's
+//! 3 bytes make a chance match 1 in 16 million, and every segment's CRC is checked.
+//!
+//! Version 2 recorded the whole [`CodecProfile`] (flag bit 0, a length byte and the
+//! profile, about 37 bytes) and frames with their plain_len. Version 1 (llmfs before the
+//! codec profile) had, instead of the profile, flags bits 0-1: [`Backend`], bit 2: GPU
+//! offload, bit 3: an 8-byte model fingerprint follows. Its LLM segments were coded with
+//! flash attention on, so their code depends on the thread count of the machine that
+//! wrote them, which it did not record; [`super::legacy`] decodes them by trying thread
+//! counts. Both still decode.
 //!
 //! The segment table lets a reader decode any byte range by decoding only the segments
 //! it touches ([`Container::read_range`]), or stream the file segment by segment
 //! ([`ContainerReader`]). Every frame carries its own CRC. A reader allocates at most
 //! one segment (16 MiB at most) at a time, whatever the header claims.
 
-use super::profile::{Backend, CodecProfile};
+use super::profile::{Backend, CodecProfile, TINY_LEN};
 use super::segment::{SegmentCoder, SegmentReport};
 use crate::frame::{self, varint, Codec, FrameError};
 use std::io::Read;
 
 pub const MAGIC: &[u8; 3] = b"LLZ";
 /// The container version this build writes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 const FLAG_PROFILE: u8 = 1;
+/// Version 3: segments of the default size, no segment_size field.
+const FLAG_DEFAULT_SEGMENT: u8 = 2;
 const V1_FLAG_OFFLOAD: u8 = 1 << 2;
 const V1_FLAG_MODEL: u8 = 1 << 3;
 /// Largest segment size: bounds what one frame may allocate.
@@ -46,7 +55,7 @@ const FRAME_OVERHEAD: u64 = 1 + 10 + 4;
 pub enum ContainerError {
     #[error("not an llmfs compressed file (bad magic)")]
     BadMagic,
-    #[error("compressed file format version {0} is not supported (this build reads versions 1 and {VERSION})")]
+    #[error("compressed file format version {0} is not supported (this build reads versions 1 to {VERSION})")]
     UnsupportedVersion(u8),
     #[error("compressed file is truncated or its header is corrupted")]
     Truncated,
@@ -94,6 +103,9 @@ pub enum ContainerError {
 pub enum Recorded {
     /// No segment is LLM-coded: the file decodes without a model.
     Nothing,
+    /// Version 3: the model's fingerprint and the rest of the profile, by digest
+    /// ([`CodecProfile::tiny`]).
+    Tiny([u8; 2 * TINY_LEN]),
     /// Version 2: the full profile.
     Profile(CodecProfile),
     /// Version 1: backend, offload and the first 8 bytes of the model's fingerprint.
@@ -144,6 +156,7 @@ impl Header {
     pub fn check_profile(&self, loaded: Option<&CodecProfile>) -> Result<(), ContainerError> {
         let needed = match &self.recorded {
             Recorded::Nothing => return Ok(()),
+            Recorded::Tiny(t) => super::fingerprint::hex(&t[..TINY_LEN]),
             Recorded::Profile(p) => p.model.to_string(),
             Recorded::V1 { model, .. } => super::fingerprint::hex(model),
         };
@@ -151,6 +164,27 @@ impl Header {
             return Err(ContainerError::NeedsModel(needed));
         };
         match &self.recorded {
+            Recorded::Tiny(t) => {
+                let mine = loaded.tiny();
+                if t[..TINY_LEN] != mine[..TINY_LEN] {
+                    return Err(ContainerError::WrongModel {
+                        expected: needed,
+                        loaded: super::fingerprint::hex(&loaded.model.fingerprint),
+                        loaded_name: loaded.model.name.clone(),
+                    });
+                }
+                if t[TINY_LEN..] != mine[TINY_LEN..] {
+                    return Err(ContainerError::ProfileMismatch(vec![format!(
+                        "the file's codec profile (digest {}) is not this build's ({loaded}, digest {}): \
+                         another coder version, primer, llama.cpp build, backend, GPU offload or \
+                         CPU kernel set wrote it; decompress it with the llmfs build and machine \
+                         that wrote it",
+                        super::fingerprint::hex(&t[TINY_LEN..]),
+                        super::fingerprint::hex(&mine[TINY_LEN..])
+                    )]));
+                }
+                Ok(())
+            }
             Recorded::Profile(p) => {
                 let differences = loaded.differences(p);
                 if differences.is_empty() {
@@ -226,7 +260,21 @@ impl Header {
                     Recorded::Nothing
                 }
             }
-            VERSION => {
+            3 => {
+                if flags & !(FLAG_PROFILE | FLAG_DEFAULT_SEGMENT) != 0 {
+                    return Err(ContainerError::BadHeader(format!(
+                        "unknown flags {flags:#04x}"
+                    )));
+                }
+                if flags & FLAG_PROFILE != 0 {
+                    let mut t = [0u8; 2 * TINY_LEN];
+                    read_exact(input, &mut t)?;
+                    Recorded::Tiny(t)
+                } else {
+                    Recorded::Nothing
+                }
+            }
+            2 => {
                 if flags & !FLAG_PROFILE != 0 {
                     return Err(ContainerError::BadHeader(format!(
                         "unknown flags {flags:#04x}"
@@ -245,7 +293,11 @@ impl Header {
             }
             v => return Err(ContainerError::UnsupportedVersion(v)),
         };
-        let segment_size = read_varint(input)?;
+        let segment_size = if version == 3 && flags & FLAG_DEFAULT_SEGMENT != 0 {
+            super::DEFAULT_SEGMENT_SIZE as u64
+        } else {
+            read_varint(input)?
+        };
         let plain_len = read_varint(input)?;
         if segment_size == 0 || segment_size > MAX_SEGMENT_SIZE {
             return Err(ContainerError::BadHeader(format!(
@@ -279,20 +331,51 @@ impl Header {
         Ok(lens)
     }
 
+    /// Writes a version 3 header: the file's codec by [`Recorded::Tiny`] (a full
+    /// profile is cut to it).
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        match &self.recorded {
-            Recorded::Profile(p) => {
-                out.push(FLAG_PROFILE);
-                let bytes = p.encode();
-                out.push(bytes.len() as u8);
-                out.extend_from_slice(&bytes);
-            }
-            _ => out.push(0),
+        let tiny = match &self.recorded {
+            Recorded::Tiny(t) => Some(*t),
+            Recorded::Profile(p) => Some(p.tiny()),
+            Recorded::Nothing | Recorded::V1 { .. } => None,
+        };
+        let default_size = self.segment_size == super::DEFAULT_SEGMENT_SIZE as u64;
+        out.push(
+            if tiny.is_some() { FLAG_PROFILE } else { 0 }
+                | if default_size {
+                    FLAG_DEFAULT_SEGMENT
+                } else {
+                    0
+                },
+        );
+        if let Some(t) = tiny {
+            out.extend_from_slice(&t);
         }
-        varint::put(out, self.segment_size);
+        if !default_size {
+            varint::put(out, self.segment_size);
+        }
         varint::put(out, self.plain_len);
+    }
+
+    /// Whether frames are stored without their plain_len (version 3).
+    fn short_frames(&self) -> bool {
+        self.version >= 3
+    }
+
+    /// The frame of segment `index` as [`crate::frame`] reads it, from the bytes the file
+    /// holds: version 3 frames get their plain_len back (the segment's length).
+    fn full_frame(&self, index: usize, stored: &[u8]) -> Vec<u8> {
+        if !self.short_frames() || stored.is_empty() {
+            return stored.to_vec();
+        }
+        let (start, end) = self.segment_bounds(index);
+        let mut f = Vec::with_capacity(stored.len() + 4);
+        f.push(stored[0]);
+        varint::put(&mut f, end - start);
+        f.extend_from_slice(&stored[1..]);
+        f
     }
 }
 
@@ -383,15 +466,14 @@ pub fn compress_segments(
         }
     })?;
     let (mut frames, mut reports): (Vec<_>, Vec<_>) = coded.into_iter().unzip();
-    let profile = profile.short();
     let mut any_llm = reports.iter().any(|r| r.codec == Some(Codec::Llm));
     if any_llm {
-        any_llm = keep_llm_frames(plain, segment_size, &profile, &mut frames, &mut reports);
+        any_llm = keep_llm_frames(plain, segment_size, &mut frames, &mut reports);
     }
     let header = Header {
         version: VERSION,
         recorded: if any_llm {
-            Recorded::Profile(profile)
+            Recorded::Tiny(profile.tiny())
         } else {
             Recorded::Nothing
         },
@@ -401,17 +483,16 @@ pub fn compress_segments(
     Ok((assemble(&header, &frames), reports))
 }
 
-/// Whether the LLM frames save more than the profile they need in the header costs;
-/// if not (a tiny file), they are replaced by their fast frames and the file needs no
-/// model at all.
+/// Whether the LLM frames save more than the codec's identity in the header costs; if
+/// not (a tiny file), they are replaced by their fast frames and the file needs no model
+/// at all.
 fn keep_llm_frames(
     plain: &[u8],
     segment_size: usize,
-    profile: &CodecProfile,
     frames: &mut [Vec<u8>],
     reports: &mut [SegmentReport],
 ) -> bool {
-    let cost = 2 + profile.encode().len();
+    let cost = 2 * TINY_LEN;
     let mut fast = Vec::new();
     let mut saved = 0usize;
     for (i, seg) in plain.chunks(segment_size).enumerate() {
@@ -435,17 +516,38 @@ fn keep_llm_frames(
     false
 }
 
-/// Writes a version 2 container around already encoded frames.
+/// Writes a version 3 container around already encoded frames (each stored without its
+/// plain_len, which the header implies).
 pub fn assemble(header: &Header, frames: &[Vec<u8>]) -> Vec<u8> {
+    // Where each frame's bytes resume after its plain_len field.
+    let rest: Vec<usize> = frames.iter().map(|f| 1 + short_saving(f)).collect();
     let mut out = Vec::with_capacity(frames.iter().map(Vec::len).sum::<usize>() + 64);
     header.write(&mut out);
-    for f in frames.iter().take(frames.len().saturating_sub(1)) {
-        varint::put(&mut out, f.len() as u64);
+    for (f, &r) in frames
+        .iter()
+        .zip(&rest)
+        .take(frames.len().saturating_sub(1))
+    {
+        varint::put(&mut out, (f.len() + 1 - r) as u64);
     }
-    for f in frames {
-        out.extend_from_slice(f);
+    for (f, &r) in frames.iter().zip(&rest) {
+        out.extend_from_slice(&f[..1]);
+        out.extend_from_slice(&f[r..]);
     }
     out
+}
+
+/// Bytes of `v` as a varint.
+fn varint_len(v: u64) -> usize {
+    let mut buf = Vec::with_capacity(10);
+    varint::put(&mut buf, v);
+    buf.len()
+}
+
+/// Bytes a frame loses in a version 3 file: its plain_len field.
+fn short_saving(f: &[u8]) -> usize {
+    let h = frame::parse_header(f).expect("a frame just encoded");
+    varint_len(h.plain_len)
 }
 
 /// Checks that the frame of segment `index` holds exactly that segment's length, before
@@ -518,9 +620,9 @@ impl<'a> Container<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Container<'a>, ContainerError> {
         let mut input = bytes;
         let header = Header::read(&mut input)?;
-        // Every frame takes at least 6 bytes: a count beyond that is corruption, caught
-        // before it sizes anything.
-        if header.segments() > (bytes.len() / 6) as u64 {
+        // Every frame takes at least 5 bytes (a tag and a CRC): a count beyond that is
+        // corruption, caught before it sizes anything.
+        if header.segments() > (bytes.len() / 5) as u64 {
             return Err(ContainerError::Truncated);
         }
         let lens = header.read_table(&mut input)?;
@@ -557,8 +659,10 @@ impl<'a> Container<'a> {
         self.frame_bounds.len().saturating_sub(1)
     }
 
-    pub fn frame(&self, index: usize) -> &'a [u8] {
-        &self.bytes[self.frame_bounds[index]..self.frame_bounds[index + 1]]
+    /// The frame of segment `index`, as [`crate::frame`] reads it.
+    pub fn frame(&self, index: usize) -> Vec<u8> {
+        let stored = &self.bytes[self.frame_bounds[index]..self.frame_bounds[index + 1]];
+        self.header.full_frame(index, stored)
     }
 
     /// Bytes of the container before the first frame: the header and the segment table.
@@ -581,7 +685,7 @@ impl<'a> Container<'a> {
         index: usize,
         coder: Option<&mut SegmentCoder<'_>>,
     ) -> Result<Vec<u8>, ContainerError> {
-        decode_frame(&self.header, index, self.frame(index), coder)
+        decode_frame(&self.header, index, &self.frame(index), coder)
     }
 
     /// Decodes the plaintext bytes `offset..offset + len` (clamped to the file), touching
@@ -660,7 +764,7 @@ impl<R: Read> ContainerReader<R> {
             frame
         };
         self.next += 1;
-        Ok(Some((index, frame)))
+        Ok(Some((index, self.header.full_frame(index, &frame))))
     }
 }
 
@@ -807,11 +911,72 @@ mod tests {
             .repeat(3);
         let (packed, _) = compress(&text, 4096, &mut coder, |_, _| {}).unwrap();
         let c = Container::parse(&packed).unwrap();
-        assert_eq!(
-            c.header.recorded,
-            Recorded::Profile(coder.profile().short())
-        );
+        assert_eq!(c.header.recorded, Recorded::Tiny(coder.profile().tiny()));
         assert_eq!(c.read_range(0, u64::MAX, Some(&mut coder)).unwrap(), text);
+    }
+
+    #[test]
+    fn a_one_segment_file_spends_at_most_20_bytes_beside_its_code() {
+        use crate::codec::synthetic::SyntheticModel;
+        let mut coder = SegmentCoder::new(SyntheticModel::new(), true);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/corpus/SmolLM2-135M-Instruct.Q4_1-003.md");
+        let text = std::fs::read(path).unwrap();
+        let text = &text[..4096.min(text.len())];
+        let (packed, reports) = compress(text, 4096, &mut coder, |_, _| {}).unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].codec, Some(Codec::Llm));
+        let overhead = packed.len() - reports[0].code_len;
+        assert!(overhead <= 20, "{overhead} bytes beside the code");
+        let c = Container::parse(&packed).unwrap();
+        assert_eq!(c.read_range(0, u64::MAX, Some(&mut coder)).unwrap(), text);
+        let mut streamed = ContainerReader::new(&packed[..]).unwrap();
+        let (i, f) = streamed.next_frame().unwrap().unwrap();
+        assert_eq!(
+            decode_frame(&streamed.header, i, &f, Some(&mut coder)).unwrap(),
+            text
+        );
+    }
+
+    #[test]
+    fn a_file_of_another_coding_is_refused_saying_what_differs() {
+        use crate::codec::primer::Coding;
+        use crate::codec::synthetic::SyntheticModel;
+        let text = b"The quick brown fox jumps over the lazy dog, and then it rests in the \
+            shade of a tree while the dog keeps watching the field around the farm house."
+            .repeat(3);
+        let mut primed = SegmentCoder::new(SyntheticModel::new(), true);
+        let (packed, _) = compress(&text, 1000, &mut primed, |_, _| {}).unwrap();
+        let c = Container::parse(&packed).unwrap();
+        assert_eq!(c.header.segment_size, 1000);
+        let unprimed = SegmentCoder::new(SyntheticModel::with_coding(&Coding::unprimed()), true);
+        let err = c.check_model(Some(&unprimed)).unwrap_err().to_string();
+        assert!(err.contains("primer"), "{err}");
+        let mut other_model = primed.profile().clone();
+        other_model.model.fingerprint[0] ^= 1;
+        let err = c.header.check_profile(Some(&other_model)).unwrap_err();
+        assert!(matches!(err, ContainerError::WrongModel { .. }), "{err}");
+        c.check_model(Some(&primed)).unwrap();
+    }
+
+    #[test]
+    fn version_2_files_still_parse_and_check_their_whole_profile() {
+        use crate::codec::synthetic::SyntheticModel;
+        let coder = SegmentCoder::new(SyntheticModel::new(), true);
+        let profile = coder.profile().short();
+        let plain = b"abc".repeat(10);
+        let mut v2 = b"LLZ\x02\x01".to_vec();
+        let p = profile.encode();
+        v2.push(p.len() as u8);
+        v2.extend_from_slice(&p);
+        varint::put(&mut v2, 4096);
+        varint::put(&mut v2, plain.len() as u64);
+        v2.extend_from_slice(&frame::encode_fast(&plain));
+        let c = Container::parse(&v2).unwrap();
+        assert_eq!(c.header.version, 2);
+        assert_eq!(c.header.recorded, Recorded::Profile(profile));
+        c.check_model(Some(&coder)).unwrap();
+        assert_eq!(c.read_range(0, u64::MAX, None).unwrap(), plain);
     }
 
     #[test]

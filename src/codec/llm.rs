@@ -16,6 +16,7 @@
 
 use super::coder::{CoderError, Distribution, ProbabilityModel};
 use super::fingerprint::Fingerprint;
+use super::primer::Coding;
 pub use super::profile::Backend;
 use super::profile::{
     CodecProfile, Engine, KernelSet, ModelId, CODER_VERSION, LLAMA_CPP_SYS_VERSION,
@@ -168,6 +169,7 @@ impl LlmModel {
             gpu_layers: config.gpu_layers,
             kernels: kernel_set().clone(),
             model: ModelId::new(&fingerprint, &name),
+            primer: None,
         };
         Ok(LlmModel {
             model,
@@ -185,7 +187,8 @@ impl LlmModel {
         &self.fingerprint
     }
 
-    /// What the code of this model's sessions depends on, in this build.
+    /// What the code of this model's sessions depends on, in this build, without the
+    /// coding ([`profile_for`](Self::profile_for) adds it).
     pub fn profile(&self) -> &CodecProfile {
         &self.profile
     }
@@ -234,31 +237,56 @@ impl LlmModel {
         (pos == text.len()).then_some(ids)
     }
 
-    /// A context able to code segments of up to `max_tokens` tokens, with this build's
-    /// coder ([`CODER_VERSION`]): flash attention disabled, so the code depends on
-    /// neither the thread count nor the context length.
-    pub fn session(&self, max_tokens: usize) -> Result<LlmSession<'_>, ModelError> {
-        self.session_with(
-            self.n_ctx_for(max_tokens),
-            self.threads,
-            LLAMA_FLASH_ATTN_TYPE_DISABLED,
-            self.profile.clone(),
-        )
+    /// A context able to code segments of up to `max_tokens` tokens under `coding` (coder
+    /// version and primer): flash attention disabled, so the code depends on neither the
+    /// thread count nor the context length.
+    pub fn session(
+        &self,
+        coding: &Coding,
+        max_tokens: usize,
+    ) -> Result<LlmSession<'_>, ModelError> {
+        self.session_with_threads(coding, max_tokens, self.threads)
     }
 
     /// [`session`](Self::session) with `threads` llama.cpp threads instead of the
     /// model's; the code is the same.
     pub fn session_with_threads(
         &self,
+        coding: &Coding,
         max_tokens: usize,
         threads: u32,
     ) -> Result<LlmSession<'_>, ModelError> {
+        let primer = self.primer_tokens(coding)?;
+        let n_ctx = self.n_ctx_for(max_tokens + primer.as_ref().map_or(0, Vec::len));
         self.session_with(
-            self.n_ctx_for(max_tokens),
+            n_ctx,
             threads,
             LLAMA_FLASH_ATTN_TYPE_DISABLED,
-            self.profile.clone(),
+            self.profile_for(coding),
+            primer,
         )
+    }
+
+    /// The profile of sessions coding under `coding`.
+    pub fn profile_for(&self, coding: &Coding) -> CodecProfile {
+        let mut p = self.profile.clone();
+        p.coder_version = coding.coder_version;
+        p.primer = coding.primer_id();
+        p
+    }
+
+    /// The primer's tokens, which must spell it exactly.
+    fn primer_tokens(&self, coding: &Coding) -> Result<Option<Vec<u32>>, ModelError> {
+        let Some(primer) = &coding.primer else {
+            return Ok(None);
+        };
+        match self.tokenize_exact(primer.text()) {
+            Some(t) => Ok(Some(t)),
+            None => Err(ModelError::Llama(format!(
+                "the primer {} does not tokenize exactly with this model",
+                primer.name()
+            ))),
+        }
     }
 
     /// A context that decodes what the first container format (coder version 1) wrote:
@@ -278,17 +306,23 @@ impl LlmModel {
             threads,
             LLAMA_FLASH_ATTN_TYPE_AUTO,
             profile,
+            None,
         )
     }
 
-    /// A context of exactly `n_ctx` cells; for tests that check the code does not depend
-    /// on it.
-    pub fn session_with_n_ctx(&self, n_ctx: u32) -> Result<LlmSession<'_>, ModelError> {
+    /// A context of exactly `n_ctx` cells (the primer's included); for tests that check
+    /// the code does not depend on it.
+    pub fn session_with_n_ctx(
+        &self,
+        coding: &Coding,
+        n_ctx: u32,
+    ) -> Result<LlmSession<'_>, ModelError> {
         self.session_with(
             n_ctx,
             self.threads,
             LLAMA_FLASH_ATTN_TYPE_DISABLED,
-            self.profile.clone(),
+            self.profile_for(coding),
+            self.primer_tokens(coding)?,
         )
     }
 
@@ -306,7 +340,16 @@ impl LlmModel {
         threads: u32,
         flash_attention: llama_flash_attn_type,
         profile: CodecProfile,
+        primer: Option<Vec<u32>>,
     ) -> Result<LlmSession<'_>, ModelError> {
+        if let Some(p) = &primer {
+            if p.len() + 2 > n_ctx as usize {
+                return Err(ModelError::Llama(format!(
+                    "a context of {n_ctx} cells cannot hold the primer's {} tokens",
+                    p.len()
+                )));
+            }
+        }
         let threads = threads.clamp(1, 1024) as i32;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -333,6 +376,10 @@ impl LlmModel {
             fresh: false,
             stats: SessionStats::default(),
             live_steps: Arc::new(AtomicU64::new(0)),
+            primer: primer.map(|tokens| Primed {
+                tokens,
+                ready: None,
+            }),
         })
     }
 }
@@ -354,7 +401,17 @@ fn check_gguf_magic(path: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// One llama.cpp context coding one segment at a time, each from a fresh KV state.
+/// A primer's tokens in a session, and once computed what a segment starts from.
+struct Primed {
+    tokens: Vec<u32>,
+    /// After the start token and the primer's tokens: the distribution of the first
+    /// segment token (the weights behind it and their sum). The primer's KV cells stay
+    /// in the context, at positions `0..=tokens.len()`.
+    ready: Option<(Distribution, Vec<f32>, f64)>,
+}
+
+/// One llama.cpp context coding one segment at a time, each from the same state: the
+/// start token, then the primer's tokens when the session has one.
 pub struct LlmSession<'m> {
     model: &'m LlmModel,
     ctx: LlamaContext<'m>,
@@ -372,6 +429,7 @@ pub struct LlmSession<'m> {
     stats: SessionStats,
     /// `stats.steps`, readable from another thread while a segment is being coded.
     live_steps: Arc<AtomicU64>,
+    primer: Option<Primed>,
 }
 
 impl<'m> LlmSession<'m> {
@@ -414,14 +472,56 @@ impl TokenModel for LlmSession<'_> {
 
     /// The most tokens one segment may have in this context.
     fn max_tokens(&self) -> usize {
-        self.n_ctx - 1
+        self.n_ctx - 1 - self.primer.as_ref().map_or(0, |p| p.tokens.len())
     }
 
-    /// Starts a new segment: empties the KV cache and feeds the start token.
+    /// Starts a new segment. Without a primer: empties the KV cache and feeds the start
+    /// token. With one, the first time: the same, then the primer's tokens one per step
+    /// (as the coder feeds a segment's, so its KV state is the same on every machine the
+    /// code is), keeping the distribution that follows. After that: removes the last
+    /// segment's cells (llama.cpp places the next tokens at the first free cell, right
+    /// after the primer's) and restores that distribution: no model step at all.
     fn reset(&mut self) -> Result<(), CoderError> {
+        let Some(primer) = self.primer.as_mut() else {
+            self.ctx.clear_kv_cache();
+            self.pos = 0;
+            return self.step(self.model.start);
+        };
+        let primed_pos = primer.tokens.len() as i32 + 1;
+        if let Some((dist, weights, sum)) = &primer.ready {
+            let removed = self
+                .ctx
+                .clear_kv_cache_seq(Some(0), Some(primed_pos as u32), None)
+                .map_err(|e| CoderError::Model(e.to_string()))?;
+            if !removed {
+                return Err(CoderError::Model(
+                    "llama.cpp could not remove the last segment's cells".into(),
+                ));
+            }
+            self.pos = primed_pos;
+            self.dist.clone_from(dist);
+            self.weights.copy_from_slice(weights);
+            self.weight_sum = *sum;
+            self.fresh = true;
+            return Ok(());
+        }
+        let tokens: Vec<LlamaToken> = primer
+            .tokens
+            .iter()
+            .map(|&t| LlamaToken(t as i32))
+            .collect();
         self.ctx.clear_kv_cache();
         self.pos = 0;
-        self.step(self.model.start)
+        self.step(self.model.start)?;
+        for t in tokens {
+            self.step(t)?;
+        }
+        self.distribution()?;
+        let ready = (self.dist.clone(), self.weights.clone(), self.weight_sum);
+        if let Some(p) = self.primer.as_mut() {
+            p.ready = Some(ready);
+        }
+        Ok(())
     }
 
     fn profile(&self) -> &CodecProfile {

@@ -10,6 +10,7 @@
 //! - [`container`]: the standalone file format of `llmfs compress`; [`legacy`] decodes
 //!   its first version.
 //! - [`fingerprint`]: the identity of a model file.
+//! - [`primer`]: the text every segment follows (coder version 3), and the [`primer::Coding`].
 //!
 //! What a code stream depends on, and so what moving it requires: the same model file,
 //! llama.cpp build (`llama-cpp-sys-2` version), backend and GPU offload, CPU kernel set
@@ -22,6 +23,7 @@ pub mod container;
 pub mod fingerprint;
 pub mod legacy;
 pub mod llm;
+pub mod primer;
 pub mod profile;
 pub mod segment;
 pub mod synthetic;

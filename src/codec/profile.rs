@@ -19,6 +19,8 @@
 //!   version built for another instruction set computes other floats.
 //! - the model: a prefix of the SHA-256 of the GGUF file (8 to 32 bytes; containers keep
 //!   8), and its name for messages.
+//! - the primer (coder version 3 on): the text every segment's tokens follow
+//!   ([`super::primer`]), by a digest of its bytes.
 //!
 //! Thread count, context length and batch size are not recorded: with this coder
 //! version they do not change the probabilities (measured, and tested in
@@ -39,15 +41,21 @@
 //! | vector length | varint | SVE or RVV vector length in bytes where the CPU has one, else 0 |
 //! | fingerprint | string, 8 to 32 bytes | SHA-256 prefix of the model file |
 //! | name | string, at most 64 bytes | the model's name (may be empty) |
+//! | primer | string, 0 or 8 bytes | SHA-256 prefix of the primer's bytes; empty: none (encoding version 2 on) |
 
 use super::fingerprint::{self, Fingerprint, SHORT_LEN};
 use crate::frame::varint;
 use std::fmt;
 
-/// The coder version this build writes and reads through [`CodecProfile`].
-pub const CODER_VERSION: u32 = 2;
-/// The encoding version of [`CodecProfile::encode`].
-pub const PROFILE_VERSION: u8 = 1;
+/// The coder version this build writes: 3, each segment's tokens after a primer
+/// ([`super::primer`]). It also decodes version 2 (a segment from the start token alone,
+/// as 3 without a primer), and version 1 through [`super::legacy`].
+pub const CODER_VERSION: u32 = 3;
+/// The oldest coder version a [`CodecProfile`] session codes.
+pub const OLDEST_CODER_VERSION: u32 = 2;
+/// The encoding version of [`CodecProfile::encode`]: 2 adds the primer. Version 1 (no
+/// primer field) still decodes.
+pub const PROFILE_VERSION: u8 = 2;
 
 const MAX_BUILD_LEN: usize = 32;
 const MAX_ARCH_LEN: usize = 16;
@@ -63,7 +71,15 @@ pub const MAX_ENCODED_LEN: usize = 1
     + 5
     + 5
     + (1 + 32)
-    + (1 + MAX_NAME_LEN);
+    + (1 + MAX_NAME_LEN)
+    + (1 + PRIMER_ID_LEN);
+
+/// Bytes of the model fingerprint, and of the profile digest, a version 3 container
+/// records ([`CodecProfile::tiny`]).
+pub const TINY_LEN: usize = 3;
+
+/// Bytes of a primer's id (a SHA-256 prefix of its text).
+pub const PRIMER_ID_LEN: usize = 8;
 
 /// The `llama-cpp-sys-2` version this build links: Cargo.toml pins it with `=`, and a
 /// unit test checks that the two agree.
@@ -302,6 +318,9 @@ pub struct CodecProfile {
     pub gpu_layers: u32,
     pub kernels: KernelSet,
     pub model: ModelId,
+    /// The primer's id ([`super::primer::Primer::id`]); `None`: segments start from the
+    /// start token alone.
+    pub primer: Option<[u8; PRIMER_ID_LEN]>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -358,6 +377,32 @@ impl CodecProfile {
             out,
             truncate_utf8(&self.model.name, MAX_NAME_LEN).as_bytes(),
         );
+        put_str(out, self.primer.as_ref().map_or(&[][..], |p| &p[..]));
+    }
+
+    /// A digest of everything but the model (coder version, engine and build, backend,
+    /// kernels, primer): with a prefix of the model's fingerprint, what a small container
+    /// records of its profile. 3 bytes of it are 1 in 16 million against a chance match,
+    /// and a decode checks each segment's CRC anyway.
+    pub fn digest_without_model(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut p = self.clone();
+        p.model = ModelId {
+            fingerprint: vec![0; SHORT_LEN],
+            name: String::new(),
+        };
+        Sha256::digest(p.encode()).into()
+    }
+
+    /// What a version 3 container records: the first [`TINY_LEN`] bytes of the model's
+    /// fingerprint, then of [`digest_without_model`](Self::digest_without_model).
+    pub fn tiny(&self) -> [u8; 2 * TINY_LEN] {
+        let mut out = [0u8; 2 * TINY_LEN];
+        for (o, b) in out.iter_mut().zip(&self.model.fingerprint[..]) {
+            *o = *b;
+        }
+        out[TINY_LEN..].copy_from_slice(&self.digest_without_model()[..TINY_LEN]);
+        out
     }
 
     /// Decodes a profile that fills `bytes` exactly.
@@ -374,7 +419,7 @@ impl CodecProfile {
     pub fn decode_at(bytes: &[u8], pos: &mut usize) -> Result<CodecProfile, ProfileError> {
         let version = *bytes.get(*pos).ok_or(ProfileError::Truncated)?;
         *pos += 1;
-        if version != PROFILE_VERSION {
+        if !(1..=PROFILE_VERSION).contains(&version) {
             return Err(ProfileError::UnsupportedVersion(version));
         }
         let coder_version = get_u32(bytes, pos)?;
@@ -405,6 +450,17 @@ impl CodecProfile {
             ));
         }
         let name = get_text(bytes, pos, MAX_NAME_LEN)?;
+        let primer = if version >= 2 {
+            match get_str(bytes, pos, PRIMER_ID_LEN)? {
+                [] => None,
+                id => Some(
+                    id.try_into()
+                        .map_err(|_| ProfileError::Corrupt("primer id of the wrong length"))?,
+                ),
+            }
+        } else {
+            None
+        };
         Ok(CodecProfile {
             coder_version,
             engine,
@@ -417,6 +473,7 @@ impl CodecProfile {
                 vector_len,
             },
             model: ModelId { fingerprint, name },
+            primer,
         })
     }
 
@@ -471,6 +528,13 @@ impl CodecProfile {
                 l.kernels.describe()
             ));
         }
+        if r.primer != l.primer {
+            out.push(format!(
+                "primer: recorded {}, loaded {}",
+                super::primer::describe(r.primer.as_ref()),
+                super::primer::describe(l.primer.as_ref())
+            ));
+        }
         out
     }
 }
@@ -479,14 +543,15 @@ impl fmt::Display for CodecProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "coder {}, {} {}, {} with {} GPU layers, CPU kernels {}, model {}",
+            "coder {}, {} {}, {} with {} GPU layers, CPU kernels {}, model {}, primer {}",
             self.coder_version,
             self.engine.name(),
             self.build,
             self.backend.name(),
             self.gpu_layers,
             self.kernels.describe(),
-            self.model
+            self.model,
+            super::primer::describe(self.primer.as_ref())
         )
     }
 }
@@ -553,6 +618,7 @@ mod tests {
                 fingerprint: (0..32).collect(),
                 name: "SmolLM2 135M Instruct".into(),
             },
+            primer: Some([9; PRIMER_ID_LEN]),
         }
     }
 
@@ -581,11 +647,7 @@ mod tests {
         let s = p.short();
         let bytes = s.encode();
         assert_eq!(CodecProfile::decode(&bytes).unwrap(), s);
-        assert!(
-            bytes.len() <= 40,
-            "{} bytes in every container",
-            bytes.len()
-        );
+        assert!(bytes.len() <= 49, "{} bytes in every store", bytes.len());
         assert!(
             p.differences(&s).is_empty(),
             "a short fingerprint matches its model"
@@ -609,6 +671,7 @@ mod tests {
                 fingerprint: vec![7; 100],
                 name: "é".repeat(100),
             },
+            primer: Some([1; PRIMER_ID_LEN]),
         };
         let bytes = huge.encode();
         assert_eq!(bytes.len(), MAX_ENCODED_LEN);
@@ -643,6 +706,22 @@ mod tests {
         let mut newer = sample();
         newer.coder_version = CODER_VERSION + 1;
         assert!(loaded.differences(&newer)[0].contains("newer llmfs"));
+        let mut unprimed = sample();
+        unprimed.primer = None;
+        assert!(loaded.differences(&unprimed)[0].starts_with("primer: recorded none"));
+    }
+
+    #[test]
+    fn version_1_profiles_still_decode_without_a_primer() {
+        let mut p = sample();
+        p.primer = None;
+        p.coder_version = 2;
+        let mut v1 = p.encode();
+        // Version 1 had no primer field: the encoding without its last (empty) string.
+        v1[0] = 1;
+        v1.pop();
+        assert_eq!(CodecProfile::decode(&v1).unwrap(), p);
+        assert_ne!(p.digest_without_model(), sample().digest_without_model());
     }
 
     #[test]

@@ -105,6 +105,14 @@ impl<'m> SegmentCoder<'m> {
         self.model.stats()
     }
 
+    /// Readies the model for the first segment ahead of time: a primed session computes
+    /// its primer's state here rather than at its first segment.
+    pub fn prepare(&mut self) -> Result<(), FrameError> {
+        self.model
+            .reset()
+            .map_err(|e| FrameError::Model(e.to_string()))
+    }
+
     /// A counter of model steps that a progress display may read from another thread.
     pub fn live_steps(&self) -> Option<Arc<AtomicU64>> {
         self.model.live_steps()

@@ -13,7 +13,8 @@
 
 use super::coder::{CoderError, Distribution, ProbabilityModel};
 use super::fingerprint::Fingerprint;
-use super::profile::{Backend, CodecProfile, Engine, KernelSet, ModelId, CODER_VERSION};
+use super::primer::Coding;
+use super::profile::{Backend, CodecProfile, Engine, KernelSet, ModelId};
 use super::token_model::{SessionStats, TokenModel};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -101,6 +102,8 @@ pub struct SyntheticModel {
     dist: Distribution,
     fresh: bool,
     stats: SessionStats,
+    /// The primer's bytes, fed before every segment (as if the segment followed them).
+    primer: Vec<u8>,
 }
 
 static BYTES: [u8; 256] = {
@@ -120,10 +123,16 @@ impl Default for SyntheticModel {
 }
 
 impl SyntheticModel {
+    /// The model under this build's default coding (the built-in primer).
     pub fn new() -> SyntheticModel {
+        SyntheticModel::with_coding(&Coding::default())
+    }
+
+    /// The model under `coding`: its primer's bytes precede every segment.
+    pub fn with_coding(coding: &Coding) -> SyntheticModel {
         let prior = prior();
         let profile = CodecProfile {
-            coder_version: CODER_VERSION,
+            coder_version: coding.coder_version,
             engine: Engine::Synthetic,
             build: SYNTHETIC_VERSION.into(),
             backend: Backend::Cpu,
@@ -133,6 +142,7 @@ impl SyntheticModel {
                 &prior.fingerprint,
                 "llmfs synthetic byte model (tests only)",
             ),
+            primer: coding.primer_id(),
         };
         SyntheticModel {
             prior,
@@ -145,6 +155,10 @@ impl SyntheticModel {
             dist: Distribution::default(),
             fresh: false,
             stats: SessionStats::default(),
+            primer: coding
+                .primer
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.text().as_bytes().to_vec()),
         }
     }
 
@@ -236,7 +250,12 @@ impl TokenModel for SyntheticModel {
         self.history = 0;
         self.seen = 0;
         self.fresh = false;
-        Ok(())
+        let steps = self.stats.steps;
+        let primer = std::mem::take(&mut self.primer);
+        let fed = primer.iter().try_for_each(|&b| self.push(u32::from(b)));
+        self.primer = primer;
+        self.stats.steps = steps;
+        fed
     }
 
     fn profile(&self) -> &CodecProfile {

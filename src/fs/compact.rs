@@ -101,7 +101,13 @@ impl Core {
     }
 
     pub fn compact_stats(&self) -> CompactStats {
-        *self.compactor.stats.lock()
+        // Lock order: `active`, then `stats` (as in `active`).
+        let a = self.compactor.active.lock();
+        let mut st = *self.compactor.stats.lock();
+        if let Some(t0) = a.1 {
+            st.busy += t0.elapsed(); // the interval still open: workers coding now
+        }
+        st
     }
 
     /// Runs the compactor until [`Core::shutdown`]: `llmfs-compactor` finds cold chunks

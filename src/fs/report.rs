@@ -56,7 +56,15 @@ pub fn store_fields(st: &StoreStats) -> Map<String, Value> {
         "ratio_disk".into(),
         round2(ratio(st.logical_bytes, st.disk_bytes)),
     );
+    if let Some(p) = &st.pinned_profile {
+        m.insert("codec_profile".into(), hex(p).into());
+    }
     m
+}
+
+/// Bytes in lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn round2(x: f64) -> Value {
@@ -170,6 +178,9 @@ impl Core {
         let (ts, idle) = t.unwrap_or_default();
         let ms = |d: std::time::Duration| round2(d.as_secs_f64() * 1000.0);
         m.insert("model".into(), u8::from(t.is_some()).into());
+        if let Some(p) = self.tier.get().map(|t| t.profile()) {
+            m.insert("codec_profile".into(), hex(p).into());
+        }
         m.insert("model_idle".into(), u8::from(idle || t.is_none()).into());
         m.insert("model_decodes".into(), ts.decodes.into());
         m.insert(

@@ -39,6 +39,9 @@ pub struct StoreStats {
     pub db_free_bytes: u64,
     /// Bytes the store's directory takes on disk (allocated blocks, what `du` says).
     pub disk_bytes: u64,
+    /// The codec profile the store is pinned to (its first LLM frame pinned it), as
+    /// stored; the codec layer reads it.
+    pub pinned_profile: Option<Vec<u8>>,
 }
 
 impl StoreStats {
@@ -182,6 +185,7 @@ pub fn collect(dir: &Path) -> Result<StoreStats, StoreError> {
     };
     let store = Store::open(dir, &opts)?;
     let mut st = store.stats()?;
+    st.pinned_profile = store.meta(super::MetaKey::Profile)?;
     drop(store);
     st.disk_bytes = disk_usage(dir);
     Ok(st)

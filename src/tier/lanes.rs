@@ -4,6 +4,7 @@
 
 use super::{ChunkCodec, Coded, Lane, LaneSpec, LaneStarter};
 use crate::codec::llm::LlmModel;
+use crate::codec::primer::Coding;
 use crate::codec::profile::CodecProfile;
 use crate::codec::segment::SegmentCoder;
 use crate::codec::synthetic::SyntheticModel;
@@ -30,24 +31,29 @@ impl ChunkCodec for SegmentCoder<'_> {
         SegmentCoder::profile(self).encode()
     }
 
+    fn prepare(&mut self) -> Result<(), FrameError> {
+        SegmentCoder::prepare(self)
+    }
+
     fn stats(&self) -> SessionStats {
         SegmentCoder::stats(self)
     }
 }
 
-/// Lanes over one loaded GGUF model (its weights shared), for segments of up to
-/// `max_tokens` tokens; `verify` decodes every LLM frame again before accepting it.
-/// Each lane is a llama.cpp context of its own, created on the lane's thread.
-pub fn gguf(model: Arc<LlmModel>, max_tokens: usize, verify: bool) -> LaneStarter {
+/// Lanes over one loaded GGUF model (its weights shared), coding under `coding`
+/// segments of up to `max_tokens` tokens; `verify` decodes every LLM frame again before
+/// accepting it. Each lane is a llama.cpp context of its own, created on the lane's
+/// thread; with a primer, each computes the primer's state at its first segment.
+pub fn gguf(model: Arc<LlmModel>, coding: Coding, max_tokens: usize, verify: bool) -> LaneStarter {
     Arc::new(move |spec: LaneSpec, serve: &mut dyn FnMut(Lane<'_>)| {
         let session = model
-            .session_with_threads(max_tokens, spec.threads)
+            .session_with_threads(&coding, max_tokens, spec.threads)
             .map_err(|e| e.to_string())?;
         let mut narrow = SegmentCoder::new(session, verify);
         let mut wide = match spec.wide_threads {
             Some(t) => Some(SegmentCoder::new(
                 model
-                    .session_with_threads(max_tokens, t)
+                    .session_with_threads(&coding, max_tokens, t)
                     .map_err(|e| e.to_string())?,
                 verify,
             )),
@@ -61,11 +67,11 @@ pub fn gguf(model: Arc<LlmModel>, max_tokens: usize, verify: bool) -> LaneStarte
     })
 }
 
-/// Lanes running the synthetic model: for tests of the filesystem, never for data
-/// anyone keeps.
-pub fn synthetic(verify: bool) -> LaneStarter {
+/// Lanes running the synthetic model under `coding`: for tests of the filesystem, never
+/// for data anyone keeps.
+pub fn synthetic(coding: Coding, verify: bool) -> LaneStarter {
     Arc::new(move |_spec: LaneSpec, serve: &mut dyn FnMut(Lane<'_>)| {
-        let mut coder = SegmentCoder::new(SyntheticModel::new(), verify);
+        let mut coder = SegmentCoder::new(SyntheticModel::with_coding(&coding), verify);
         serve(Lane {
             narrow: &mut coder,
             wide: None,

@@ -53,6 +53,11 @@ pub trait ChunkCodec {
     fn set_cancel(&mut self, flag: Arc<AtomicBool>);
     /// What the code depends on (the encoded codec profile).
     fn profile(&self) -> Vec<u8>;
+    /// Computes what every segment starts from (a primer's state) ahead of the first
+    /// job.
+    fn prepare(&mut self) -> Result<(), FrameError> {
+        Ok(())
+    }
     /// Model steps and time so far, for statistics.
     fn stats(&self) -> SessionStats {
         SessionStats::default()

@@ -667,8 +667,15 @@ fn pick(q: &mut Queue, index: usize, has_wide: bool) -> Option<(Job, bool, bool)
 /// A lane's loop: takes jobs until the pool stops.
 fn serve(s: &Shared, index: usize, mut lane: Lane<'_>) {
     let has_wide = lane.wide.is_some();
-    let mut last_stats = SessionStats::default();
-    let mut last_wide_stats = SessionStats::default();
+    // The primer's state first (seconds of model time per context), so that the first
+    // job does not wait for it; the wide context first, as a lone read runs there.
+    if let Some(w) = lane.wide.as_mut() {
+        prepare(s, &mut **w, index);
+    }
+    prepare(s, &mut *lane.narrow, index);
+    // Statistics count jobs' model time, not the primer's.
+    let mut last_stats = lane.narrow.stats();
+    let mut last_wide_stats = lane.wide.as_ref().map(|w| w.stats()).unwrap_or_default();
     loop {
         let (job, wide, cancel) = {
             let mut q = s.queue.lock();
@@ -732,6 +739,19 @@ fn serve(s: &Shared, index: usize, mut lane: Lane<'_>) {
             }
         }
         s.wake.notify_all();
+    }
+}
+
+/// Readies a lane's codec before its first job; a failure is logged, and met again by
+/// the first job.
+fn prepare(s: &Shared, codec: &mut dyn ChunkCodec, index: usize) {
+    if s.queue.lock().stop {
+        return;
+    }
+    let t0 = Instant::now();
+    match codec.prepare() {
+        Ok(()) => log::debug!("lane {index} ready in {:?}", t0.elapsed()),
+        Err(e) => log::warn!("lane {index}: preparing the model failed: {e}"),
     }
 }
 

@@ -242,7 +242,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn error(kind: ProblemKind, ino: Option<u64>, message: impl Into<String>) -> Problem {
+    pub fn error(kind: ProblemKind, ino: Option<u64>, message: impl Into<String>) -> Problem {
         Problem {
             kind,
             severity: Severity::Error,
@@ -254,7 +254,7 @@ impl Problem {
         }
     }
 
-    fn info(kind: ProblemKind, ino: Option<u64>, message: impl Into<String>) -> Problem {
+    pub fn info(kind: ProblemKind, ino: Option<u64>, message: impl Into<String>) -> Problem {
         Problem {
             severity: Severity::Info,
             ..Problem::error(kind, ino, message)
