@@ -166,7 +166,7 @@ fn wrong_model_is_refused_naming_both() {
     assert_eq!(o.status.code(), Some(1));
     let msg = stderr(&o);
     assert!(
-        msg.contains("model: recorded b179c9523d0e6a0f"),
+        msg.contains("wrong model") && msg.contains("fingerprint starts b179c9"),
         "names the file's model: {msg}"
     );
     let other_fp = std::fs::read_to_string(dir.path().join("other.gguf.llmfs-sha256")).unwrap();
@@ -204,7 +204,7 @@ fn a_model_replaced_in_place_is_not_taken_for_the_old_one() {
         .unwrap();
     let o = llmfs(&["decompress", "-", "--model", p(&model)], Some(&packed));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("model: recorded"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("wrong model"), "{}", stderr(&o));
 }
 
 #[test]
@@ -403,16 +403,17 @@ fn the_thread_count_and_the_lanes_do_not_change_the_code() {
     }
 }
 
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
 #[test]
 fn version_1_files_decode_by_trying_thread_counts() {
-    let fixture = |name: &str| {
-        std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures")
-                .join(name),
-        )
-        .unwrap()
-    };
     // Written with 2 threads; 1 thread fails with that version's settings.
     let mut text = Vec::new();
     for i in 0..3 {
@@ -451,17 +452,13 @@ fn version_1_files_decode_by_trying_thread_counts() {
 
 #[test]
 fn a_profile_this_build_cannot_reproduce_is_refused_before_decoding() {
-    let o = llmfs(
-        &["compress", "-", "--no-verify"],
-        Some(&common::corpus("SmolLM2-135M-Instruct.Q4_1-008.md")[..500]),
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let packed = o.stdout;
-    let at = packed
+    // Version 2 records the whole profile: each difference is named.
+    let v2 = fixture("v2-threads2.llz");
+    let at = v2
         .windows(7)
         .position(|w| w == b"0.1.161")
         .expect("the llama.cpp build is recorded");
-    let mut other = packed.clone();
+    let mut other = v2.clone();
     other[at..at + 7].copy_from_slice(b"0.1.999");
     let o = llmfs(&["decompress", "-"], Some(&other));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -471,6 +468,75 @@ fn a_profile_this_build_cannot_reproduce_is_refused_before_decoding() {
         "{msg}"
     );
     assert_no_repeated_cause(&msg);
+    // Version 3 records a digest: the model matches, the rest does not.
+    let o = llmfs(
+        &["compress", "-", "--no-verify"],
+        Some(&common::corpus("SmolLM2-135M-Instruct.Q4_1-008.md")[..500]),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut packed = o.stdout;
+    assert_eq!(&packed[..4], b"LLZ\x03");
+    packed[9] ^= 1; // a byte of the profile digest
+    let o = llmfs(&["decompress", "-"], Some(&packed));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let msg = stderr(&o);
+    assert!(msg.contains("is not this build's"), "{msg}");
+    assert!(
+        msg.contains("primer builtin-v1"),
+        "names this build's coding: {msg}"
+    );
+    assert_no_repeated_cause(&msg);
+}
+
+/// Files of the previous release (container and coder version 2, no primer) decode with
+/// this build, with other thread and lane counts than they were written with.
+#[test]
+fn version_2_files_still_decode() {
+    let mut text = Vec::new();
+    for i in 0..3 {
+        text.extend(common::corpus(&format!(
+            "SmolLM2-135M-Instruct.Q4_1-{i:03}.md"
+        )));
+    }
+    text.truncate(4096);
+    let o = llmfs(
+        &["decompress", "-", "--threads", "1"],
+        Some(&fixture("v2-threads2.llz")),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout == text);
+    let log = &common::corpus("SmolLM2-135M-Instruct.Q4_1.jsonl")[..6000];
+    let o = llmfs(
+        &["decompress", "-", "--lanes", "2", "--threads", "2"],
+        Some(&fixture("v2-jsonl-6000.llz")),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout == log);
+}
+
+/// The primer makes the code of a 4 KiB file of LLM logs smaller than without it, and
+/// each decodes with another thread count than it was coded with.
+#[test]
+fn a_small_file_is_small_and_the_primer_pays() {
+    let text = &common::corpus("SmolLM2-135M-Instruct.Q4_1.jsonl")[8192..12288];
+    let mut sizes = Vec::new();
+    for primer in ["none", "builtin"] {
+        let o = llmfs(
+            &["compress", "-", "--no-verify", "--primer", primer],
+            Some(text),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        sizes.push(o.stdout.len());
+        let back = llmfs(&["decompress", "-", "--threads", "1"], Some(&o.stdout));
+        assert!(back.status.success(), "{}", stderr(&back));
+        assert!(back.stdout == text, "primer {primer}");
+    }
+    assert!(
+        sizes[1] < sizes[0],
+        "with the primer {} bytes, without {}",
+        sizes[1],
+        sizes[0]
+    );
 }
 
 #[test]

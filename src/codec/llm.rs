@@ -34,7 +34,7 @@ use llama_cpp_sys_2::{
 };
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -380,6 +380,7 @@ impl LlmModel {
                 tokens,
                 ready: None,
             }),
+            cancel: None,
         })
     }
 }
@@ -430,6 +431,8 @@ pub struct LlmSession<'m> {
     /// `stats.steps`, readable from another thread while a segment is being coded.
     live_steps: Arc<AtomicU64>,
     primer: Option<Primed>,
+    /// Checked before each of the primer's steps (see [`TokenModel::watch_cancel`]).
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl<'m> LlmSession<'m> {
@@ -514,6 +517,14 @@ impl TokenModel for LlmSession<'_> {
         self.pos = 0;
         self.step(self.model.start)?;
         for t in tokens {
+            // A cancelled priming leaves `ready` unset: the next reset starts it over.
+            if self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(CoderError::Cancelled);
+            }
             self.step(t)?;
         }
         self.distribution()?;
@@ -534,6 +545,10 @@ impl TokenModel for LlmSession<'_> {
 
     fn live_steps(&self) -> Option<Arc<AtomicU64>> {
         Some(Arc::clone(&self.live_steps))
+    }
+
+    fn watch_cancel(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
     }
 }
 

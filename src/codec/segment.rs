@@ -108,9 +108,7 @@ impl<'m> SegmentCoder<'m> {
     /// Readies the model for the first segment ahead of time: a primed session computes
     /// its primer's state here rather than at its first segment.
     pub fn prepare(&mut self) -> Result<(), FrameError> {
-        self.model
-            .reset()
-            .map_err(|e| FrameError::Model(e.to_string()))
+        self.start_segment()
     }
 
     /// A counter of model steps that a progress display may read from another thread.
@@ -122,6 +120,7 @@ impl<'m> SegmentCoder<'m> {
     /// step once `flag` is set, with [`FrameError::Cancelled`]. The flag is only read:
     /// while it stays set every call fails at once, and clearing it lets the next call run.
     pub fn set_cancel(&mut self, flag: Arc<AtomicBool>) {
+        self.model.watch_cancel(Arc::clone(&flag));
         self.cancel = Some(flag);
     }
 

@@ -9,7 +9,7 @@
 
 use super::coder::{CoderError, ProbabilityModel};
 use super::profile::CodecProfile;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub trait TokenModel: ProbabilityModel {
     fn live_steps(&self) -> Option<Arc<AtomicU64>> {
         None
     }
+    /// A flag that work of many model steps inside [`reset`](Self::reset) (a primer's)
+    /// checks before each step, failing with [`CoderError::Cancelled`] once it is set.
+    fn watch_cancel(&mut self, _flag: Arc<AtomicBool>) {}
 }
 
 /// Time and information spent by a model session, for `llmfs bench`.

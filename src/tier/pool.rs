@@ -206,6 +206,9 @@ struct Shared {
     stats: Mutex<PoolStats>,
     /// Keys for decodes no one else can share (the CLI, fsck).
     unique: AtomicU64,
+    /// Set by [`Pool::stop`]: stops a lane's preparation (a primer's state, seconds of
+    /// model time) within one model step, as each job's own flag stops the job.
+    stopping: Arc<AtomicBool>,
     /// Test hook: a lane sleeps this long after taking a background job, before it
     /// starts (to widen the window a reader may arrive in).
     #[cfg(test)]
@@ -240,6 +243,7 @@ impl Pool {
                 ..PoolStats::default()
             }),
             unique: AtomicU64::new(0),
+            stopping: Arc::new(AtomicBool::new(false)),
             #[cfg(test)]
             pause_after_take: Mutex::new(Duration::ZERO),
         });
@@ -528,6 +532,7 @@ impl Pool {
         {
             let mut q = self.shared.queue.lock();
             q.stop = true;
+            self.shared.stopping.store(true, Ordering::SeqCst);
             for l in &q.lanes {
                 if let LaneState::Busy { cancel, .. } = l {
                     cancel.store(true, Ordering::SeqCst);
@@ -748,9 +753,13 @@ fn prepare(s: &Shared, codec: &mut dyn ChunkCodec, index: usize) {
     if s.queue.lock().stop {
         return;
     }
+    codec.set_cancel(Arc::clone(&s.stopping));
     let t0 = Instant::now();
     match codec.prepare() {
         Ok(()) => log::debug!("lane {index} ready in {:?}", t0.elapsed()),
+        Err(crate::frame::FrameError::Cancelled) => {
+            log::debug!("lane {index}: preparing cancelled")
+        }
         Err(e) => log::warn!("lane {index}: preparing the model failed: {e}"),
     }
 }
@@ -844,6 +853,8 @@ mod tests {
         decodes: Arc<AtomicUsize>,
         wide_calls: Arc<AtomicUsize>,
         wide: bool,
+        /// How long `prepare` takes (a primer's state), checking the flag likewise.
+        prepare_delay: Duration,
     }
 
     impl SlowCodec {
@@ -884,6 +895,16 @@ mod tests {
         fn profile(&self) -> Vec<u8> {
             b"slow-reverse".to_vec()
         }
+        fn prepare(&mut self) -> Result<(), FrameError> {
+            let end = Instant::now() + self.prepare_delay;
+            while Instant::now() < end {
+                if self.cancel.load(Ordering::SeqCst) {
+                    return Err(FrameError::Cancelled);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        }
     }
 
     struct Fixture {
@@ -898,6 +919,17 @@ mod tests {
 
     /// Decodes take `delay`, encodes `encode_delay`.
     fn pool_with(lanes: usize, wide: bool, delay: Duration, encode_delay: Duration) -> Fixture {
+        pool_prepared(lanes, wide, delay, encode_delay, Duration::ZERO)
+    }
+
+    /// Each lane's codecs also take `prepare_delay` to get ready.
+    fn pool_prepared(
+        lanes: usize,
+        wide: bool,
+        delay: Duration,
+        encode_delay: Duration,
+        prepare_delay: Duration,
+    ) -> Fixture {
         let decodes = Arc::new(AtomicUsize::new(0));
         let wide_calls = Arc::new(AtomicUsize::new(0));
         let (d, w) = (decodes.clone(), wide_calls.clone());
@@ -916,6 +948,7 @@ mod tests {
                     decodes: d.clone(),
                     wide_calls: w.clone(),
                     wide,
+                    prepare_delay,
                 };
                 let mut narrow = codec(false);
                 let mut wide = spec.wide_threads.map(|_| codec(true));
@@ -952,6 +985,26 @@ mod tests {
         assert!(
             t0.elapsed() < Duration::from_millis(550),
             "two reads on two lanes took {:?}",
+            t0.elapsed()
+        );
+    }
+
+    /// An unmount does not wait for lanes still computing their primer's state.
+    #[test]
+    fn stop_cuts_a_lanes_preparation_short() {
+        let f = pool_prepared(
+            2,
+            true,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        f.pool.stop();
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "stop took {:?}",
             t0.elapsed()
         );
     }
