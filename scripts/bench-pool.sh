@@ -16,7 +16,7 @@
 #    completions written, and the wall time until the compactor has coded and verified
 #    every chunk: compaction throughput. The daemon's memory after mount per lane count.
 # 3. On the N-lane store, remounted cold each time (page cache dropped, the default pool:
-#    N lanes and a wide context), while another thread stats a file every 20 ms:
+#    N lanes, and a wide context where OpenMP threads spin), while another thread stats a file every 20 ms:
 #    a sequential cold read of the log (`cat`), four concurrent cold reads of the four
 #    small files, and a lone cold read of one 4 KiB chunk from the log's middle (and the
 #    reference's speed on exactly that chunk).
@@ -210,5 +210,5 @@ print(f"| a lone cold 4 KiB read (chunk {log_bytes // 4096 // 2}) | {f('lone_s')
 print(f"| stat of another file during the reads ({samples} samples) | p50 {p50} ms, p99 {p99} ms, max {mx} ms | | under 10 ms: {target(float(mx) < 10)} |")
 print(f"\nChunks LLM-coded: {res['comp_1_llm']} (1 lane), {res[f'comp_{n}_llm']} ({n} lanes); verify failures {res['comp_1_verify_failures']} and {res[f'comp_{n}_verify_failures']}; "
       f"bytes stored {res['comp_1_stored']} and {res[f'comp_{n}_stored']}. "
-      f"Daemon RSS after mount: {int(res['rss_1']) // 1024} MiB with 1 lane, {int(res['rss_' + n]) // 1024} MiB with {n} lanes and the wide context.")
+      f"Daemon RSS after mount: {int(res['rss_1']) // 1024} MiB with 1 lane, {int(res['rss_' + n]) // 1024} MiB with {n} lanes.")
 EOF

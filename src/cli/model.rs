@@ -97,7 +97,9 @@ impl ModelArgs {
     }
 
     /// The pool's shape: `--lanes` and `--threads`, else one 1-thread lane per core (as
-    /// memory allows), lane 0 with a wide context of every thread for lone reads.
+    /// memory allows), lane 0 with a wide context of every thread for lone reads, unless
+    /// OpenMP threads wait passively (the daemon's default): then a context of several
+    /// threads is slower than one, and there is no wide context.
     pub fn pool_config(&self) -> PoolConfig {
         let threads = self
             .threads
@@ -105,7 +107,11 @@ impl ModelArgs {
         let lanes = self
             .lanes
             .map_or_else(|| default_lanes(threads), usize::from);
-        PoolConfig::new(Some(lanes), Some(threads))
+        let mut config = PoolConfig::new(Some(lanes), Some(threads));
+        if openmp_waits_passively() {
+            config.wide_threads = None;
+        }
+        config
     }
 
     /// Loads the model and starts a pool of lanes over it, coding under `coding` segments
@@ -230,4 +236,13 @@ mod tests {
         assert!(parse_segment_size("0").is_err());
         assert_eq!(parse_segment_size("1"), Ok(1));
     }
+}
+
+/// Whether llama.cpp's OpenMP threads sleep at every barrier (`OMP_WAIT_POLICY=passive`,
+/// which the daemon sets for itself unless told otherwise). Then a context of several
+/// threads pays a wake-up per graph node: measured on 2 cores (a lone cold 4 KiB read
+/// through a mount), 2 threads 33.1 s, 1 thread 20.6 s; with spinning threads 2 take
+/// 11.7 s, but 37.4 s next to one busy process (1 thread passive: 21.1 s).
+pub fn openmp_waits_passively() -> bool {
+    std::env::var("OMP_WAIT_POLICY").is_ok_and(|v| v.trim().eq_ignore_ascii_case("passive"))
 }

@@ -346,7 +346,8 @@ fn name_value<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> 
 }
 
 /// Starts the daemon again, the same way, with `OMP_WAIT_POLICY=passive` unless the
-/// environment already says how OpenMP threads wait. libgomp reads it once, when it is
+/// environment already says how OpenMP threads wait (`OMP_WAIT_POLICY` or
+/// `GOMP_SPINCOUNT`). libgomp reads it once, when it is
 /// loaded, before `main`, so setting it here needs a new image.
 ///
 /// Why: llama.cpp's CPU threads meet at an OpenMP barrier after every graph node, and by
@@ -357,7 +358,7 @@ fn name_value<'v>(key: &str, v: Option<&'v str>) -> Result<&'v str, UsageError> 
 pub fn reexec_with_passive_openmp() {
     use std::os::unix::process::CommandExt;
     const VAR: &str = "OMP_WAIT_POLICY";
-    if std::env::var_os(VAR).is_some() {
+    if std::env::var_os(VAR).is_some() || std::env::var_os("GOMP_SPINCOUNT").is_some() {
         return;
     }
     let mut args = std::env::args_os();
@@ -523,6 +524,17 @@ fn attach_model(core: &Core, cfg: &MountConfig) -> anyhow::Result<()> {
             .pool(&coding, chunk, true)
             .map_err(|e| anyhow::anyhow!("starting the model ({what}): {e:#}{hint}"))?;
         let c = pool.config();
+        if c.threads_per_lane > 1 && super::model::openmp_waits_passively() {
+            log::warn!(
+                "llm_threads={} with llm_lanes={}: lanes of {} threads, whose OpenMP threads \
+                 wait passively (OMP_WAIT_POLICY=passive), code slower than lanes of one \
+                 thread; use as many lanes as threads, or set OMP_WAIT_POLICY=active in the \
+                 daemon's environment on a machine it has to itself",
+                c.threads_per_lane * pool.lanes() as u32,
+                pool.lanes(),
+                c.threads_per_lane
+            );
+        }
         log::info!(
             "model {what} ({}) loaded, {coding}: {} lanes of {} llama.cpp thread(s){}",
             model.name(),
