@@ -209,6 +209,15 @@ pub fn parse_segment_size(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Whether llama.cpp's OpenMP threads sleep at every barrier (`OMP_WAIT_POLICY=passive`,
+/// which the daemon sets for itself unless told otherwise). Then a context of several
+/// threads pays a wake-up per graph node: measured on 2 cores (a lone cold 4 KiB read
+/// through a mount), 2 threads 33.1 s, 1 thread 20.6 s; with spinning threads 2 take
+/// 11.7 s, but 37.4 s next to one busy process (1 thread passive: 21.1 s).
+pub fn openmp_waits_passively() -> bool {
+    std::env::var("OMP_WAIT_POLICY").is_ok_and(|v| v.trim().eq_ignore_ascii_case("passive"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,13 +245,4 @@ mod tests {
         assert!(parse_segment_size("0").is_err());
         assert_eq!(parse_segment_size("1"), Ok(1));
     }
-}
-
-/// Whether llama.cpp's OpenMP threads sleep at every barrier (`OMP_WAIT_POLICY=passive`,
-/// which the daemon sets for itself unless told otherwise). Then a context of several
-/// threads pays a wake-up per graph node: measured on 2 cores (a lone cold 4 KiB read
-/// through a mount), 2 threads 33.1 s, 1 thread 20.6 s; with spinning threads 2 take
-/// 11.7 s, but 37.4 s next to one busy process (1 thread passive: 21.1 s).
-pub fn openmp_waits_passively() -> bool {
-    std::env::var("OMP_WAIT_POLICY").is_ok_and(|v| v.trim().eq_ignore_ascii_case("passive"))
 }
