@@ -8,7 +8,8 @@
 #   CRASH_CYCLES=20 scripts/crash-swap.sh
 #
 # Each cycle mounts the same store with the real model (cold_after=0, two lanes), writes a
-# new file of 8 KiB of LLM-written text (two chunks) and fsyncs it, waits until the
+# new file of up to 8 KiB of LLM-written text (two chunks, fewer when the four corpus files
+# drawn are short) and fsyncs it, waits until the
 # compactor has swapped in its first LLM frame (`user.llmfs.progress`), sleeps a random
 # 0-400 ms (the other chunk's swap is due about then: both lanes code at once) and kills
 # the daemon with SIGKILL. Then, unmounted, `llmfs fsck` must find the store clean, and

@@ -4,12 +4,15 @@
 # JSON line, so every block is text the model codes), on a mount with cold_after=0, for
 # FIO_SECS; then fio reads every block back and checks it, through the model where the
 # compactor coded it. Prints a markdown table; exits non-zero when fio finds a bad block
-# (a test, too slow for every CI run).
+# (a test, too slow for every CI run). Known gap (2026-12-05, README "Reliability"): in
+# runs of 240 s the compactor swapped in no LLM frame, so the table's "chunks LLM-coded"
+# row must be read before the verdict is taken as a test of the model's read path.
 #
 #   scripts/fio-llm.sh               # a 4 MiB file, 300 s
 #   FIO_SECS=1200 FIO_SIZE=16m scripts/fio-llm.sh
 #
-# Environment: FIO_SECS (300), FIO_SIZE (4m), BENCH_DIR (/var/tmp), LLMFS_MODEL,
+# Environment: FIO_SECS (300), FIO_SIZE (4m), FIO_READ_IOPS (200), FIO_WRITE_IOPS (2),
+# BENCH_DIR (/var/tmp), LLMFS_MODEL,
 # LLMFS_BIN, KEEP_TMP=1.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -17,6 +20,8 @@ source "$(dirname "$0")/lib.sh"
 
 SECS=${FIO_SECS:-300}
 SIZE=${FIO_SIZE:-4m}
+WRITE_IOPS=${FIO_WRITE_IOPS:-2}
+READ_IOPS=${FIO_READ_IOPS:-200}
 TMPDIR=${BENCH_DIR:-/var/tmp}
 export TMPDIR
 require_fuse
@@ -31,15 +36,20 @@ OPTS="cold_after=0,llm_lanes=2,llm_threads=2"
 # and a line of a service's log, repeated to fill the block: text the model codes. (fio's
 # quoted patterns cannot hold a double quote, so the line is not JSON.)
 LINE='2026-12-05T03:17:11Z role=assistant content=The function returns the sum of the list; an empty list gives zero. '
-common=(--name=llm --directory="$MNT" --filename=data --size="$SIZE" --bs=4k
+common=(--directory="$MNT" --filename=data --size="$SIZE" --bs=4k
     --ioengine=psync --verify=pattern "--verify_pattern=%o\"$LINE\""
     --output-format=json)
 
 mount_llmfs "$STORE" "$MNT" "$LLMFS_TMP/daemon.log" "$OPTS"
-log "fio: the file written once, then random reads and writes of JSONL blocks for $SECS s, the compactor racing"
-fio "${common[@]}" --rw=write --do_verify=0 >"$LLMFS_TMP/layout.json"
-fio "${common[@]}" --rw=randrw --time_based --runtime="$SECS" --do_verify=0 \
-    --fsync=16 >"$LLMFS_TMP/run.json"
+log "fio: the file written once, then $READ_IOPS reads/s and $WRITE_IOPS writes/s of JSONL blocks for $SECS s, the compactor racing"
+fio "${common[@]}" --name=layout --rw=write --do_verify=0 >"$LLMFS_TMP/layout.json"
+# A reader at READ_IOPS and a writer at WRITE_IOPS. Unthrottled, the writer rewrote every
+# chunk within a second and the compactor (tens of seconds a chunk) never swapped one in;
+# an unthrottled reader of hot chunks kept both cores busy in FUSE and fio, and the model
+# lanes coded nothing in 240 s.
+fio "${common[@]}" --time_based --runtime="$SECS" --do_verify=0 \
+    --name=reader --rw=randread --rate_iops="$READ_IOPS" \
+    --name=writer --rw=randwrite --rate_iops="$WRITE_IOPS" --fsync=16 >"$LLMFS_TMP/run.json"
 "$LLMFS_BIN" stats --json "$MNT" >"$LLMFS_TMP/stats-run.json"
 umount_llmfs
 log "remount (cold cache), fio verifies every block"
@@ -47,13 +57,14 @@ sync
 [[ -w /proc/sys/vm/drop_caches ]] && echo 3 >/proc/sys/vm/drop_caches
 mount_llmfs "$STORE" "$MNT" "$LLMFS_TMP/daemon.log" "$OPTS"
 rc=0
-fio "${common[@]}" --rw=read --verify_only --verify_fatal=1 >"$LLMFS_TMP/verify.json" || rc=$?
+fio "${common[@]}" --name=verify --rw=read --verify_only --verify_fatal=1 >"$LLMFS_TMP/verify.json" || rc=$?
 "$LLMFS_BIN" stats --json "$MNT" >"$LLMFS_TMP/stats-verify.json"
 umount_llmfs
 python3 - "$LLMFS_TMP" "$rc" "$SECS" "$SIZE" <<'EOF'
 import json, sys
 d, rc, secs, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-run = json.load(open(f"{d}/run.json"))["jobs"][0]
+jobs = json.load(open(f"{d}/run.json"))["jobs"]
+run = {k: {"total_ios": sum(j[k]["total_ios"] for j in jobs)} for k in ("read", "write")}
 st, sv = json.load(open(f"{d}/stats-run.json")), json.load(open(f"{d}/stats-verify.json"))
 try:
     ver = json.load(open(f"{d}/verify.json"))["jobs"][0]

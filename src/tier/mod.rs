@@ -18,7 +18,9 @@
 //!
 //! Background jobs stop within one model step when a reader needs their lane, and are
 //! tried again later. A lone read on an otherwise idle pool runs on lane 0's *wide*
-//! context, which has every thread of the pool's budget: the fastest single stream.
+//! context, which has every thread of the pool's budget, when the pool has one: the
+//! fastest single stream where OpenMP threads spin, and none where they wait passively
+//! (the daemon's default), as several sleeping threads are slower than one.
 //!
 //! The tier knows nothing of the filesystem: it codes frames for keys it is given, and
 //! its callers (the filesystem core, `llmfs compress`, `fsck --verify`) own the rest.
