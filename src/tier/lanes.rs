@@ -43,7 +43,8 @@ impl ChunkCodec for SegmentCoder<'_> {
 /// Lanes over one loaded GGUF model (its weights shared), coding under `coding`
 /// segments of up to `max_tokens` tokens; `verify` decodes every LLM frame again before
 /// accepting it. Each lane is a llama.cpp context of its own, created on the lane's
-/// thread; with a primer, each computes the primer's state at its first segment.
+/// thread; with a primer, each computes the primer's state when its lane starts (the pool
+/// calls `prepare` before the first job), or at its first segment if that was cancelled.
 pub fn gguf(model: Arc<LlmModel>, coding: Coding, max_tokens: usize, verify: bool) -> LaneStarter {
     Arc::new(move |spec: LaneSpec, serve: &mut dyn FnMut(Lane<'_>)| {
         let session = model
