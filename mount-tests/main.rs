@@ -14,5 +14,6 @@ mod crash;
 mod damage;
 mod data;
 mod llm;
+mod policy;
 mod posix;
 mod store;

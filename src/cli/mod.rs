@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod compress;
+mod du;
 mod fsck;
 mod model;
 mod mount;
@@ -30,6 +31,9 @@ enum Command {
     /// What a store holds, live from the daemon for a mount point or read from an
     /// unmounted store: logical bytes, chunk bytes per codec, disk use, compaction.
     Stats(stats::StatsArgs),
+    /// What files and directories in a mount hold and store, by codec, with the bytes
+    /// still waiting for the model (like compsize on btrfs).
+    Du(du::DuArgs),
     /// Check an unmounted store's consistency; with --repair, fix what can be proven.
     #[command(after_help = fsck::EXIT_HELP)]
     Fsck(fsck::FsckArgs),
@@ -46,6 +50,7 @@ enum Command {
 const SUBCOMMANDS: &[&str] = &[
     "mount",
     "stats",
+    "du",
     "fsck",
     "compress",
     "decompress",
@@ -93,6 +98,7 @@ pub fn main() -> i32 {
             }
         },
         Command::Stats(args) => stats::run(args),
+        Command::Du(args) => du::run(args),
         Command::Fsck(args) => return fsck::run(args),
         Command::Compress(args) => compress::run_compress(args),
         Command::Decompress(args) => compress::run_decompress(args),

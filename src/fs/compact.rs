@@ -74,6 +74,9 @@ pub struct CompactStats {
     pub busy: Duration,
     /// Results dropped because the chunk changed while it was coded.
     pub dropped: u64,
+    /// Chunks of files whose policy keeps them from the model (`compress=fast|none`),
+    /// settled as they were.
+    pub chunks_skipped: u64,
 }
 
 /// What happened to one chunk.
@@ -324,6 +327,19 @@ impl Core {
         };
         if !stored.hot || stored.ver != p.ver {
             return Ok(Outcome::Changed);
+        }
+        match self.policy(p.ino) {
+            Ok(policy) if !policy.uses_model() => {
+                // compress=fast or none: settled as it is, never given to the model.
+                if !self.settle(p, stored.frame, false)? {
+                    return Ok(Outcome::Changed);
+                }
+                self.compactor.stats.lock().chunks_skipped += 1;
+                return Ok(Outcome::Kept);
+            }
+            Ok(_) => {}
+            Err(FsError::NotFound) => return Ok(Outcome::Changed),
+            Err(e) => return Err(e),
         }
         let plain = match self.cache.get(p.ino, p.index) {
             Some(c) if c.ver == p.ver => c.plain,

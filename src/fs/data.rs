@@ -33,6 +33,7 @@
 
 use super::cache::Cached;
 use super::perm::{self, R, W};
+use super::policy::Policy;
 use super::{live, Caller, Core, FsError, FsResult, Node, NodeRef};
 use crate::frame::{self, Codec};
 use crate::store::records::{Kind, Time};
@@ -593,6 +594,7 @@ impl Core {
     fn persist_with(&self, ino: u64, g: &mut Node, mut t: Txn) -> FsResult<()> {
         let cs = self.chunk_size();
         let now = Time::now();
+        let raw = self.node_policy(ino, g)? == Policy::None;
         let mut inode = g.inode.clone();
         let mut stored = i128::from(inode.stored);
         // (index, version, plaintext length; 0 when the chunk is all zeros and goes away)
@@ -604,7 +606,11 @@ impl Core {
                 stored -= i128::from(self.store.remove_chunks(&mut t, ino, idx, idx + 1)?);
                 kept.push((idx, 0, 0));
             } else {
-                let framed = encode_chunk(plain);
+                let framed = if raw {
+                    frame::assemble(frame::Codec::Raw, plain, plain)
+                } else {
+                    encode_chunk(plain)
+                };
                 inode.data_ver += 1;
                 let freed = self
                     .store

@@ -1,6 +1,7 @@
 //! Names: lookup, creating and removing entries, hard links, symlinks, readdir.
 
 use super::perm::{self, R, W, X};
+use super::policy::{self, Policy};
 use super::{check_name, live, Caller, Core, Entry, FsError, FsResult, Node};
 use crate::store::records::{Inode, Kind, Time};
 use crate::store::Txn;
@@ -105,16 +106,25 @@ impl Core {
             inode.target = target.to_vec();
             inode.size = target.len() as u64;
         }
+        // Files and directories inherit the directory's compression policy.
+        let policy = match inode.kind() {
+            Kind::File | Kind::Dir => self.node_policy(parent, &mut p)?,
+            _ => Policy::default(),
+        };
         p.inode.mtime = now;
         p.inode.ctime = now;
         let mut t = Txn::new();
         t.put_inode(ino, &inode);
         t.put_inode(parent, &p.inode);
         t.link(parent, name, ino, inode.kind());
+        if policy != Policy::default() {
+            t.put_xattr(ino, policy::ATTR, policy.name().as_bytes());
+        }
         self.store.commit(t)?;
         self.inode_count.fetch_add(1, Ordering::Relaxed);
         if open {
             let mut node = Node::new(inode.clone());
+            node.policy = Some(policy);
             node.open = 1;
             self.insert_node(ino, node);
         }

@@ -19,6 +19,7 @@ pub mod dir;
 pub mod error;
 pub mod fuse;
 pub mod perm;
+pub mod policy;
 pub mod rename;
 pub mod report;
 pub mod xattr;
@@ -111,6 +112,8 @@ pub struct Node {
     pub deleted: bool,
     /// Its dirty data could not be saved for want of space, and that was logged.
     pub unsaved_logged: bool,
+    /// Its `user.llmfs.compress` policy, once read from the store ([`policy`]).
+    pub policy: Option<policy::Policy>,
 }
 
 impl Node {
@@ -125,6 +128,7 @@ impl Node {
             gen: 0,
             deleted: false,
             unsaved_logged: false,
+            policy: None,
         }
     }
 

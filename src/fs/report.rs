@@ -167,6 +167,7 @@ impl Core {
         m.insert("cold_after_s".into(), self.cfg.cold_after.as_secs().into());
         m.insert("compacted_chunks_llm".into(), c.chunks_llm.into());
         m.insert("compacted_chunks_kept".into(), c.chunks_kept.into());
+        m.insert("compacted_chunks_skipped".into(), c.chunks_skipped.into());
         m.insert("compacted_plain_bytes".into(), c.plain_bytes.into());
         m.insert("compaction_dropped".into(), c.dropped.into());
         m.insert("compaction_busy_s".into(), round2(busy));

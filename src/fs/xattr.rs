@@ -2,7 +2,9 @@
 
 use super::data::Wait;
 use super::perm::{self, R, W};
+use super::policy::{self, Policy};
 use super::{live, Caller, Core, FsError, FsResult};
+use crate::frame::Codec;
 use crate::store::records::{Kind, Time};
 use crate::store::Txn;
 use parking_lot::Mutex;
@@ -10,7 +12,8 @@ use parking_lot::Mutex;
 /// Attributes llmfs computes: read-only, not listed (so copies do not carry them).
 /// `user.llmfs.stored` (bytes stored), `user.llmfs.codecs` (chunks per codec) on any
 /// file, and `user.llmfs.stats` (live statistics as JSON) and `user.llmfs.progress` (what
-/// is left for the compactor, cheap to poll) on the root.
+/// is left for the compactor, cheap to poll) on the root. `user.llmfs.compress` is the
+/// one stored, settable and listed attribute of the prefix ([`policy`]).
 const LLMFS_PREFIX: &[u8] = b"user.llmfs.";
 
 /// Linux's limits (XATTR_NAME_MAX, XATTR_SIZE_MAX).
@@ -27,7 +30,21 @@ pub struct CodecsCache {
 }
 
 /// (content version, stored bytes, the answer) of one file.
-type CodecsAnswer = (u64, u64, Vec<u8>);
+type CodecsAnswer = (u64, u64, FileChunks);
+
+/// A file's chunks counted by codec: what `user.llmfs.codecs` and `user.llmfs.du` say.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileChunks {
+    /// Plaintext bytes of the stored chunks (holes not counted).
+    pub logical_bytes: u64,
+    /// Indexed by [`Codec`] as usize.
+    pub per_codec: [crate::store::stats::CodecStats; 4],
+    /// Frames whose header cannot be read.
+    pub damaged: u64,
+    /// Chunks written and not settled yet, and their plaintext bytes.
+    pub hot_chunks: u64,
+    pub hot_plain_bytes: u64,
+}
 
 impl Default for CodecsCache {
     fn default() -> CodecsCache {
@@ -124,6 +141,9 @@ impl Core {
     ) -> FsResult<Vec<u8>> {
         let inode = self.getattr(ino)?.inode;
         check_access(caller, &inode, name, R)?;
+        if name == policy::ATTR {
+            return self.store.xattr(ino, name)?.ok_or(FsError::NoAttr);
+        }
         if let Some(what) = name.strip_prefix(LLMFS_PREFIX) {
             return self.computed_xattr(ino, &inode, what, wait);
         }
@@ -141,9 +161,13 @@ impl Core {
         if value.len() > VALUE_MAX {
             return Err(FsError::TooBig);
         }
-        if name.starts_with(LLMFS_PREFIX) {
+        let policy = if name == policy::ATTR {
+            Some(Policy::parse(value).ok_or(FsError::Invalid)?)
+        } else if name.starts_with(LLMFS_PREFIX) {
             return Err(FsError::Perm);
-        }
+        } else {
+            None
+        };
         let n = self.node(ino)?;
         let mut g = live(&n)?;
         check_access(caller, &g.inode, name, W)?;
@@ -158,7 +182,10 @@ impl Core {
         t.put_xattr(ino, name, value);
         t.put_inode(ino, &g.inode);
         self.store.commit(t)?;
-        Ok(())
+        match policy {
+            Some(p) => self.policy_changed(ino, &mut g, p),
+            None => Ok(()),
+        }
     }
 
     /// Names, each followed by a NUL, as listxattr(2) returns them.
@@ -186,45 +213,50 @@ impl Core {
         match what {
             b"stored" => Ok(inode.stored.to_string().into_bytes()),
             b"codecs" => {
-                let key = (inode.data_ver, inode.stored);
-                let hit = |c: &CodecsCache| {
-                    c.answers
-                        .lock()
-                        .get(&ino)
-                        .filter(|a| (a.0, a.1) == key)
-                        .map(|a| a.2.clone())
+                let f = self.file_chunks(ino, inode, wait)?;
+                let n = |c: Codec| f.per_codec[c as usize].chunks;
+                let mut s = format!(
+                    "llm={} zstd={} raw={}",
+                    n(Codec::Llm),
+                    n(Codec::Zstd),
+                    n(Codec::Raw)
+                );
+                if n(Codec::Lost) > 0 {
+                    s.push_str(&format!(" lost={}", n(Codec::Lost)));
+                }
+                if f.damaged > 0 {
+                    s.push_str(&format!(" damaged={}", f.damaged));
+                }
+                Ok(s.into_bytes())
+            }
+            b"du" => {
+                let f = if inode.kind() == Kind::File {
+                    self.file_chunks(ino, inode, wait)?
+                } else {
+                    FileChunks::default()
                 };
-                if let Some(v) = hit(&self.codecs_cache) {
-                    return Ok(v);
+                let mut m = serde_json::Map::new();
+                m.insert("logical_bytes".into(), f.logical_bytes.into());
+                m.insert("stored_bytes".into(), inode.stored.into());
+                for c in Codec::ALL {
+                    let s = &f.per_codec[c as usize];
+                    m.insert(format!("chunks_{}", c.name()), s.chunks.into());
+                    m.insert(format!("frame_bytes_{}", c.name()), s.frame_bytes.into());
+                    m.insert(format!("plain_bytes_{}", c.name()), s.plain_bytes.into());
                 }
-                if wait == Wait::NoModel {
-                    return Err(FsError::WouldBlock);
-                }
-                let _counting = self.codecs_cache.counting.lock();
-                if let Some(v) = hit(&self.codecs_cache) {
-                    return Ok(v);
-                }
-                let mut counts = [0u64; 4];
-                let mut damaged = 0;
-                for c in self.store.chunks_in(ino, 0, u64::MAX)? {
-                    match c.codec {
-                        Some(codec) => counts[codec as usize] += 1,
-                        None => damaged += 1,
-                    }
-                }
-                let mut s = format!("llm={} zstd={} raw={}", counts[2], counts[1], counts[0]);
-                if counts[3] > 0 {
-                    s.push_str(&format!(" lost={}", counts[3]));
-                }
-                if damaged > 0 {
-                    s.push_str(&format!(" damaged={damaged}"));
-                }
-                let v = s.into_bytes();
-                self.codecs_cache
-                    .answers
-                    .lock()
-                    .put(ino, (key.0, key.1, v.clone()));
-                Ok(v)
+                m.insert("damaged_chunks".into(), f.damaged.into());
+                let policy = self.policy(ino)?;
+                m.insert("policy".into(), policy.name().into());
+                // Waiting for the model: written chunks not LLM-coded yet, of a file
+                // the model codes.
+                let (pc, pb) = if policy.uses_model() {
+                    (f.hot_chunks, f.hot_plain_bytes)
+                } else {
+                    (0, 0)
+                };
+                m.insert("pending_chunks".into(), pc.into());
+                m.insert("pending_bytes".into(), pb.into());
+                Ok(serde_json::Value::Object(m).to_string().into_bytes())
             }
             b"stats" if ino == crate::store::ROOT_INO => {
                 let m = self.live_stats(wait)?;
@@ -239,7 +271,7 @@ impl Core {
     }
 
     pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<()> {
-        if name.starts_with(LLMFS_PREFIX) {
+        if name.starts_with(LLMFS_PREFIX) && name != policy::ATTR {
             return Err(FsError::Perm);
         }
         let n = self.node(ino)?;
@@ -253,6 +285,9 @@ impl Core {
         t.delete_xattr(ino, name);
         t.put_inode(ino, &g.inode);
         self.store.commit(t)?;
+        if name == policy::ATTR {
+            self.policy_changed(ino, &mut g, Policy::default())?;
+        }
         Ok(())
     }
 }
@@ -288,5 +323,60 @@ mod tests {
             core.getxattr(&r, f, b"user.a", Wait::Model),
             Err(FsError::NoAttr)
         ));
+    }
+}
+
+impl Core {
+    /// File `ino`'s chunks by codec, from the cache while the file's content version and
+    /// stored bytes stay, else counted (one count at a time; [`FsError::WouldBlock`]
+    /// with [`Wait::NoModel`], so that a FUSE request thread never counts).
+    fn file_chunks(
+        &self,
+        ino: u64,
+        inode: &crate::store::records::Inode,
+        wait: Wait,
+    ) -> FsResult<FileChunks> {
+        let key = (inode.data_ver, inode.stored);
+        let hit = |c: &CodecsCache| {
+            c.answers
+                .lock()
+                .get(&ino)
+                .filter(|a| (a.0, a.1) == key)
+                .map(|a| a.2)
+        };
+        if let Some(v) = hit(&self.codecs_cache) {
+            return Ok(v);
+        }
+        if wait == Wait::NoModel {
+            return Err(FsError::WouldBlock);
+        }
+        let _counting = self.codecs_cache.counting.lock();
+        if let Some(v) = hit(&self.codecs_cache) {
+            return Ok(v);
+        }
+        let cs = self.chunk_size();
+        let mut f = FileChunks::default();
+        for c in self.store.chunks_in(ino, 0, u64::MAX)? {
+            let plain = inode
+                .size
+                .saturating_sub(c.index.saturating_mul(cs))
+                .min(cs);
+            f.logical_bytes += plain;
+            match c.codec {
+                Some(codec) => {
+                    let s = &mut f.per_codec[codec as usize];
+                    s.chunks += 1;
+                    s.frame_bytes += c.frame_len as u64;
+                    s.plain_bytes += plain;
+                    if c.hot && codec != Codec::Llm {
+                        f.hot_chunks += 1;
+                        f.hot_plain_bytes += plain;
+                    }
+                }
+                None => f.damaged += 1,
+            }
+        }
+        self.codecs_cache.answers.lock().put(ino, (key.0, key.1, f));
+        Ok(f)
     }
 }
