@@ -292,40 +292,6 @@ impl Core {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::testutil::{core, new_file};
-    use super::*;
-    use crate::store::ROOT_INO;
-
-    #[test]
-    fn create_replace_list_remove() {
-        let (_d, core) = core();
-        let r = Caller::root();
-        let f = new_file(&core, &r, ROOT_INO, b"f", 0o644).unwrap().ino;
-        assert!(matches!(
-            core.setxattr(&r, f, b"user.a", b"1", SetXattr::Replace),
-            Err(FsError::NoAttr)
-        ));
-        core.setxattr(&r, f, b"user.a", b"1", SetXattr::Create)
-            .unwrap();
-        assert!(matches!(
-            core.setxattr(&r, f, b"user.a", b"2", SetXattr::Create),
-            Err(FsError::Exists)
-        ));
-        core.setxattr(&r, f, b"user.a", b"2", SetXattr::Replace)
-            .unwrap();
-        core.setxattr(&r, f, b"user.b", b"", SetXattr::Any).unwrap();
-        assert_eq!(core.getxattr(&r, f, b"user.a", Wait::Model).unwrap(), b"2");
-        assert_eq!(core.listxattr(&r, f).unwrap(), b"user.a\0user.b\0");
-        core.removexattr(&r, f, b"user.a").unwrap();
-        assert!(matches!(
-            core.getxattr(&r, f, b"user.a", Wait::Model),
-            Err(FsError::NoAttr)
-        ));
-    }
-}
-
 impl Core {
     /// File `ino`'s chunks by codec, from the cache while the file's content version and
     /// stored bytes stay, else counted (one count at a time; [`FsError::WouldBlock`]
@@ -378,5 +344,39 @@ impl Core {
         }
         self.codecs_cache.answers.lock().put(ino, (key.0, key.1, f));
         Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{core, new_file};
+    use super::*;
+    use crate::store::ROOT_INO;
+
+    #[test]
+    fn create_replace_list_remove() {
+        let (_d, core) = core();
+        let r = Caller::root();
+        let f = new_file(&core, &r, ROOT_INO, b"f", 0o644).unwrap().ino;
+        assert!(matches!(
+            core.setxattr(&r, f, b"user.a", b"1", SetXattr::Replace),
+            Err(FsError::NoAttr)
+        ));
+        core.setxattr(&r, f, b"user.a", b"1", SetXattr::Create)
+            .unwrap();
+        assert!(matches!(
+            core.setxattr(&r, f, b"user.a", b"2", SetXattr::Create),
+            Err(FsError::Exists)
+        ));
+        core.setxattr(&r, f, b"user.a", b"2", SetXattr::Replace)
+            .unwrap();
+        core.setxattr(&r, f, b"user.b", b"", SetXattr::Any).unwrap();
+        assert_eq!(core.getxattr(&r, f, b"user.a", Wait::Model).unwrap(), b"2");
+        assert_eq!(core.listxattr(&r, f).unwrap(), b"user.a\0user.b\0");
+        core.removexattr(&r, f, b"user.a").unwrap();
+        assert!(matches!(
+            core.getxattr(&r, f, b"user.a", Wait::Model),
+            Err(FsError::NoAttr)
+        ));
     }
 }
