@@ -80,6 +80,8 @@ pub struct Mount {
     watchdog: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     /// Set before the first start to change the watchdog's timeout for this mount.
     pub watchdog_timeout: Duration,
+    /// Environment variables the daemon gets on top of the test's.
+    pub env: Vec<(String, String)>,
 }
 
 struct Live {
@@ -152,6 +154,7 @@ impl Mount {
             live: Arc::new(Mutex::new(None)),
             watchdog: None,
             watchdog_timeout: test_timeout(),
+            env: Vec::new(),
         }
     }
 
@@ -231,6 +234,7 @@ impl Mount {
             .args(self.mount_args())
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -16,4 +16,5 @@ mod data;
 mod llm;
 mod policy;
 mod posix;
+mod service;
 mod store;

@@ -6,7 +6,8 @@
 #   3. the default model (scripts/fetch-model.sh), for the codec's integration tests
 #   4. cargo fmt --check, cargo clippy -D warnings
 #   5. cargo test --release: unit, integration and mount tests (mount-tests/)
-#   6. pjdfstest (with and without default_permissions) and fsx (default and 1 KiB
+#   6. systemd-analyze verify on the units in systemd/ (scripts/verify-units.sh)
+#   7. pjdfstest (with and without default_permissions) and fsx (default and 1 KiB
 #      chunks), each against a fresh mount
 #
 # FUSE is required: without /dev/fuse or fusermount3 this fails, it never skips.
@@ -63,9 +64,9 @@ summary() {
 install_debs() {
     # Build: llama.cpp via cmake + bindgen (clang, libclang); FUSE: fuse3 + libfuse3-dev;
     # pjdfstest links libacl; the mount tests use diff/du/find (diffutils, coreutils,
-    # findutils are essential); bench-fs.sh uses fio.
+    # findutils are essential); bench-fs.sh uses fio; systemd-analyze checks the units.
     ensure_debs fuse3 libfuse3-dev cmake clang libclang-dev pkg-config build-essential \
-        libacl1-dev acl fio curl ca-certificates python3 unzip
+        libacl1-dev acl fio curl ca-certificates python3 unzip systemd
 }
 
 install_tools() {
@@ -78,12 +79,10 @@ install_tools() {
     ensure_cargo_bin fsx
 }
 
+# The codec's and the CLI's integration tests assert that the model is there: they fail,
+# never skip, without it.
 fetch_model() {
-    if [[ -f scripts/fetch-model.sh ]]; then
-        bash scripts/fetch-model.sh
-    else
-        log "scripts/fetch-model.sh not present: codec tests that need the model decide themselves"
-    fi
+    bash scripts/fetch-model.sh
 }
 
 lint() {
@@ -124,6 +123,7 @@ if [[ ${SKIP_LINT:-0} != 1 ]]; then
     stage "fmt + clippy" lint
 fi
 stage --fatal "build (release)" cargo build --release --all-targets
+stage "systemd units" scripts/verify-units.sh
 stage "cargo test (incl. mount)" cargo_tests
 stage "pjdfstest (2 mounts)" pjdfstest_suite
 stage "fsx 3 x ${FSX_OPS:-20000} ops" fsx_suite

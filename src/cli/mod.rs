@@ -11,6 +11,7 @@ mod model;
 mod mount;
 mod output;
 mod probe;
+mod service;
 mod stats;
 
 #[derive(Parser)]

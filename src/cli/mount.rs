@@ -621,6 +621,8 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         &fuse_config,
     )
     .with_context(|| format!("mounting at {}", cfg.mountpoint.display()))?;
+    let notifier = super::service::start(core.clone(), cfg.mountpoint.clone())
+        .context("starting the service-manager notifier thread")?;
     let mut unmounter = session.unmount_callable();
     let (signal_core, mountpoint) = (core.clone(), cfg.mountpoint.clone());
     std::thread::Builder::new()
@@ -628,6 +630,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         .spawn(move || {
             let Ok(sig) = signals.wait() else { return };
             log::info!("{sig}: unmounting");
+            super::service::stopping();
             if let Err(e) = unmounter.unmount() {
                 // Busy (files still open): a supervisor's stop must still stop. Detach
                 // the mount, make every acknowledged write durable, and exit; files
@@ -657,6 +660,8 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         cfg.mountpoint.display()
     );
     let served = session.run();
+    super::service::stopping();
+    drop(notifier);
     // Whatever ended the session, every acknowledged write is made durable.
     core.shutdown()
         .map_err(|e| anyhow::anyhow!("flushing the store: {e}"))?;

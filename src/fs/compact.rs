@@ -77,6 +77,9 @@ pub struct CompactStats {
     /// Chunks of files whose policy keeps them from the model (`compress=fast|none`),
     /// settled as they were.
     pub chunks_skipped: u64,
+    /// Plaintext and frame bytes of the chunks that were LLM-coded (the model's ratio).
+    pub llm_plain_bytes: u64,
+    pub llm_frame_bytes: u64,
 }
 
 /// What happened to one chunk.
@@ -376,6 +379,8 @@ impl Core {
         let mut st = self.compactor.stats.lock();
         if llm {
             st.chunks_llm += 1;
+            st.llm_plain_bytes += plain.len() as u64;
+            st.llm_frame_bytes += after;
         } else {
             st.chunks_kept += 1;
         }

@@ -98,6 +98,8 @@ impl Core {
         );
         m.insert("compacted_chunks_llm".into(), c.chunks_llm.into());
         m.insert("compacted_plain_bytes".into(), c.plain_bytes.into());
+        m.insert("compacted_llm_plain_bytes".into(), c.llm_plain_bytes.into());
+        m.insert("compacted_llm_bytes".into(), c.llm_frame_bytes.into());
         m.insert(
             "compaction_bytes_per_s".into(),
             bytes_per_s(c.plain_bytes, busy),

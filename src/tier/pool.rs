@@ -517,6 +517,18 @@ impl Pool {
             .count()
     }
 
+    /// `Err` (why) when the pool can serve no more: it failed, or every lane is gone.
+    pub fn health(&self) -> Result<(), String> {
+        let q = self.shared.queue.lock();
+        if let Some(why) = &q.failed {
+            return Err(format!("the model pool failed: {why}"));
+        }
+        if !q.stop && q.lanes.iter().all(|l| matches!(l, LaneState::Gone)) {
+            return Err("every model lane is gone".into());
+        }
+        Ok(())
+    }
+
     pub fn stats(&self) -> PoolStats {
         *self.shared.stats.lock()
     }
