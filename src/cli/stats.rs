@@ -103,6 +103,8 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
     });
     let start = Instant::now();
     let mut first_pending = None;
+    // Without a terminal (a script, a log): one line every half minute.
+    let mut last_line = Instant::now();
     loop {
         let m = read_attr(path, PROGRESS_ATTR)?.context("the mount went away")?;
         let pending = num(&m, "pending_chunks");
@@ -119,21 +121,25 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
             return fresh_stats(path, Instant::now());
         }
         let first = *first_pending.get_or_insert(pending);
+        let done = first.saturating_sub(pending);
+        let eta = if done > 0 {
+            let per = start.elapsed().as_secs_f64() / done as f64;
+            format!(", about {:.0} s left", per * pending as f64)
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "{pending} chunks pending compaction ({} bytes/s of text{eta})",
+            m.get("compaction_bytes_per_s")
+                .cloned()
+                .unwrap_or(Value::from(0))
+        );
         if let Some(b) = &bar {
-            let done = first.saturating_sub(pending);
-            let eta = if done > 0 {
-                let per = start.elapsed().as_secs_f64() / done as f64;
-                format!(", about {:.0} s left", per * pending as f64)
-            } else {
-                String::new()
-            };
-            b.set_message(format!(
-                "{pending} chunks pending compaction ({} bytes/s of text{eta})",
-                m.get("compaction_bytes_per_s")
-                    .cloned()
-                    .unwrap_or(Value::from(0))
-            ));
+            b.set_message(line);
             b.tick();
+        } else if last_line.elapsed() >= Duration::from_secs(30) {
+            eprintln!("llmfs stats: {line}, {:.0} s so far", start.elapsed().as_secs_f64());
+            last_line = Instant::now();
         }
         std::thread::sleep(Duration::from_secs(1));
     }

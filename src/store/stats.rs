@@ -37,6 +37,8 @@ pub struct StoreStats {
     /// Bytes of the database's files, and of free space inside them.
     pub db_file_bytes: u64,
     pub db_free_bytes: u64,
+    /// Bytes of the database's pages in use (what the data costs, free pages aside).
+    pub db_used_bytes: u64,
     /// Bytes the store's directory takes on disk (allocated blocks, what `du` says).
     pub disk_bytes: u64,
     /// The codec profile the store is pinned to (its first LLM frame pinned it), as
@@ -61,6 +63,7 @@ impl StoreStats {
             ("metadata_bytes".into(), self.metadata_bytes),
             ("db_file_bytes".into(), self.db_file_bytes),
             ("db_free_bytes".into(), self.db_free_bytes),
+            ("db_used_bytes".into(), self.db_used_bytes),
             ("pending_chunks".into(), self.pending_chunks),
             ("extents".into(), self.extents),
         ];
@@ -156,6 +159,7 @@ impl Store {
         let space = self.engine.space()?;
         st.db_file_bytes = space.file_bytes;
         st.db_free_bytes = space.free_bytes;
+        st.db_used_bytes = space.used_bytes;
         Ok(st)
     }
 }

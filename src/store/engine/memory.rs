@@ -206,6 +206,7 @@ impl Engine for MemoryEngine {
         Ok(EngineSpace {
             file_bytes: bytes as u64,
             free_bytes: 0,
+            used_bytes: bytes as u64,
         })
     }
 

@@ -105,6 +105,10 @@ pub struct EngineSpace {
     pub file_bytes: u64,
     /// Bytes inside those files that are free for reuse (give-back candidates).
     pub free_bytes: u64,
+    /// Bytes of the database's pages in use (pages less free pages, WAL included as
+    /// committed): what the data costs, without the free space an empty store or a
+    /// delete leaves.
+    pub used_bytes: u64,
 }
 
 pub trait Engine: Send + Sync {

@@ -876,15 +876,21 @@ impl Engine for SqliteEngine {
                 file_bytes += m.blocks() * 512;
             }
         }
-        let free: i64 = self
-            .writer
-            .lock()
-            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+        let (pages, free): (i64, i64) = {
+            let w = self.writer.lock();
+            let pages = w
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            let free = w
+                .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            (pages, free)
+        };
         let free = free.max(0) as u64;
         Ok(EngineSpace {
             file_bytes,
             free_bytes: free * PAGE_SIZE,
+            used_bytes: (pages.max(0) as u64).saturating_sub(free) * PAGE_SIZE,
         })
     }
 
