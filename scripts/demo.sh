@@ -80,9 +80,9 @@ awk -v p="$llm_plain" -v f="$llm_frames" 'BEGIN { printf "The LLM-coded chunks: 
 echo "The store directory takes $disk bytes on disk (du), $empty of them before the archive:"
 echo "a new database file's pages and WAL; they are reused, not added to, as the archive grows."
 echo
-for f in "$mnt"/logs/*; do
-    printf '%s: %s\n' "$(basename "$f")" "$(python3 -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.llmfs.codecs').decode())" "$f")"
-done
+echo "\$ llmfs du $mnt/logs"
+"$LLMFS_BIN" du "$mnt/logs"
+echo
 
 log "remounting (cold cache) and reading the logs back through the model"
 umount_llmfs

@@ -418,6 +418,33 @@ fn canonical(p: &Path) -> PathBuf {
     }
 }
 
+/// What FUSE needs, checked before the store is opened or created, with what to do:
+/// `/dev/fuse`, and for `allow_other`/`allow_root` by a user other than root,
+/// `user_allow_other` in /etc/fuse.conf (fusermount3 refuses the mount otherwise).
+fn check_fuse(acl: &SessionACL) -> anyhow::Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        anyhow::bail!(
+            "/dev/fuse is missing: load the kernel module (modprobe fuse), or in a container \
+             pass the device in (docker run --device /dev/fuse --cap-add SYS_ADMIN)"
+        );
+    }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && !matches!(acl, SessionACL::Owner) {
+        let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+        let allowed = conf
+            .lines()
+            .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other");
+        if !allowed {
+            anyhow::bail!(
+                "allow_other and allow_root need user_allow_other in /etc/fuse.conf when \
+                 the daemon does not run as root: add that line (as root), or drop the option"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a missing mount point, and a store and mount point inside one another: a
 /// store inside its own mount would be written through itself (the first `df` hung the
 /// daemon and its caller for good).
@@ -575,6 +602,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     signals.thread_block().context("blocking signals")?;
 
     check_paths(&cfg.store, &cfg.mountpoint)?;
+    check_fuse(&cfg.acl)?;
     for w in &cfg.warnings {
         log::warn!("{w}");
     }

@@ -138,7 +138,10 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
             b.set_message(line);
             b.tick();
         } else if last_line.elapsed() >= Duration::from_secs(30) {
-            eprintln!("llmfs stats: {line}, {:.0} s so far", start.elapsed().as_secs_f64());
+            eprintln!(
+                "llmfs stats: {line}, {:.0} s so far",
+                start.elapsed().as_secs_f64()
+            );
             last_line = Instant::now();
         }
         std::thread::sleep(Duration::from_secs(1));
