@@ -1,13 +1,21 @@
 //! llmfs: a transparent compressed filesystem whose compressor is a language model.
 //!
-//! The crate is layered so that each layer knows nothing of the ones above it:
+//! The crate is layered so that each layer knows nothing of the ones above it (the
+//! command line, `src/cli/`, is the binary's, on top of them all):
 //!
-//! - [`frame`]: the self-describing encoding of one segment of bytes (raw, zstd or LLM),
-//!   shared by the standalone container and by the filesystem's chunks.
+//! - [`fs`]: the filesystem core (POSIX semantics in inode numbers and offsets, the chunk
+//!   cache, the compactor, per-directory policy, live statistics) and its FUSE adapter
+//!   ([`fs::fuse`]); it uses the model only through [`tier`].
+//! - [`tier`]: the model pool: one loaded model, lanes of llama.cpp contexts, the order
+//!   in which reads, writes and the compactor get them.
+//! - [`store`]: one SQLite database per store (through the [`store::engine`] seam, with
+//!   an in-memory twin for tests): inodes, names, xattrs, chunk frames packed into
+//!   extents, every record checksummed; fsck and salvage.
 //! - [`codec`]: arithmetic coding over integer frequencies ([`codec::coder`]), the
-//!   llama.cpp probability model ([`codec::llm`]) and the standalone container format
-//!   ([`codec::container`]).
-//! - [`store`] and [`fs`]: the sled-backed filesystem core and its FUSE adapter.
+//!   llama.cpp probability model ([`codec::llm`]), the primer, the codec profile a store
+//!   is pinned to, and the standalone `.llz` container ([`codec::container`]).
+//! - [`frame`]: the self-describing encoding of one segment of bytes (raw, zstd, LLM or
+//!   lost), shared by the container and by the filesystem's chunks.
 
 pub mod codec;
 pub mod frame;

@@ -19,7 +19,8 @@
 //! tier codes each chunk as one segment, and a cold random read decodes a whole chunk
 //! at ~470 bytes/s on a CPU: ~9 s for 4 KiB, ~35 s for 16 KiB, while the LLM ratio
 //! barely grows past 4 KiB (13.3x at 4 KiB, 13.8x at 16 KiB). Measured through the mount
-//! with zstd (128 MiB of JSONL, 2 shared cores, 2026-11-24):
+//! with zstd (128 MiB of JSONL, 2 shared cores, 2026-11-24, on the sled store of 0.1.0;
+//! the choice was not measured again on SQLite):
 //!
 //! | chunk | write MB/s (dd, fsync) | cold seq. read MB/s | cold random 4 KiB reads/s | zstd ratio | sled disk / chunk bytes |
 //! | ---: | ---: | ---: | ---: | ---: | ---: |

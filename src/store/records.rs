@@ -1,5 +1,10 @@
 //! Binary encodings of the values of the store (see [`super::keys`] for where they live).
-//! Integers are big endian; each record starts with its own version byte.
+//! Fixed-width integers are big endian, counters and versions are varints
+//! ([`crate::frame::varint`]). Versioning is per store ([`FORMAT_VERSION`] in the
+//! superblock), not per record: only the inode starts with a version byte of its own
+//! (`INODE_VERSION`); directory entries, hot chunks, pending records and extents are
+//! read as the store's format says. Every value is sealed with a CRC-32 around it
+//! ([`super::seal`]), so a record damaged on disk is an error, never a wrong value.
 
 use super::StoreError;
 use crate::frame::varint;

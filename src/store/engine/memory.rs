@@ -122,25 +122,35 @@ impl Engine for MemoryEngine {
         to: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), EngineError> {
-        // Copy out first: `visit` may call back into the engine.
-        let items: Vec<(Vec<u8>, Vec<u8>)> = {
-            let s = self.state.lock();
-            let upper = match to {
-                Some(t) => Bound::Excluded((table, t.to_vec())),
-                None => Bound::Unbounded,
-            };
-            s.live
-                .range((Bound::Included((table, from.to_vec())), upper))
-                .filter(|((t, _), _)| *t == table)
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect()
+        // In batches of the product engine's size, each copied out under the lock
+        // (`visit` may call back into the engine) and read as of the latest commit: the
+        // same view of concurrent commits as SQLite's (see [`super::SCAN_BATCH`]).
+        let upper = match to {
+            Some(t) => Bound::Excluded((table, t.to_vec())),
+            None => Bound::Unbounded,
         };
-        for (k, v) in items {
-            if !visit(&k, &v) {
-                break;
+        let mut lower = Bound::Included((table, from.to_vec()));
+        loop {
+            let items: Vec<(Vec<u8>, Vec<u8>)> = {
+                let s = self.state.lock();
+                s.live
+                    .range((lower.clone(), upper.clone()))
+                    .filter(|((t, _), _)| *t == table)
+                    .take(super::SCAN_BATCH)
+                    .map(|((_, k), v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            let full = items.len() == super::SCAN_BATCH;
+            for (k, v) in &items {
+                if !visit(k, v) {
+                    return Ok(());
+                }
+            }
+            match items.last() {
+                Some((k, _)) if full => lower = Bound::Excluded((table, k.clone())),
+                _ => return Ok(()),
             }
         }
-        Ok(())
     }
 
     fn floor(&self, table: Table, low: &[u8], high: &[u8]) -> Result<Option<Entry>, EngineError> {

@@ -50,7 +50,7 @@ pub const CREATING: &str = "llmfs.creating.db";
 /// reclaim, 1.12x against 1.20x after it).
 const PAGE_SIZE: u64 = 8192;
 /// Rows a scan copies out per turn of the connection's lock.
-const SCAN_BATCH: usize = 256;
+use super::SCAN_BATCH;
 /// Free pages given back per reclaim step (2 MiB): a step holds the database for tens of
 /// milliseconds (measured: at most ~100 ms on a busy 2-core machine).
 const VACUUM_STEP: u32 = 256;
@@ -220,6 +220,9 @@ fn lock_dir(dir: &Path, read_only: bool) -> Result<File, EngineError> {
     Ok(f)
 }
 
+/// The connection's settings. The WAL is checkpointed every 1,000 pages (8 MiB of 8 KiB
+/// pages, so it reaches about 8 MiB plus one commit between checkpoints) and truncated
+/// back to 4 MiB after each.
 fn configure(c: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
     c.busy_timeout(Duration::from_secs(30))?;
     c.execute_batch(&format!(
