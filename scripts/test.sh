@@ -4,7 +4,7 @@
 #   1. Debian packages the build and the mount tests need (installed when missing)
 #   2. pjdfstest and fsx (cargo install when missing)
 #   3. the default model (scripts/fetch-model.sh), for the codec's integration tests
-#   4. cargo fmt --check, cargo clippy -D warnings
+#   4. cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings
 #   5. cargo test --release: unit, integration and mount tests (mount-tests/)
 #   6. systemd-analyze verify on the units in systemd/ (scripts/verify-units.sh)
 #   7. pjdfstest (with and without default_permissions) and fsx (default and 1 KiB
@@ -88,6 +88,8 @@ fetch_model() {
 lint() {
     cargo fmt --all -- --check
     cargo clippy --release --all-targets -- -D warnings
+    # Broken or private intra-doc links fail (release profile: reuses the build's llama.cpp).
+    RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps
 }
 
 cargo_tests() {

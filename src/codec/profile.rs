@@ -36,7 +36,7 @@
 //! | build | string, at most 32 bytes | the engine's build (`llama-cpp-sys-2` version) |
 //! | backend | 1 byte | [`Backend`] |
 //! | gpu_layers | varint | layers offloaded to the GPU (0: none) |
-//! | arch | 1 byte, then a string if 0 | CPU architecture: an index into [`ARCHES`] plus one, or 0 and the name (at most 16 bytes) |
+//! | arch | 1 byte, then a string if 0 | CPU architecture: an index into `ARCHES` plus one, or 0 and the name (at most 16 bytes) |
 //! | kernels | varint | bit set of ggml CPU features ([`KERNEL_FEATURES`]) |
 //! | vector length | varint | SVE or RVV vector length in bytes where the CPU has one, else 0 |
 //! | fingerprint | string, 8 to 32 bytes | SHA-256 prefix of the model file |

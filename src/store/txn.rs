@@ -88,7 +88,7 @@ impl Txn {
         self.put(Table::Inode, keys::ino(ino), inode.encode());
     }
 
-    /// Removes the inode record only (its data goes with [`super::Store::delete_file`]).
+    /// Removes the inode record only (its data goes with [`super::Store::delete_file_data`]).
     pub fn delete_inode_record(&mut self, ino: u64) {
         self.delete(Table::Inode, keys::ino(ino));
     }

@@ -7,7 +7,7 @@
 //! On 2 cores two 1-thread lanes code 81 tokens/s together where one context with both
 //! threads codes 72: lanes are how a machine's cores (and later a GPU) all code at once.
 //!
-//! What it serves, in this order ([`pool`] has the scheduling):
+//! What it serves, in this order (`pool` has the scheduling):
 //! 1. decodes a reader waits for (a cold read, an edit of a model-coded chunk), taken
 //!    round-robin between the users asking, so that one user's flood of cold reads
 //!    delays another's by one decode per lane at most;

@@ -16,13 +16,13 @@
 //! error whose message says what the user can do.
 //!
 //! The passes:
-//! 1. [`namespace`]: meta records, inodes, dirents, orphans, link counts, parents and
+//! 1. `namespace`: meta records, inodes, dirents, orphans, link counts, parents and
 //!    reachability from the root, with every inode's summary kept in memory (about 100
 //!    bytes an inode, as e2fsck does).
-//! 2. [`data`]: each inode's chunks, extents, pending records and xattrs, read with
+//! 2. `data`: each inode's chunks, extents, pending records and xattrs, read with
 //!    range scans one inode at a time (memory bounded by the largest file), and the
 //!    data of inodes that do not exist in between.
-//! 3. [`verify`] (only with [`CheckOptions::verify`]): every frame decoded and its CRC
+//! 3. `verify` (only with [`CheckOptions::verify`]): every frame decoded and its CRC
 //!    checked, LLM frames through the caller's decoder.
 
 mod data;
