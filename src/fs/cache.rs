@@ -14,6 +14,7 @@
 //! before they are cached.
 
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 type Key = (u64, u64);
@@ -47,6 +48,10 @@ pub struct Cached {
 pub struct ChunkCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Chunks reads found here ([`ChunkCache::read`]), and chunks they had to load from
+    /// the store ([`ChunkCache::missed`]), since mount: for statistics.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct Inner {
@@ -64,7 +69,37 @@ impl ChunkCache {
                 bytes: 0,
             }),
             capacity: capacity_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// [`ChunkCache::get`] for a read, counted as a hit when the chunk is here (a miss is
+    /// counted by the reader, once per chunk it loads: [`ChunkCache::missed`]).
+    pub fn read(&self, ino: u64, index: u64) -> Option<Cached> {
+        let c = self.get(ino, index);
+        if c.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        c
+    }
+
+    /// A read had to load a chunk from the store.
+    pub fn missed(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (hits, misses) of reads since mount.
+    pub fn hits_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes the cache may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn get(&self, ino: u64, index: u64) -> Option<Cached> {

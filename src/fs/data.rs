@@ -222,10 +222,11 @@ impl Core {
         idx: u64,
         loaded: &mut Preloaded,
     ) -> FsResult<Option<Option<Arc<Vec<u8>>>>> {
-        if let Some(c) = self.cache.get(ino, idx) {
+        if let Some(c) = self.cache.read(ino, idx) {
             return Ok(Some(Some(c.plain)));
         }
         let Some(l) = loaded.remove(&idx) else {
+            self.cache.missed();
             return Ok(None);
         };
         let now = self.store.chunk_ver(ino, idx)?;
