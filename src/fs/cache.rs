@@ -38,6 +38,17 @@ pub fn fit(mut buf: Vec<u8>) -> Vec<u8> {
     buf
 }
 
+/// What one read found: chunks served from the cache, and chunks it loaded from the
+/// store (holes included). A read counts the round that served it, once it succeeds:
+/// a read first tried on a FUSE thread without the model ([`super::data::Wait::NoModel`])
+/// and then again on a slow-request thread, or one that goes round again because the
+/// file changed meanwhile, counts each chunk once. Edits are not counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadTally {
+    pub hits: u64,
+    pub misses: u64,
+}
+
 /// A decoded chunk: its content version and plaintext.
 #[derive(Clone, Debug)]
 pub struct Cached {
@@ -48,8 +59,8 @@ pub struct Cached {
 pub struct ChunkCache {
     inner: Mutex<Inner>,
     capacity: usize,
-    /// Chunks reads found here ([`ChunkCache::read`]), and chunks they had to load from
-    /// the store ([`ChunkCache::missed`]), since mount: for statistics.
+    /// Chunks reads found here, and chunks they had to load from the store, since
+    /// mount: for statistics ([`ReadTally`]).
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -74,19 +85,10 @@ impl ChunkCache {
         }
     }
 
-    /// [`ChunkCache::get`] for a read, counted as a hit when the chunk is here (a miss is
-    /// counted by the reader, once per chunk it loads: [`ChunkCache::missed`]).
-    pub fn read(&self, ino: u64, index: u64) -> Option<Cached> {
-        let c = self.get(ino, index);
-        if c.is_some() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        c
-    }
-
-    /// A read had to load a chunk from the store.
-    pub fn missed(&self) {
-        self.misses.fetch_add(1, Ordering::Relaxed);
+    /// Adds what a read found ([`ReadTally`]) to the counts since mount.
+    pub fn count(&self, t: ReadTally) {
+        self.hits.fetch_add(t.hits, Ordering::Relaxed);
+        self.misses.fetch_add(t.misses, Ordering::Relaxed);
     }
 
     /// (hits, misses) of reads since mount.

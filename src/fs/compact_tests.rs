@@ -441,6 +441,12 @@ fn live_statistics_count_cold_reads_cache_hits_and_the_models_bytes() {
 
     // A new core: nothing cached, the model decodes every LLM chunk a reader needs.
     let core = core_on(&engine, Duration::from_millis(20), b"p");
+    // As the FUSE layer does it: first without the model, then again with it. The
+    // first try counts nothing.
+    assert!(matches!(
+        core.read(ino, 0, u32::MAX, Wait::NoModel),
+        Err(FsError::WouldBlock)
+    ));
     assert_eq!(read_all(&core, ino), data);
     let m = core.live_stats(Wait::Model).unwrap();
     assert_eq!(num(&m, "cache_misses"), chunks);

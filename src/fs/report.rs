@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Upper bounds, in seconds, of the buckets of [`Counters::cold_reads`]: a chunk a
 /// prefetch already decoded is handed over in microseconds, one decoded on a GPU takes
-/// tenths of a second, on a CPU seconds to tens of seconds (a lone 64 KiB chunk: 20 s
+/// tenths of a second, on a CPU seconds to tens of seconds (a lone cold read took 20 s
 /// on one 1-thread lane), more behind other readers' decodes.
 pub const COLD_READ_BUCKETS: [f64; 12] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
