@@ -1,11 +1,13 @@
 //! `llmfs stats`: what a store holds, in which codec, against what it costs on disk; live
 //! from the daemon for a mount point (its root's `user.llmfs.stats`), or read from an
-//! unmounted store.
+//! unmounted store. As a table, one JSON object (`--json`), or the Prometheus text
+//! format (`--prometheus`, [`llmfs::fs::prometheus`]).
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llmfs::codec::{primer, CodecProfile};
+use llmfs::fs::prometheus::{self, Origin};
 use serde_json::{Map, Value};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,13 @@ pub struct StatsArgs {
     /// A mount point (live figures from the daemon) or an unmounted store directory.
     pub path: PathBuf,
     /// Print one JSON object instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
+    /// Print the figures in the Prometheus text exposition format (for node_exporter's
+    /// textfile collector), labelled with the mount point, or with the store for an
+    /// unmounted store (then only the store's figures).
+    #[arg(long)]
+    pub prometheus: bool,
     /// On a mount point: wait until no chunk is pending compaction and the model is
     /// idle (progress on a terminal), then print.
     #[arg(long)]
@@ -70,10 +77,25 @@ fn describe_codec(m: &mut Map<String, Value>) {
     }
 }
 
-fn print(m: &Map<String, Value>, json: bool) {
-    if json {
-        println!("{}", Value::Object(m.clone()));
-        return;
+/// How the figures are printed.
+#[derive(Clone, Copy)]
+enum Format {
+    Table,
+    Json,
+    Prometheus,
+}
+
+fn print(m: &Map<String, Value>, format: Format, origin: Origin<'_>) {
+    match format {
+        Format::Json => {
+            println!("{}", Value::Object(m.clone()));
+            return;
+        }
+        Format::Prometheus => {
+            print!("{}", prometheus::render(m, origin));
+            return;
+        }
+        Format::Table => {}
     }
     for (k, v) in m {
         println!("{k:<28} {v:>16}");
@@ -140,6 +162,16 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
 }
 
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
+    let format = if args.prometheus {
+        Format::Prometheus
+    } else if args.json {
+        Format::Json
+    } else {
+        Format::Table
+    };
+    // The label of every sample: the absolute path, whatever the caller's directory.
+    let path = std::fs::canonicalize(&args.path).unwrap_or_else(|_| args.path.clone());
+    let path = path.to_string_lossy();
     if let Some(m) = live(&args.path)? {
         let mut m = if args.wait_idle {
             wait_idle(&args.path)?
@@ -147,7 +179,7 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
             m
         };
         describe_codec(&mut m);
-        print(&m, args.json);
+        print(&m, format, Origin::Mount(&path));
         return Ok(());
     }
     if args.wait_idle {
@@ -160,6 +192,6 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("reading store {}: {e}", args.path.display()))?;
     let mut m = llmfs::fs::report::store_fields(&st);
     describe_codec(&mut m);
-    print(&m, args.json);
+    print(&m, format, Origin::Store(&path));
     Ok(())
 }

@@ -436,6 +436,23 @@ fn live_statistics_count_cold_reads_cache_hits_and_the_models_bytes() {
     assert_eq!(num(&m, "compacted_plain_bytes"), 20_000.0);
     let llm = num(&m, "chunks_llm");
     assert!(llm >= 4.0, "{m:?}");
+    // Every figure but the derived ones (ratios and averages, left to PromQL) is a
+    // metric of `llmfs stats --prometheus`.
+    let read = super::prometheus::keys_read();
+    let derived = [
+        "ratio_stored",
+        "ratio_disk",
+        "compaction_bytes_per_s",
+        "decode_ms_avg",
+    ];
+    for (k, v) in &m {
+        if v.is_number() || v.is_object() {
+            assert!(
+                read.contains(k) || derived.contains(&k.as_str()),
+                "{k} is in no metric"
+            );
+        }
+    }
     core.shutdown().unwrap();
     drop(core);
 

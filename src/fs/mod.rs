@@ -19,6 +19,7 @@ pub mod dir;
 pub mod error;
 pub mod fuse;
 pub mod perm;
+pub mod prometheus;
 pub mod rename;
 pub mod report;
 pub mod xattr;
