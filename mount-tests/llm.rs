@@ -599,4 +599,8 @@ fn prometheus_stats_report_what_a_mount_holds_compacts_and_reads_cold() {
     assert_eq!(sample(&text, "llmfs_mounted", &store, ""), 0.0);
     assert_eq!(sample(&text, "llmfs_logical_bytes", &store, ""), logical);
     assert!(!text.contains("llmfs_cache_hits_total"), "{text}");
+    // The mount point with no daemon: down, as a value.
+    let text = prometheus(&m.mnt);
+    assert_eq!(v(&text, "llmfs_mounted", ""), 0.0);
+    assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 1);
 }

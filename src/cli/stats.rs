@@ -8,6 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llmfs::codec::{primer, CodecProfile};
 use llmfs::fs::prometheus::{self, Origin};
+use llmfs::store::StoreError;
 use serde_json::{Map, Value};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,8 @@ pub struct StatsArgs {
     pub json: bool,
     /// Print the figures in the Prometheus text exposition format (for node_exporter's
     /// textfile collector), labelled with the mount point, or with the store for an
-    /// unmounted store (then only the store's figures).
+    /// unmounted store (then only the store's figures). A directory that is neither a
+    /// live mount nor a store gives `llmfs_mounted 0` alone.
     #[arg(long)]
     pub prometheus: bool,
     /// On a mount point: wait until no chunk is pending compaction and the model is
@@ -161,6 +163,15 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
     }
 }
 
+/// Whether `path`, which is no live mount, is a mount point with no daemon behind it: a
+/// directory that holds no store (the daemon is not running), or a dead FUSE mount (the
+/// daemon was killed: "Transport endpoint is not connected").
+fn not_mounted(path: &Path, e: &StoreError) -> bool {
+    let dead = std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    let dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+    dead || dir && matches!(e, StoreError::Missing(_) | StoreError::NotAStore { .. })
+}
+
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     let format = if args.prometheus {
         Format::Prometheus
@@ -188,8 +199,22 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
             args.path.display()
         );
     }
-    let st = llmfs::store::stats::collect(&args.path)
-        .map_err(|e| anyhow::anyhow!("reading store {}: {e}", args.path.display()))?;
+    let st = match llmfs::store::stats::collect(&args.path) {
+        Ok(st) => st,
+        Err(e) if args.prometheus && not_mounted(&args.path, &e) => {
+            // For monitoring, a filesystem that is down is a value, not an error.
+            eprintln!(
+                "llmfs: {path} is neither a live llmfs mount nor a store ({e}): reporting \
+                 llmfs_mounted 0"
+            );
+            print!(
+                "{}",
+                prometheus::render(&Map::new(), Origin::NotMounted(&path))
+            );
+            return Ok(());
+        }
+        Err(e) => anyhow::bail!("reading store {}: {e}", args.path.display()),
+    };
     let mut m = llmfs::fs::report::store_fields(&st);
     describe_codec(&mut m);
     print(&m, format, Origin::Store(&path));

@@ -7,6 +7,9 @@
 //! `mountpoint` (the daemon's live figures) or `store` (an unmounted store, read
 //! directly: only the store's part). A figure missing from the object (a daemon of an
 //! older version, or an unmounted store) is left out rather than reported as 0.
+//! `llmfs_mounted` is always there: 0 for a store, and for a mount point with no live
+//! daemon behind it ([`Origin::NotMounted`]), so that a monitoring system sees a
+//! filesystem go down as a value rather than as missing series.
 //!
 //! Counters count since the daemon started; Prometheus' `rate()` handles the reset at a
 //! restart. Throughputs are left to PromQL, from pairs of counters:
@@ -28,6 +31,8 @@ pub enum Origin<'a> {
     Mount(&'a str),
     /// An unmounted store directory, read directly.
     Store(&'a str),
+    /// A mount point where no llmfs daemon serves: only `llmfs_mounted 0`.
+    NotMounted(&'a str),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -417,21 +422,24 @@ pub(crate) fn keys_read() -> std::collections::HashSet<String> {
 
 /// `m` (what `llmfs stats --json` prints) in the text exposition format.
 pub fn render(m: &Map<String, Value>, origin: Origin<'_>) -> String {
-    let (label, path) = match origin {
-        Origin::Mount(p) => ("mountpoint", p),
-        Origin::Store(p) => ("store", p),
+    let (label, path, mounted) = match origin {
+        Origin::Mount(p) => ("mountpoint", p, 1),
+        Origin::Store(p) => ("store", p, 0),
+        Origin::NotMounted(p) => ("mountpoint", p, 0),
     };
     let base = format!("{label}=\"{}\"", escape_label(path));
     let mut out = String::new();
-    let mounted = u8::from(matches!(origin, Origin::Mount(_)));
     header(
         &mut out,
         "llmfs_mounted",
         Gauge,
-        "1: the live figures of a mounted filesystem's daemon; 0: an unmounted store, read \
-         directly (the store's figures only).",
+        "1: the live figures of a mounted filesystem's daemon. 0: no daemon serves this \
+         mount point, or (labelled store) an unmounted store, read directly.",
     );
     let _ = writeln!(out, "llmfs_mounted{{{base}}} {mounted}");
+    if matches!(origin, Origin::NotMounted(_)) {
+        return out;
+    }
     for f in FAMILIES {
         let samples = samples(f, m);
         if samples.is_empty() {
@@ -872,6 +880,17 @@ mod tests {
         assert!(!fams.contains_key("llmfs_cache_hits_total"), "{text}");
         assert!(!fams.contains_key("llmfs_cold_read_seconds"), "{text}");
         assert!(!text.contains("mountpoint="));
+    }
+
+    #[test]
+    fn a_mount_point_without_a_daemon_gives_mounted_0_only() {
+        let text = render(&live(), Origin::NotMounted("/srv/a"));
+        let fams = parse(&text);
+        assert_eq!(fams.len(), 1, "{text}");
+        assert!(
+            text.ends_with("\nllmfs_mounted{mountpoint=\"/srv/a\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]
