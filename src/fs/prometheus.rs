@@ -364,13 +364,13 @@ const FAMILIES: &[Family] = &[
     family(
         "llmfs_cache_hits_total",
         Counter,
-        "Chunks reads and edits found in the cache of decoded chunks.",
+        "Chunks of reads served from the cache of decoded chunks.",
         Key("cache_hits"),
     ),
     family(
         "llmfs_cache_misses_total",
         Counter,
-        "Chunks reads and edits had to load from the store (and decode).",
+        "Chunks of reads loaded from the store (and decoded).",
         Key("cache_misses"),
     ),
     family(
@@ -467,7 +467,8 @@ fn samples(f: &Family, m: &Map<String, Value>) -> Vec<(&'static str, String, Str
         Scaled(k, by) => m
             .get(*k)
             .and_then(Value::as_f64)
-            .map(|v| ("", String::new(), float(v * by)))
+            // To the microsecond: 12345.67 ms is 12.34567 s, not 12.345670000000002.
+            .map(|v| ("", String::new(), float((v * by * 1e6).round() / 1e6)))
             .into_iter()
             .collect(),
         PerCodec(prefix) => Codec::ALL
@@ -794,7 +795,9 @@ mod tests {
         assert_eq!(v("llmfs_model_decode_bytes_total", &[]), 327_680.0);
         assert_eq!(v("llmfs_model_decode_seconds_total", &[]), 45.5);
         assert_eq!(v("llmfs_model_encode_seconds_total", &[]), 120.000_001);
-        assert!((v("llmfs_model_decode_max_seconds", &[]) - 12.345_67).abs() < 1e-9);
+        assert!(
+            text.contains("_decode_max_seconds{mountpoint=\"/srv/a \\\"b\\\"\\\\c\"} 12.34567\n")
+        );
         assert_eq!(v("llmfs_verify_failures_total", &[]), 1.0);
         assert_eq!(v("llmfs_cache_hits_total", &[]), 10.0);
         assert_eq!(v("llmfs_cache_misses_total", &[]), 5.0);
