@@ -1,7 +1,8 @@
 //! The LLM tier through a real mount, with the built-in synthetic model (`test_model`:
 //! milliseconds per chunk, the same code paths as the real model): compaction, reads from
 //! a cold cache, kill -9 mid-compaction, statistics against `du`, refusals of another
-//! model and of a damaged canary, `nomodel`, a damaged LLM frame, `sync_llm`.
+//! model and of a damaged canary, `nomodel`, a damaged LLM frame, `sync_llm`, the
+//! statistics in the Prometheus format.
 
 use crate::harness::{corpus, llmfs_bin, pseudo_random, sh, stat, Mount};
 use llmfs::store::records::Time;
@@ -506,4 +507,100 @@ fn a_new_store_pins_the_primer_it_was_coded_with() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("primer=mine"));
+}
+
+/// `llmfs stats --prometheus PATH`, checked to succeed.
+fn prometheus(path: &std::path::Path) -> String {
+    let out = Command::new(llmfs_bin())
+        .args(["stats", "--prometheus"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "llmfs stats --prometheus: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of the one sample of `name` whose labels are `{label}` then, if not
+/// empty, `,extra`.
+fn sample(text: &str, name: &str, label: &str, extra: &str) -> f64 {
+    let labels = if extra.is_empty() {
+        format!("{{{label}}}")
+    } else {
+        format!("{{{label},{extra}}}")
+    };
+    let want = format!("{name}{labels} ");
+    let found: Vec<&str> = text.lines().filter(|l| l.starts_with(&want)).collect();
+    assert_eq!(found.len(), 1, "one {want:?} in:\n{text}");
+    found[0][want.len()..].parse().unwrap()
+}
+
+#[test]
+fn prometheus_stats_report_what_a_mount_holds_compacts_and_reads_cold() {
+    let mut m = Mount::with_options(FAST);
+    let data = corpus("SmolLM2-135M-Instruct.Q4_1.jsonl");
+    fs::write(m.path("log.jsonl"), &data).unwrap();
+    fs::write(m.path("plain.bin"), pseudo_random(10_000, 1)).unwrap();
+    m.wait_idle();
+    let label = format!("mountpoint=\"{}\"", m.mnt.canonicalize().unwrap().display());
+    let text = prometheus(&m.mnt);
+    assert!(text.contains("# TYPE llmfs_cold_read_seconds histogram\n"));
+    let v = |text: &str, name: &str, extra: &str| sample(text, name, &label, extra);
+    assert_eq!(v(&text, "llmfs_mounted", ""), 1.0);
+    let logical = v(&text, "llmfs_logical_bytes", "");
+    assert!(logical >= (data.len() + 10_000) as f64, "{logical}");
+    assert!(v(&text, "llmfs_chunks", "codec=\"llm\"") >= 1.0);
+    assert!(v(&text, "llmfs_chunk_logical_bytes", "codec=\"raw\"") >= 10_000.0);
+    assert!(
+        v(&text, "llmfs_chunk_stored_bytes", "codec=\"llm\"")
+            < v(&text, "llmfs_chunk_logical_bytes", "codec=\"llm\"")
+    );
+    assert!(v(&text, "llmfs_disk_bytes", "") > 0.0);
+    assert_eq!(v(&text, "llmfs_pending_chunks", ""), 0.0);
+    assert_eq!(v(&text, "llmfs_pending_bytes", ""), 0.0);
+    assert!(v(&text, "llmfs_compaction_bytes_total", "") >= logical);
+    assert!(v(&text, "llmfs_compaction_seconds_total", "") > 0.0);
+    assert!(v(&text, "llmfs_compaction_chunks_total", "outcome=\"llm\"") >= 1.0);
+    assert_eq!(v(&text, "llmfs_verify_failures_total", ""), 0.0);
+
+    // A fresh daemon (nothing cached, in the kernel or the daemon) reads the log back
+    // through the model.
+    m.stop();
+    m.start();
+    assert_eq!(fs::read(m.path("log.jsonl")).unwrap(), data);
+    let text = prometheus(&m.mnt);
+    // user.llmfs.codecs: "raw=0 zstd=0 llm=7 lost=0", the log's chunks per codec.
+    let codecs = xattr(&m.path("log.jsonl"), "user.llmfs.codecs");
+    let llm = llm_chunks(&codecs) as f64;
+    let chunks: f64 = codecs
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(llm >= 1.0, "{codecs}");
+    let cold = v(&text, "llmfs_cold_read_seconds_count", "");
+    assert_eq!(cold, llm, "one cold read per LLM chunk:\n{text}");
+    assert_eq!(
+        v(&text, "llmfs_cold_read_seconds_bucket", "le=\"+Inf\""),
+        cold
+    );
+    assert!(v(&text, "llmfs_cold_read_seconds_sum", "") > 0.0);
+    assert_eq!(v(&text, "llmfs_cache_misses_total", ""), chunks);
+    assert_eq!(v(&text, "llmfs_cache_hits_total", ""), 0.0);
+    assert!(v(&text, "llmfs_model_decode_bytes_total", "") >= data.len() as f64);
+    assert!(v(&text, "llmfs_model_decode_seconds_total", "") > 0.0);
+
+    // Unmounted: the store's figures, labelled with the store.
+    m.stop();
+    let text = prometheus(&m.store);
+    let store = format!("store=\"{}\"", m.store.canonicalize().unwrap().display());
+    assert_eq!(sample(&text, "llmfs_mounted", &store, ""), 0.0);
+    assert_eq!(sample(&text, "llmfs_logical_bytes", &store, ""), logical);
+    assert!(!text.contains("llmfs_cache_hits_total"), "{text}");
+    // The mount point with no daemon: down, as a value.
+    let text = prometheus(&m.mnt);
+    assert_eq!(v(&text, "llmfs_mounted", ""), 0.0);
+    assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 1);
 }

@@ -4,6 +4,8 @@
 #                                           PATH, so it must be in a standard directory)
 #   /sbin/mount.fuse.llmfs                  mount(8) helper for `-t fuse.llmfs` and fstab
 #   /etc/systemd/system/llmfs@.service      the supervised mount (see systemd/README.md)
+#   /etc/systemd/system/llmfs-metrics@.{service,timer}
+#                                           its figures for node_exporter, every minute
 #   /etc/llmfs/llmfs.env.example            template of a mount's environment file
 #   /usr/local/share/doc/llmfs/systemd.md   the systemd/fstab documentation
 #   /var/lib/llmfs/models/                  the default model (scripts/fetch-model.sh),
@@ -24,6 +26,8 @@ fi
 install -D -m 0755 "$LLMFS_BIN" /usr/local/bin/llmfs
 install -D -m 0755 scripts/mount.fuse.llmfs /sbin/mount.fuse.llmfs
 install -D -m 0644 systemd/llmfs@.service /etc/systemd/system/llmfs@.service
+install -D -m 0644 systemd/llmfs-metrics@.service /etc/systemd/system/llmfs-metrics@.service
+install -D -m 0644 systemd/llmfs-metrics@.timer /etc/systemd/system/llmfs-metrics@.timer
 install -D -m 0644 systemd/llmfs.env.example /etc/llmfs/llmfs.env.example
 install -D -m 0644 systemd/README.md /usr/local/share/doc/llmfs/systemd.md
 bash scripts/fetch-model.sh /var/lib/llmfs/models

@@ -1,11 +1,14 @@
 //! `llmfs stats`: what a store holds, in which codec, against what it costs on disk; live
 //! from the daemon for a mount point (its root's `user.llmfs.stats`), or read from an
-//! unmounted store.
+//! unmounted store. As a table, one JSON object (`--json`), or the Prometheus text
+//! format (`--prometheus`, [`llmfs::fs::prometheus`]).
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llmfs::codec::{primer, CodecProfile};
+use llmfs::fs::prometheus::{self, Origin};
+use llmfs::store::StoreError;
 use serde_json::{Map, Value};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,8 +19,14 @@ pub struct StatsArgs {
     /// A mount point (live figures from the daemon) or an unmounted store directory.
     pub path: PathBuf,
     /// Print one JSON object instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
+    /// Print the figures in the Prometheus text exposition format (for node_exporter's
+    /// textfile collector), labelled with the mount point, or with the store for an
+    /// unmounted store (then only the store's figures). A directory that is neither a
+    /// live mount nor a store gives `llmfs_mounted 0` alone.
+    #[arg(long)]
+    pub prometheus: bool,
     /// On a mount point: wait until no chunk is pending compaction and the model is
     /// idle (progress on a terminal), then print.
     #[arg(long)]
@@ -70,10 +79,25 @@ fn describe_codec(m: &mut Map<String, Value>) {
     }
 }
 
-fn print(m: &Map<String, Value>, json: bool) {
-    if json {
-        println!("{}", Value::Object(m.clone()));
-        return;
+/// How the figures are printed.
+#[derive(Clone, Copy)]
+enum Format {
+    Table,
+    Json,
+    Prometheus,
+}
+
+fn print(m: &Map<String, Value>, format: Format, origin: Origin<'_>) {
+    match format {
+        Format::Json => {
+            println!("{}", Value::Object(m.clone()));
+            return;
+        }
+        Format::Prometheus => {
+            print!("{}", prometheus::render(m, origin));
+            return;
+        }
+        Format::Table => {}
     }
     for (k, v) in m {
         println!("{k:<28} {v:>16}");
@@ -148,7 +172,26 @@ fn wait_idle(path: &Path) -> anyhow::Result<Map<String, Value>> {
     }
 }
 
+/// Whether `path`, which is no live mount, is a mount point with no daemon behind it: a
+/// directory that holds no store (the daemon is not running), or a dead FUSE mount (the
+/// daemon was killed: "Transport endpoint is not connected").
+fn not_mounted(path: &Path, e: &StoreError) -> bool {
+    let dead = std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    let dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+    dead || dir && matches!(e, StoreError::Missing(_) | StoreError::NotAStore { .. })
+}
+
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
+    let format = if args.prometheus {
+        Format::Prometheus
+    } else if args.json {
+        Format::Json
+    } else {
+        Format::Table
+    };
+    // The label of every sample: the absolute path, whatever the caller's directory.
+    let path = std::fs::canonicalize(&args.path).unwrap_or_else(|_| args.path.clone());
+    let path = path.to_string_lossy();
     if let Some(m) = live(&args.path)? {
         let mut m = if args.wait_idle {
             wait_idle(&args.path)?
@@ -156,7 +199,7 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
             m
         };
         describe_codec(&mut m);
-        print(&m, args.json);
+        print(&m, format, Origin::Mount(&path));
         return Ok(());
     }
     if args.wait_idle {
@@ -165,10 +208,24 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
             args.path.display()
         );
     }
-    let st = llmfs::store::stats::collect(&args.path)
-        .map_err(|e| anyhow::anyhow!("reading store {}: {e}", args.path.display()))?;
+    let st = match llmfs::store::stats::collect(&args.path) {
+        Ok(st) => st,
+        Err(e) if args.prometheus && not_mounted(&args.path, &e) => {
+            // For monitoring, a filesystem that is down is a value, not an error.
+            eprintln!(
+                "llmfs: {path} is neither a live llmfs mount nor a store ({e}): reporting \
+                 llmfs_mounted 0"
+            );
+            print!(
+                "{}",
+                prometheus::render(&Map::new(), Origin::NotMounted(&path))
+            );
+            return Ok(());
+        }
+        Err(e) => anyhow::bail!("reading store {}: {e}", args.path.display()),
+    };
     let mut m = llmfs::fs::report::store_fields(&st);
     describe_codec(&mut m);
-    print(&m, args.json);
+    print(&m, format, Origin::Store(&path));
     Ok(())
 }

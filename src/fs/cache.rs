@@ -14,6 +14,7 @@
 //! before they are cached.
 
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 type Key = (u64, u64);
@@ -37,6 +38,17 @@ pub fn fit(mut buf: Vec<u8>) -> Vec<u8> {
     buf
 }
 
+/// What one read found: chunks served from the cache, and chunks it loaded from the
+/// store (holes included). A read counts the round that served it, once it succeeds:
+/// a read first tried on a FUSE thread without the model ([`super::data::Wait::NoModel`])
+/// and then again on a slow-request thread, or one that goes round again because the
+/// file changed meanwhile, counts each chunk once. Edits are not counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadTally {
+    pub hits: u64,
+    pub misses: u64,
+}
+
 /// A decoded chunk: its content version and plaintext.
 #[derive(Clone, Debug)]
 pub struct Cached {
@@ -47,6 +59,10 @@ pub struct Cached {
 pub struct ChunkCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Chunks reads found here, and chunks they had to load from the store, since
+    /// mount: for statistics ([`ReadTally`]).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct Inner {
@@ -64,7 +80,28 @@ impl ChunkCache {
                 bytes: 0,
             }),
             capacity: capacity_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// Adds what a read found ([`ReadTally`]) to the counts since mount.
+    pub fn count(&self, t: ReadTally) {
+        self.hits.fetch_add(t.hits, Ordering::Relaxed);
+        self.misses.fetch_add(t.misses, Ordering::Relaxed);
+    }
+
+    /// (hits, misses) of reads since mount.
+    pub fn hits_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes the cache may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn get(&self, ino: u64, index: u64) -> Option<Cached> {

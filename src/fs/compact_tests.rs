@@ -412,3 +412,77 @@ fn the_compactor_thread_drains_pending_chunks_and_stops_at_shutdown() {
     check_stored(&core, &[ino]);
     assert!(core.compact_stats().chunks_llm >= 7);
 }
+
+#[test]
+fn live_statistics_count_cold_reads_cache_hits_and_the_models_bytes() {
+    let num = |m: &serde_json::Map<String, serde_json::Value>, k: &str| {
+        m.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("no {k} in {m:?}"))
+    };
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    let data = text(20_000, 7);
+    let chunks = 20_000u64.div_ceil(core.chunk_size()) as f64;
+    let ino = file(&core, "f", &data);
+    let st = core.store().stats().unwrap();
+    assert_eq!(
+        st.pending_plain_bytes, 20_000,
+        "written, awaiting the model"
+    );
+    compact_all(&core);
+    let m = core.live_stats(Wait::Model).unwrap();
+    assert_eq!(num(&m, "pending_bytes"), 0.0);
+    assert_eq!(num(&m, "compacted_plain_bytes"), 20_000.0);
+    let llm = num(&m, "chunks_llm");
+    assert!(llm >= 4.0, "{m:?}");
+    // Every figure but the derived ones (ratios and averages, left to PromQL) is a
+    // metric of `llmfs stats --prometheus`.
+    let read = super::prometheus::keys_read();
+    let derived = [
+        "ratio_stored",
+        "ratio_disk",
+        "compaction_bytes_per_s",
+        "decode_ms_avg",
+    ];
+    for (k, v) in &m {
+        if v.is_number() || v.is_object() {
+            assert!(
+                read.contains(k) || derived.contains(&k.as_str()),
+                "{k} is in no metric"
+            );
+        }
+    }
+    core.shutdown().unwrap();
+    drop(core);
+
+    // A new core: nothing cached, the model decodes every LLM chunk a reader needs.
+    let core = core_on(&engine, Duration::from_millis(20), b"p");
+    // As the FUSE layer does it: first without the model, then again with it. The
+    // first try counts nothing.
+    assert!(matches!(
+        core.read(ino, 0, u32::MAX, Wait::NoModel),
+        Err(FsError::WouldBlock)
+    ));
+    assert_eq!(read_all(&core, ino), data);
+    let m = core.live_stats(Wait::Model).unwrap();
+    assert_eq!(num(&m, "cache_misses"), chunks);
+    assert_eq!(num(&m, "cache_hits"), 0.0);
+    assert_eq!(num(&m, "cold_reads"), llm);
+    assert!(num(&m, "cold_read_s_sum") >= 0.02 * llm, "{m:?}");
+    let buckets = m["cold_read_buckets"].as_object().unwrap();
+    assert_eq!(buckets["0.01"], 0, "every decode took 20 ms: {buckets:?}");
+    assert_eq!(buckets["80"].as_f64(), Some(llm));
+    assert_eq!(num(&m, "model_decodes"), llm);
+    assert_eq!(num(&m, "model_decoded_bytes"), num(&m, "plain_bytes_llm"));
+    assert!(num(&m, "model_decode_s") >= 0.02 * llm);
+    assert_eq!(read_all(&core, ino), data);
+    let m = core.live_stats(Wait::Model).unwrap();
+    assert_eq!(
+        num(&m, "cache_hits"),
+        chunks,
+        "read again: every chunk cached"
+    );
+    assert_eq!(num(&m, "cache_misses"), chunks);
+    assert_eq!(num(&m, "cold_reads"), llm);
+}

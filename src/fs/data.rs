@@ -32,7 +32,7 @@
 //! sequential reads and the zstd ratio favour big chunks, which the LLM tier replaces
 //! anyway: 4 KiB.
 
-use super::cache::Cached;
+use super::cache::{Cached, ReadTally};
 use super::perm::{self, R, W};
 use super::policy::Policy;
 use super::{live, Caller, Core, FsError, FsResult, Node, NodeRef};
@@ -164,6 +164,7 @@ impl Core {
         let mut loaded = Preloaded::new();
         for round in 0.. {
             let missing = {
+                let mut tally = ReadTally::default(); // this round's; counted if it is the last
                 let mut g = live(&n)?;
                 let end = offset.saturating_add(u64::from(size)).min(g.inode.size);
                 if offset >= end {
@@ -176,7 +177,7 @@ impl Core {
                         copy_out(&mut out, offset, idx, cs, buf);
                         continue;
                     }
-                    match self.settled_now(ino, idx, &mut loaded)? {
+                    match self.settled_now(ino, idx, &mut loaded, &mut tally)? {
                         Some(Some(plain)) => copy_out(&mut out, offset, idx, cs, &plain),
                         Some(None) => {}
                         None if round >= READ_ROUNDS => {
@@ -184,6 +185,7 @@ impl Core {
                             // its lock (microseconds); only model chunks go round again.
                             match self.load_chunk(ino, idx, Wait::NoModel) {
                                 Ok(l) => {
+                                    tally.misses += 1;
                                     if let Some(l) = &l {
                                         copy_out(&mut out, offset, idx, cs, &l.plain);
                                     }
@@ -197,6 +199,7 @@ impl Core {
                 }
                 if missing.is_empty() {
                     self.touch_atime(&mut g);
+                    self.cache.count(tally);
                     return Ok(out);
                 }
                 missing
@@ -217,19 +220,23 @@ impl Core {
 
     /// The current plaintext of a chunk that is not dirty, if it is at hand under the
     /// file's lock: cached, or decoded meanwhile and still the stored version (then it is
-    /// cached). `Some(None)`: a hole. `None`: it must be loaded.
+    /// cached). `Some(None)`: a hole. `None`: it must be loaded. Counts a hit or a load in
+    /// `tally`.
     fn settled_now(
         &self,
         ino: u64,
         idx: u64,
         loaded: &mut Preloaded,
+        tally: &mut ReadTally,
     ) -> FsResult<Option<Option<Arc<Vec<u8>>>>> {
         if let Some(c) = self.cache.get(ino, idx) {
+            tally.hits += 1;
             return Ok(Some(Some(c.plain)));
         }
         let Some(l) = loaded.remove(&idx) else {
             return Ok(None);
         };
+        tally.misses += 1;
         let now = self.store.chunk_ver(ino, idx)?;
         match l {
             Some(l) if now == Some(l.ver) => {
@@ -382,7 +389,7 @@ impl Core {
         idx: u64,
         pre: &mut Preloaded,
     ) -> FsResult<Option<Arc<Vec<u8>>>> {
-        if let Some(now) = self.settled_now(ino, idx, pre)? {
+        if let Some(now) = self.settled_now(ino, idx, pre, &mut ReadTally::default())? {
             return Ok(now);
         }
         match self.load_chunk(ino, idx, Wait::NoModel) {

@@ -20,6 +20,7 @@ pub mod error;
 pub mod fuse;
 pub mod perm;
 pub mod policy;
+pub mod prometheus;
 pub mod rename;
 pub mod report;
 pub mod xattr;
@@ -167,6 +168,8 @@ pub struct Core {
     atime_skipped: std::sync::atomic::AtomicBool,
     /// The store's walked statistics, reused for a while ([`report::StatsCache`]).
     stats_cache: report::StatsCache,
+    /// Event counters for live statistics ([`report::Counters`]).
+    counters: report::Counters,
     /// Chunks per codec of recently asked files ([`xattr::CodecsCache`]).
     codecs_cache: xattr::CodecsCache,
     /// (inode, kind of error) of unreadable chunks already logged.
@@ -214,6 +217,7 @@ impl Core {
             store_dir: None,
             atime_skipped: std::sync::atomic::AtomicBool::new(false),
             stats_cache: report::StatsCache::default(),
+            counters: report::Counters::default(),
             codecs_cache: xattr::CodecsCache::default(),
             logged_errors: Mutex::new(std::collections::HashSet::new()),
         };
@@ -472,9 +476,13 @@ impl Core {
         let Some(tier) = self.tier.get() else {
             return Err(FrameError::NeedsModel);
         };
-        tier.decode((ino, idx, ver), framed, who)
-            .map(Arc::unwrap_or_clone)
-            .map_err(FrameError::from)
+        let t0 = std::time::Instant::now();
+        let r = tier.decode((ino, idx, ver), framed, who);
+        if r.is_ok() {
+            // What the requester waited, queueing behind other decodes included.
+            self.counters.cold_reads.observe(t0.elapsed());
+        }
+        r.map(Arc::unwrap_or_clone).map_err(FrameError::from)
     }
 
     /// Notes a request: idle work (giving space back) waits for a quiet filesystem.

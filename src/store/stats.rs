@@ -29,6 +29,10 @@ pub struct StoreStats {
     pub per_codec: [CodecStats; 4],
     /// Chunks written and not yet settled by the compactor.
     pub pending_chunks: u64,
+    /// Plaintext and frame bytes of the hot chunks: those written and not yet settled,
+    /// which is to say awaiting the compactor (and the model).
+    pub pending_plain_bytes: u64,
+    pub pending_frame_bytes: u64,
     pub extents: u64,
     /// Frames whose header cannot be parsed (damage).
     pub bad_chunks: u64,
@@ -65,6 +69,8 @@ impl StoreStats {
             ("db_free_bytes".into(), self.db_free_bytes),
             ("db_used_bytes".into(), self.db_used_bytes),
             ("pending_chunks".into(), self.pending_chunks),
+            ("pending_bytes".into(), self.pending_plain_bytes),
+            ("pending_frame_bytes".into(), self.pending_frame_bytes),
             ("extents".into(), self.extents),
         ];
         for c in Codec::ALL {
@@ -121,6 +127,10 @@ impl Store {
             match HotChunk::decode(v) {
                 Ok(h) => {
                     st.metadata_bytes += (v.len() - h.frame.len()) as u64;
+                    st.pending_frame_bytes += h.frame.len() as u64;
+                    if let Ok(fh) = frame::parse_header(&h.frame) {
+                        st.pending_plain_bytes += fh.plain_len;
+                    }
                     count_frame(&mut st, &h.frame);
                 }
                 Err(_) => st.bad_chunks += 1,
@@ -224,6 +234,8 @@ mod tests {
         assert_eq!(st.codec(Codec::Raw).plain_bytes, 3);
         assert_eq!(st.stored_bytes, (zstd.len() + raw.len()) as u64);
         assert_eq!((st.pending_chunks, st.extents), (1, 1));
+        assert_eq!(st.pending_plain_bytes, text.len() as u64);
+        assert_eq!(st.pending_frame_bytes, zstd.len() as u64);
         assert_eq!(st.dirs, 1);
     }
 }

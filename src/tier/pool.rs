@@ -52,6 +52,8 @@ pub struct PoolStats {
     pub decodes: u64,
     pub decode_time: Duration,
     pub decode_max: Duration,
+    /// Plaintext bytes the decodes gave (prefetches included), for throughput.
+    pub decoded_plain_bytes: u64,
     /// Decodes that ran on the wide context.
     pub wide_decodes: u64,
     pub encodes: u64,
@@ -791,6 +793,9 @@ fn run(s: &Shared, codec: &mut dyn ChunkCodec, job: Job, wide: bool) {
                 } else {
                     st.decodes += 1;
                     st.decode_time += took;
+                    if let Ok(plain) = &r {
+                        st.decoded_plain_bytes += plain.len() as u64;
+                    }
                     st.decode_max = st.decode_max.max(took);
                     st.wide_decodes += u64::from(wide);
                 }
