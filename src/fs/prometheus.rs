@@ -144,6 +144,12 @@ const FAMILIES: &[Family] = &[
         Key("db_free_bytes"),
     ),
     family(
+        "llmfs_database_used_bytes",
+        Gauge,
+        "Bytes of the database's pages in use (the data's cost, free pages aside).",
+        Key("db_used_bytes"),
+    ),
+    family(
         "llmfs_chunks",
         Gauge,
         "Chunks stored in each codec (lost: chunks a salvage marked as lost).",
@@ -219,13 +225,16 @@ const FAMILIES: &[Family] = &[
         "llmfs_compaction_chunks_total",
         Counter,
         "Chunks the compactor coded, by outcome: llm (settled as an LLM frame), kept (the \
-         model did not win: settled as it was), dropped (the chunk changed meanwhile).",
+         model did not win: settled as it was), dropped (the chunk changed meanwhile), \
+         skipped (its file's policy, user.llmfs.compress=fast|none, keeps it from the model: \
+         settled as it was).",
         Labelled(
             "outcome",
             &[
                 ("llm", "compacted_chunks_llm"),
                 ("kept", "compacted_chunks_kept"),
                 ("dropped", "compaction_dropped"),
+                ("skipped", "compacted_chunks_skipped"),
             ],
         ),
     ),
@@ -556,7 +565,7 @@ mod tests {
             r#"{
             "files": 3, "directories": 2, "logical_bytes": 300000, "stored_bytes": 41000,
             "disk_bytes": 1200000, "metadata_bytes": 900, "db_file_bytes": 1100000,
-            "db_free_bytes": 4096, "pending_chunks": 2, "pending_bytes": 131072,
+            "db_free_bytes": 4096, "db_used_bytes": 57344, "pending_chunks": 2, "pending_bytes": 131072,
             "pending_frame_bytes": 30000, "extents": 4,
             "chunks_raw": 1, "frame_bytes_raw": 1000, "plain_bytes_raw": 990,
             "chunks_zstd": 2, "frame_bytes_zstd": 30000, "plain_bytes_zstd": 131072,
@@ -565,7 +574,7 @@ mod tests {
             "bad_chunks": 0, "ratio_stored": 7.32, "ratio_disk": 0.25,
             "codec_profile": "0102", "codec": "coder 2", "primer": "v1",
             "stats_age_ms": 1500, "stats_walks": 7, "compact": 1, "cold_after_s": 300,
-            "compacted_chunks_llm": 3, "compacted_chunks_kept": 1,
+            "compacted_chunks_llm": 3, "compacted_chunks_kept": 1, "compacted_chunks_skipped": 0,
             "compacted_plain_bytes": 230000, "compacted_frame_bytes_before": 60000,
             "compacted_frame_bytes_after": 11000, "compaction_dropped": 0,
             "compaction_busy_s": 61.25, "compaction_bytes_per_s": 3755.1,
@@ -861,6 +870,7 @@ mod tests {
                 "metadata_bytes",
                 "db_file_bytes",
                 "db_free_bytes",
+                "db_used_bytes",
                 "pending_chunks",
                 "pending_bytes",
                 "pending_frame_bytes",
