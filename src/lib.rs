@@ -8,7 +8,9 @@
 //!   llama.cpp probability model ([`codec::llm`]) and the standalone container format
 //!   ([`codec::container`]).
 //! - [`store`] and [`fs`]: the sled-backed filesystem core and its FUSE adapter.
+//! - [`chart`]: the SVG chart of `llmfs bench --svg`.
 
+pub mod chart;
 pub mod codec;
 pub mod frame;
 pub mod fs;
