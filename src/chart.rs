@@ -238,7 +238,13 @@ where
         .configure_mesh()
         .disable_x_mesh()
         .x_label_formatter(&x_fmt)
-        .y_label_formatter(&|y| format!("{y:.0}x"))
+        .y_label_formatter(&|y| {
+            if *y == y.round() {
+                format!("{y:.0}x")
+            } else {
+                format!("{y:.1}x")
+            }
+        })
         .x_desc("file")
         .y_desc("ratio")
         .x_label_style((FONT, 17))
