@@ -16,7 +16,9 @@
 //!   is pinned to, and the standalone `.llz` container ([`codec::container`]).
 //! - [`frame`]: the self-describing encoding of one segment of bytes (raw, zstd, LLM or
 //!   lost), shared by the container and by the filesystem's chunks.
+//! - [`chart`]: the SVG chart of `llmfs bench --svg` (plotters).
 
+pub mod chart;
 pub mod codec;
 pub mod frame;
 pub mod fs;

@@ -1,12 +1,14 @@
 //! `llmfs bench`: compression ratio and speed of the LLM codec against gzip, xz and zstd,
-//! printed as markdown tables. Every ratio is measured in-process on the given files;
-//! every LLM result is decoded again and compared before it is reported, and decoded
-//! once more with another thread count to show that the code does not depend on it.
+//! printed as markdown tables, and with `--svg` drawn as a chart ([`llmfs::chart`]).
+//! Every ratio is measured in-process on the given files; every result is decoded again
+//! and compared before it is reported, and every LLM result decoded once more with
+//! another thread count to show that the code does not depend on it.
 
 use super::compress::parse_primer;
 use super::model::{parse_segment_size, ModelArgs};
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 use clap::Args;
+use llmfs::chart::{self, CodecFigures, Figures};
 use llmfs::codec::container::{self, Container};
 use llmfs::codec::llm::LlmModel;
 use llmfs::codec::primer::{Coding, Primer};
@@ -15,8 +17,8 @@ use llmfs::codec::segment::SegmentCoder;
 use llmfs::codec::TokenModel;
 use llmfs::frame::Codec;
 use llmfs::tier::Pool;
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,10 @@ pub struct BenchArgs {
     /// and primer.
     #[arg(long)]
     probe_mix: bool,
+    /// Also draw the figures as an SVG chart into FILE: the ratio of each codec on each
+    /// file and on all of them, and each codec's compress and decompress throughput.
+    #[arg(long, value_name = "FILE", conflicts_with = "probe_mix")]
+    svg: Option<PathBuf>,
     /// Files to compress.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -59,6 +65,10 @@ struct Row {
     gzip: usize,
     xz: usize,
     zstd: usize,
+    /// gzip, xz and zstd (in that order): the time to compress and to decompress the
+    /// file once.
+    classic_enc: [Duration; 3],
+    classic_dec: [Duration; 3],
     segments: [usize; 3],
     tokens: u64,
     ce_bits: f64,
@@ -90,6 +100,10 @@ impl Row {
         self.gzip += o.gzip;
         self.xz += o.xz;
         self.zstd += o.zstd;
+        for i in 0..3 {
+            self.classic_enc[i] += o.classic_enc[i];
+            self.classic_dec[i] += o.classic_dec[i];
+        }
         for i in 0..3 {
             self.segments[i] += o.segments[i];
         }
@@ -135,23 +149,88 @@ fn per_sec(n: f64, d: Duration) -> f64 {
     n / d.as_secs_f64().max(1e-9)
 }
 
-fn gzip9(data: &[u8]) -> usize {
+/// The baselines, as `bench` names them in its tables and chart.
+const CLASSIC: [&str; 3] = ["gzip -9", "xz -9", "zstd -19"];
+
+fn gzip9(data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    e.write_all(data).expect("in-memory write");
-    e.finish().expect("in-memory write").len()
+    e.write_all(data)?;
+    e.finish()
 }
 
-fn xz9(data: &[u8]) -> usize {
+fn gunzip(packed: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(packed).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn xz9(data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut e = xz2::write::XzEncoder::new(Vec::new(), 9);
-    e.write_all(data).expect("in-memory write");
-    e.finish().expect("in-memory write").len()
+    e.write_all(data)?;
+    e.finish()
 }
 
-fn zstd19(data: &[u8]) -> usize {
-    zstd::bulk::compress(data, 19).map_or(data.len(), |v| v.len())
+fn unxz(packed: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    xz2::read::XzDecoder::new(packed).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn zstd19(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    zstd::bulk::compress(data, 19)
+}
+
+fn unzstd(packed: &[u8]) -> std::io::Result<Vec<u8>> {
+    zstd::stream::decode_all(packed)
+}
+
+/// Runs `f` again and again for at least 50 ms (at most 1,000 times, at least once), so
+/// that a few KiB give a time above the clock's noise: its last result and the mean time
+/// of one run.
+fn time_per_run<T>(mut f: impl FnMut() -> T) -> (T, Duration) {
+    let t0 = Instant::now();
+    let mut runs = 0u32;
+    loop {
+        let out = f();
+        runs += 1;
+        let took = t0.elapsed();
+        if took >= Duration::from_millis(50) || runs == 1000 {
+            return (out, took / runs);
+        }
+    }
+}
+
+/// gzip -9, xz -9 and zstd -19 on `data`: each one's size, time to compress and time to
+/// decompress, checked to give `data` back.
+fn classic(data: &[u8]) -> anyhow::Result<[(usize, Duration, Duration); 3]> {
+    type Coder = fn(&[u8]) -> std::io::Result<Vec<u8>>;
+    let coders: [(Coder, Coder); 3] = [(gzip9, gunzip), (xz9, unxz), (zstd19, unzstd)];
+    let mut out = [(0, Duration::ZERO, Duration::ZERO); 3];
+    for (i, (enc, dec)) in coders.into_iter().enumerate() {
+        let (packed, enc_time) = time_per_run(|| enc(data));
+        let packed = packed.with_context(|| CLASSIC[i])?;
+        let (plain, dec_time) = time_per_run(|| dec(&packed));
+        ensure!(
+            plain.with_context(|| CLASSIC[i])? == data,
+            "{} did not give back the original bytes",
+            CLASSIC[i]
+        );
+        out[i] = (packed.len(), enc_time, dec_time);
+    }
+    Ok(out)
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Before minutes of coding, not after.
+    if let Some(svg) = &args.svg {
+        let dir = match svg.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() || svg.is_dir() {
+            bail!("--svg {}: not a file in a directory", svg.display());
+        }
+    }
     let model = args.model.load()?;
     eprintln!(
         "model: {} ({}), {} llama.cpp threads; codec profile: {}",
@@ -193,10 +272,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 || path.display().to_string(),
                 |n| n.to_string_lossy().into(),
             );
-            let (gzip, xz, zstd) = (gzip9(&data), xz9(&data), zstd19(&data));
+            let classic = classic(&data).with_context(|| path.display().to_string())?;
             for &seg in &args.segment_size {
                 let mut row = bench_one(&model, coding, &data, &name, seg, other_threads)?;
-                (row.gzip, row.xz, row.zstd) = (gzip, xz, zstd);
+                (row.gzip, row.xz, row.zstd) = (classic[0].0, classic[1].0, classic[2].0);
+                row.classic_enc = classic.map(|c| c.1);
+                row.classic_dec = classic.map(|c| c.2);
                 row.primer.clone_from(&primer_name);
                 if let Some(pool) = &pool {
                     let (enc, dec, identical) =
@@ -217,8 +298,115 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     print_tables(&rows, &args.segment_size, model.threads(), other_threads);
+    let model_file = args
+        .model
+        .config()
+        .path
+        .file_name()
+        .map_or_else(|| model.name(), |n| n.to_string_lossy().into_owned());
+    let figures = chart_figures(&rows, &args.segment_size, &model_file, model.threads());
+    print_throughput(&figures);
     print_primer_table(&model, &args.primer)?;
+    if let Some(svg) = &args.svg {
+        chart::write(svg, &figures)?;
+        eprintln!("chart: {}", svg.display());
+    }
     Ok(())
+}
+
+/// `4096` as `4 KiB`.
+fn size_name(n: usize) -> String {
+    if n >= 1024 && n % 1024 == 0 {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// What the chart shows: every file and all of them together, gzip, xz and zstd, and the
+/// LLM codec once per primer and segment size.
+fn chart_figures(rows: &[Row], sizes: &[usize], model: &str, threads: u32) -> Figures {
+    let all = with_totals(rows, sizes);
+    let mut primers: Vec<&str> = Vec::new();
+    for r in rows {
+        if !primers.contains(&r.primer.as_str()) {
+            primers.push(&r.primer);
+        }
+    }
+    // The rows of one primer and segment size, the total last, files in bench's order.
+    let of = |p: &str, seg: usize| -> Vec<&Row> {
+        all.iter()
+            .filter(|r| r.primer == p && r.segment_size == seg)
+            .collect()
+    };
+    let (p0, s0) = (
+        primers.first().copied().unwrap_or("none"),
+        sizes.first().copied().unwrap_or(4096),
+    );
+    let first = of(p0, s0);
+    let mut files: Vec<String> = first.iter().map(|r| r.name.clone()).collect();
+    if let Some(last) = files.last_mut() {
+        *last = "all files".into();
+    }
+    let total = first.last().copied().cloned().unwrap_or_default();
+    let mut codecs: Vec<CodecFigures> = (0..3)
+        .map(|i| {
+            let size = |r: &Row| [r.gzip, r.xz, r.zstd][i];
+            CodecFigures {
+                name: CLASSIC[i].into(),
+                ratios: first.iter().map(|r| ratio(r.plain, size(r))).collect(),
+                encode_bps: per_sec(total.plain as f64, total.classic_enc[i]),
+                decode_bps: per_sec(total.plain as f64, total.classic_dec[i]),
+            }
+        })
+        .collect();
+    for p in &primers {
+        for &seg in sizes {
+            let rows = of(p, seg);
+            let total = rows.last().copied().cloned().unwrap_or_default();
+            let mut name = format!("llmfs, primer {p}");
+            if sizes.len() > 1 {
+                name += &format!(", {}", size_name(seg));
+            }
+            codecs.push(CodecFigures {
+                name,
+                ratios: rows.iter().map(|r| ratio(r.plain, r.packed)).collect(),
+                encode_bps: per_sec(total.plain as f64, total.enc),
+                decode_bps: per_sec(total.plain as f64, total.dec),
+            });
+        }
+    }
+    let segments: Vec<String> = sizes.iter().map(|&s| size_name(s)).collect();
+    Figures {
+        title: "llmfs bench: the LLM codec against gzip, xz and zstd".into(),
+        subtitle: format!(
+            "{model}, {threads} llama.cpp thread{}, {} segments; {} file{}, {} bytes, each decoded and compared",
+            if threads == 1 { "" } else { "s" },
+            segments.join(", "),
+            files.len().saturating_sub(1),
+            if files.len() == 2 { "" } else { "s" },
+            total.plain,
+        ),
+        files,
+        codecs,
+    }
+}
+
+/// The chart's second panel as a table: every codec's speed over all the files.
+fn print_throughput(f: &Figures) {
+    println!("\n### Throughput over all files\n");
+    println!("gzip, xz and zstd: the mean of repeated runs (at least 50 ms of each) on each file; llmfs: one run, without verification.\n");
+    println!("| codec | ratio | compress B/s | decompress B/s |");
+    println!("| --- | ---: | ---: | ---: |");
+    for c in &f.codecs {
+        println!(
+            "| {} | {:.2}x | {:.0} | {:.0} |",
+            c.name,
+            c.ratios.last().copied().unwrap_or(0.0),
+            c.encode_bps,
+            c.decode_bps
+        );
+    }
 }
 
 /// One file at one segment size under one coding, coded and decoded on one stream
@@ -506,5 +694,72 @@ fn print_tables(rows: &[Row], sizes: &[usize], threads: u32, other_threads: u32)
             100.0 * r.enc_llama.as_secs_f64() / r.enc.as_secs_f64().max(1e-9),
             100.0 * r.dec_llama.as_secs_f64() / r.dec.as_secs_f64().max(1e-9),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, primer: &str, plain: usize, packed: usize, enc_s: u64) -> Row {
+        Row {
+            name: name.into(),
+            primer: primer.into(),
+            segment_size: 4096,
+            plain,
+            packed,
+            gzip: plain / 2,
+            xz: plain / 3,
+            zstd: plain / 4,
+            classic_enc: [Duration::from_millis(1); 3],
+            classic_dec: [Duration::from_micros(100); 3],
+            enc: Duration::from_secs(enc_s),
+            dec: Duration::from_secs(enc_s * 2),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_chart_shows_each_file_the_total_and_each_primer() {
+        let rows = [
+            row("a.jsonl", "none", 4000, 400, 10),
+            row("b.md", "none", 2000, 400, 10),
+            row("a.jsonl", "builtin", 4000, 200, 20),
+            row("b.md", "builtin", 2000, 500, 20),
+        ];
+        let f = chart_figures(&rows, &[4096], "m.gguf", 2);
+        assert_eq!(f.files, ["a.jsonl", "b.md", "all files"]);
+        let names: Vec<&str> = f.codecs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "gzip -9",
+                "xz -9",
+                "zstd -19",
+                "llmfs, primer none",
+                "llmfs, primer builtin"
+            ]
+        );
+        assert_eq!(f.codecs[0].ratios, [2.0, 2.0, 2.0]);
+        assert_eq!(f.codecs[3].ratios, [10.0, 5.0, 7.5]);
+        assert_eq!(f.codecs[4].ratios, [20.0, 4.0, 6000.0 / 700.0]);
+        // 6,000 bytes in 20 s and 40 s; gzip's 2 ms and 0.2 ms.
+        assert_eq!(f.codecs[3].encode_bps, 300.0);
+        assert_eq!(f.codecs[3].decode_bps, 150.0);
+        assert!((f.codecs[0].encode_bps - 3e6).abs() < 1.0);
+        assert!((f.codecs[0].decode_bps - 3e7).abs() < 10.0);
+        assert!(f
+            .subtitle
+            .contains("m.gguf, 2 llama.cpp threads, 4 KiB segments; 2 files, 6000 bytes"));
+        chart::render(&f).unwrap();
+    }
+
+    #[test]
+    fn the_baselines_give_the_bytes_back() {
+        let data = b"the same few words, the same few words, again and again\n".repeat(40);
+        for (i, (size, enc, dec)) in classic(&data).unwrap().into_iter().enumerate() {
+            assert!(size < data.len() / 4, "{}: {size}", CLASSIC[i]);
+            assert!(enc > Duration::ZERO && dec > Duration::ZERO);
+        }
     }
 }
