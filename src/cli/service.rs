@@ -75,7 +75,15 @@ fn probe(mountpoint: &std::path::Path) -> Result<Map<String, Value>, String> {
 /// The `STATUS=` line: what waits for the model and what the compactor achieved.
 pub fn status_line(m: &Map<String, Value>) -> String {
     let num = |k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let mut s = format!("{} chunks pending", num("pending_chunks"));
+    let pending = num("pending_chunks");
+    let mut s = format!("{pending} chunks pending");
+    if pending > 0 && num("chunk_size") > 0 {
+        // The exact bytes need a walk of the store; a chunk holds at most chunk_size.
+        s.push_str(&format!(
+            " (at most {} KiB)",
+            pending * num("chunk_size") / 1024
+        ));
+    }
     if num("compact") == 0 {
         s.push_str(" (no compaction on this mount)");
     }
@@ -161,14 +169,14 @@ mod tests {
     #[test]
     fn the_status_says_what_is_pending_and_the_ratio() {
         let m: Map<String, Value> = serde_json::from_str(
-            r#"{"pending_chunks":12,"compact":1,"compacted_chunks_llm":3,
+            r#"{"pending_chunks":12,"chunk_size":4096,"compact":1,"compacted_chunks_llm":3,
                 "compacted_llm_plain_bytes":12000,"compacted_llm_bytes":1000,
                 "compaction_bytes_per_s":151.7}"#,
         )
         .unwrap();
         assert_eq!(
             status_line(&m),
-            "12 chunks pending; 3 chunks LLM-coded since mount, 12000 -> 1000 bytes (12.0x), \
+            "12 chunks pending (at most 48 KiB); 3 chunks LLM-coded since mount, 12000 -> 1000 bytes (12.0x), \
              152 bytes/s"
         );
         let idle: Map<String, Value> =

@@ -146,6 +146,7 @@ impl Core {
         let c = self.compact_stats();
         let busy = c.busy.as_secs_f64();
         m.insert("pending_chunks".into(), self.store.count_pending().into());
+        m.insert("chunk_size".into(), self.chunk_size().into());
         m.insert(
             "compact".into(),
             u8::from(self.cfg.compact && self.tier.get().is_some()).into(),
