@@ -17,6 +17,8 @@ mod compact_tests;
 pub mod data;
 pub mod dir;
 pub mod error;
+#[cfg(test)]
+mod fault_tests;
 pub mod fuse;
 pub mod perm;
 pub mod policy;
