@@ -110,7 +110,6 @@ fn a_failed_commit_fails_the_fsync_keeps_the_data_and_a_retry_saves_it() {
 }
 
 #[test]
-#[ignore = "a failed mkdir leaves its parent with one link too many in memory (fixed next)"]
 fn a_failed_create_or_mkdir_leaves_no_trace() {
     let engine = MemoryEngine::new();
     let core = plain(&engine);
@@ -159,7 +158,6 @@ fn a_failed_create_or_mkdir_leaves_no_trace() {
 }
 
 #[test]
-#[ignore = "a failed unlink drops the file's link count to 0 in memory, and its next close deletes it (fixed next)"]
 fn a_failed_unlink_leaves_the_file_whole() {
     let engine = MemoryEngine::new();
     let core = plain(&engine);
@@ -191,7 +189,6 @@ fn a_failed_unlink_leaves_the_file_whole() {
 }
 
 #[test]
-#[ignore = "a failed rename or link leaves wrong link counts in memory (fixed next)"]
 fn a_failed_rename_or_link_changes_no_link_count() {
     let engine = MemoryEngine::new();
     let core = plain(&engine);
