@@ -179,7 +179,7 @@ impl Core {
         }
         let now = Time::now();
         // The records as they will be: the nodes change only once they are committed.
-        let mut linked = c.inode.clone();
+        let mut linked = self.record_to_commit(ino, &c)?;
         linked.nlink += 1;
         linked.ctime = now;
         let mut dir = p.inode.clone();
@@ -190,7 +190,8 @@ impl Core {
         t.put_inode(newparent, &dir);
         t.link(newparent, newname, ino, linked.kind());
         self.store.commit(t)?;
-        c.inode = linked;
+        c.inode.nlink = linked.nlink;
+        c.inode.ctime = now;
         p.inode = dir;
         Ok(Entry {
             ino,
@@ -285,11 +286,11 @@ impl Core {
         };
         c.inode.ctime = now;
         if c.inode.nlink > 0 {
-            t.put_inode(ino, &c.inode);
+            t.put_inode(ino, &self.record_to_commit(ino, c)?);
             return Ok(false);
         }
         if c.open > 0 {
-            t.put_inode(ino, &c.inode);
+            t.put_inode(ino, &self.record_to_commit(ino, c)?);
             t.mark_orphan(ino);
             return Ok(false);
         }

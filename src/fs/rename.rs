@@ -158,7 +158,7 @@ impl Core {
             }
             for (k, g) in guards.iter().enumerate() {
                 if Some(k) != deleted {
-                    t.put_inode(inos[k], &g.inode);
+                    t.put_inode(inos[k], &self.record_to_commit(inos[k], g)?);
                 }
             }
             self.store.commit(t)?;
