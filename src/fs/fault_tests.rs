@@ -515,8 +515,12 @@ fn stalled_commits_under_writers_and_the_compactor_lose_nothing() {
         })
         .collect();
     let files: Vec<(u64, Vec<u8>)> = writers.into_iter().map(|w| w.join().unwrap()).collect();
-    // Some settles ran while commits stalled; then the stall ends.
-    std::thread::sleep(Duration::from_millis(200));
+    // Settles run while commits stall (each settle is a commit); then the stall ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while core.compact_stats().chunks_llm < 3 {
+        assert!(Instant::now() < deadline, "no settle under the stall");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     engine.stall_commits(None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while core.store().count_pending() > 0 {
