@@ -1,6 +1,6 @@
 //! Attribute changes: chmod, chown, truncate, utimens; and access(2).
 
-use super::data::{clear_suid, Wait};
+use super::data::{clear_suid, Undo, Wait};
 use super::perm::{self, W};
 use super::{Caller, Core, Entry, FsError, FsResult};
 use crate::store::records::{Kind, Time};
@@ -28,100 +28,113 @@ pub struct SetAttr {
 impl Core {
     pub fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr, wait: Wait) -> FsResult<Entry> {
         let n = self.node(ino)?;
+        let cs = self.chunk_size();
         self.with_chunks(ino, &n, wait, |g, pre| {
-            let now = Time::now();
-            let mut inode = g.inode.clone();
-            if set.uid.is_some() || set.gid.is_some() {
-                let uid = set.uid.unwrap_or(inode.uid);
-                let gid = set.gid.unwrap_or(inode.gid);
-                if !caller.is_root() {
-                    // Only root gives files away; an owner may pick one of their groups.
-                    if uid != inode.uid
-                        || caller.uid != inode.uid
-                        || (gid != inode.gid && !caller.in_group(gid))
-                    {
+            // Whatever fails, the commit included, leaves the node as it was: a failed
+            // chmod is not saved by a later flush, nor a failed truncate half done. A
+            // truncate changes the dirty chunks from the cut on.
+            let cut = set
+                .size
+                .map_or(u64::MAX, |size| size.min(g.inode.size) / cs);
+            let undo = Undo::of(g, cut..u64::MAX);
+            let r = (|| {
+                let now = Time::now();
+                let mut inode = g.inode.clone();
+                if set.uid.is_some() || set.gid.is_some() {
+                    let uid = set.uid.unwrap_or(inode.uid);
+                    let gid = set.gid.unwrap_or(inode.gid);
+                    if !caller.is_root() {
+                        // Only root gives files away; an owner may pick one of their groups.
+                        if uid != inode.uid
+                            || caller.uid != inode.uid
+                            || (gid != inode.gid && !caller.in_group(gid))
+                        {
+                            return Err(FsError::Perm);
+                        }
+                    }
+                    if inode.kind() != Kind::Dir {
+                        clear_suid(&mut inode.mode);
+                    }
+                    inode.uid = uid;
+                    inode.gid = gid;
+                    inode.ctime = now;
+                }
+                if let Some(mode) = set.mode {
+                    let mut bits = mode & 0o7777;
+                    let only_drops_suid = bits
+                        == inode.mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID)
+                        && bits != inode.mode & 0o7777;
+                    if !perm::is_owner(&g.inode, caller) && !only_drops_suid {
                         return Err(FsError::Perm);
                     }
-                }
-                if inode.kind() != Kind::Dir {
-                    clear_suid(&mut inode.mode);
-                }
-                inode.uid = uid;
-                inode.gid = gid;
-                inode.ctime = now;
-            }
-            if let Some(mode) = set.mode {
-                let mut bits = mode & 0o7777;
-                let only_drops_suid = bits
-                    == inode.mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID)
-                    && bits != inode.mode & 0o7777;
-                if !perm::is_owner(&g.inode, caller) && !only_drops_suid {
-                    return Err(FsError::Perm);
-                }
-                if !caller.is_root() && !caller.in_group(inode.gid) {
-                    bits &= !libc::S_ISGID;
-                }
-                inode.mode = (inode.mode & libc::S_IFMT) | bits;
-                inode.ctime = now;
-            }
-            if set.atime.is_some() || set.mtime.is_some() {
-                let explicit = matches!(set.atime, Some(SetTime::At(_)))
-                    || matches!(set.mtime, Some(SetTime::At(_)));
-                if !perm::is_owner(&g.inode, caller) {
-                    if explicit {
-                        return Err(FsError::Perm);
+                    if !caller.is_root() && !caller.in_group(inode.gid) {
+                        bits &= !libc::S_ISGID;
                     }
-                    perm::check(&g.inode, caller, W)?;
+                    inode.mode = (inode.mode & libc::S_IFMT) | bits;
+                    inode.ctime = now;
                 }
-                let pick = |t: SetTime| match t {
-                    SetTime::Now => now,
-                    SetTime::At(t) => t,
-                };
-                if let Some(t) = set.atime {
-                    inode.atime = pick(t);
+                if set.atime.is_some() || set.mtime.is_some() {
+                    let explicit = matches!(set.atime, Some(SetTime::At(_)))
+                        || matches!(set.mtime, Some(SetTime::At(_)));
+                    if !perm::is_owner(&g.inode, caller) {
+                        if explicit {
+                            return Err(FsError::Perm);
+                        }
+                        perm::check(&g.inode, caller, W)?;
+                    }
+                    let pick = |t: SetTime| match t {
+                        SetTime::Now => now,
+                        SetTime::At(t) => t,
+                    };
+                    if let Some(t) = set.atime {
+                        inode.atime = pick(t);
+                    }
+                    if let Some(t) = set.mtime {
+                        inode.mtime = pick(t);
+                    }
+                    inode.ctime = now;
                 }
-                if let Some(t) = set.mtime {
-                    inode.mtime = pick(t);
-                }
-                inode.ctime = now;
-            }
-            if let Some(size) = set.size {
-                match inode.kind() {
-                    Kind::File => {}
-                    Kind::Dir => return Err(FsError::IsDir),
-                    _ => return Err(FsError::Invalid),
-                }
-                if !set.via_handle {
-                    perm::check(&g.inode, caller, W)?;
-                }
-                if !caller.is_root() && size != inode.size {
-                    clear_suid(&mut inode.mode);
-                }
-                inode.mtime = if set.mtime.is_some() {
-                    inode.mtime
-                } else {
-                    now
-                };
-                inode.ctime = now;
-                let cs = self.chunk_size();
-                if size < g.inode.size && size % cs != 0 {
-                    // The cut chunk, before anything changes (it may need the model).
-                    self.dirty_chunk(ino, g, size / cs, false, pre)?;
+                if let Some(size) = set.size {
+                    match inode.kind() {
+                        Kind::File => {}
+                        Kind::Dir => return Err(FsError::IsDir),
+                        _ => return Err(FsError::Invalid),
+                    }
+                    if !set.via_handle {
+                        perm::check(&g.inode, caller, W)?;
+                    }
+                    if !caller.is_root() && size != inode.size {
+                        clear_suid(&mut inode.mode);
+                    }
+                    inode.mtime = if set.mtime.is_some() {
+                        inode.mtime
+                    } else {
+                        now
+                    };
+                    inode.ctime = now;
+                    if size < g.inode.size && size % cs != 0 {
+                        // The cut chunk, before anything changes (it may need the model).
+                        self.dirty_chunk(ino, g, size / cs, false, pre)?;
+                    }
+                    g.inode = inode;
+                    self.truncate_locked(ino, g, size, pre)?;
+                    return Ok(Entry {
+                        ino,
+                        inode: g.inode.clone(),
+                    });
                 }
                 g.inode = inode;
-                self.truncate_locked(ino, g, size, pre)?;
-                return Ok(Entry {
+                g.meta_dirty = true;
+                self.persist(ino, g)?;
+                Ok(Entry {
                     ino,
                     inode: g.inode.clone(),
-                });
+                })
+            })();
+            if r.is_err() {
+                self.roll_back(g, undo);
             }
-            g.inode = inode;
-            g.meta_dirty = true;
-            self.persist(ino, g)?;
-            Ok(Entry {
-                ino,
-                inode: g.inode.clone(),
-            })
+            r
         })
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// LLM-log-like text: words drawn by a fixed generator, so that zstd -19 (the fake
 /// model) beats zstd -3 (the fast tier) on every chunk.
-fn text(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn text(len: usize, seed: u64) -> Vec<u8> {
     const WORDS: &[&str] = &[
         "the",
         "model",
@@ -54,20 +54,20 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn cfg() -> CoreConfig {
+pub(super) fn cfg() -> CoreConfig {
     CoreConfig {
         cold_after: Duration::ZERO,
         ..CoreConfig::default()
     }
 }
 
-fn core_on(engine: &Arc<MemoryEngine>, delay: Duration, profile: &[u8]) -> Arc<Core> {
+pub(super) fn core_on(engine: &Arc<MemoryEngine>, delay: Duration, profile: &[u8]) -> Arc<Core> {
     let core = Core::with_engine(engine.clone(), cfg()).unwrap();
     core.attach_model(fake_tier(delay, profile)).unwrap();
     Arc::new(core)
 }
 
-fn file(core: &Core, name: &str, data: &[u8]) -> u64 {
+pub(super) fn file(core: &Core, name: &str, data: &[u8]) -> u64 {
     let what = NewNode::File {
         mode: libc::S_IFREG | 0o644,
         rdev: 0,
@@ -81,12 +81,12 @@ fn file(core: &Core, name: &str, data: &[u8]) -> u64 {
     ino
 }
 
-fn read_all(core: &Core, ino: u64) -> Vec<u8> {
+pub(super) fn read_all(core: &Core, ino: u64) -> Vec<u8> {
     core.read(ino, 0, u32::MAX, Wait::Model).unwrap()
 }
 
 /// Runs compaction passes until nothing is pending.
-fn compact_all(core: &Core) {
+pub(super) fn compact_all(core: &Core) {
     let mut cursor = (0, 0);
     for _ in 0..1000 {
         if core.store().count_pending() == 0 {
@@ -98,7 +98,7 @@ fn compact_all(core: &Core) {
 }
 
 /// Stored bytes of every file equal the sum of its frames.
-fn check_stored(core: &Core, inos: &[u64]) {
+pub(super) fn check_stored(core: &Core, inos: &[u64]) {
     for &ino in inos {
         let frames: u64 = core
             .store()

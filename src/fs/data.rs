@@ -100,6 +100,37 @@ type Preloaded = HashMap<u64, Loaded>;
 /// Rounds of decode-then-check a read tries before it decodes fast chunks under the lock.
 const READ_ROUNDS: usize = 8;
 
+/// A node as it was before an operation that changes it in memory and then commits
+/// (truncate, fallocate, setattr): its record and its dirty chunks in a range of indexes,
+/// for [`Core::roll_back`] when anything fails, the commit included. A failed truncate
+/// or hole punch then changes nothing, unsaved writes included, and is not saved later,
+/// half done, by a flush.
+pub(super) struct Undo {
+    inode: crate::store::records::Inode,
+    meta_dirty: bool,
+    chunks: std::ops::Range<u64>,
+    dirty: Vec<(u64, Vec<u8>)>,
+}
+
+impl Undo {
+    /// Notes `g`'s record and its dirty chunks in `chunks` (a copy, bounded by the
+    /// file's dirty limit).
+    pub(super) fn of(g: &Node, chunks: std::ops::Range<u64>) -> Undo {
+        let chunks = chunks.start..chunks.end.max(chunks.start);
+        let dirty = g
+            .dirty
+            .range(chunks.clone())
+            .map(|(&k, v)| (k, v.clone()))
+            .collect();
+        Undo {
+            inode: g.inode.clone(),
+            meta_dirty: g.meta_dirty,
+            chunks,
+            dirty,
+        }
+    }
+}
+
 impl Core {
     /// Opens a file; `want` is the R/W access asked for.
     pub fn open(&self, caller: &Caller, ino: u64, want: u32) -> FsResult<u64> {
@@ -657,8 +688,28 @@ impl Core {
         Ok(())
     }
 
+    /// Puts `g` back as `undo` noted it. The operation only removed entries of the chunk
+    /// cache and committed nothing, so what is not dirty reads from the store as before.
+    pub(super) fn roll_back(&self, g: &mut Node, undo: Undo) {
+        let now: Vec<u64> = g.dirty.range(undo.chunks).map(|(&k, _)| k).collect();
+        for idx in now {
+            if let Some(buf) = g.dirty.remove(&idx) {
+                g.dirty_bytes -= buf.len();
+                self.dirty_total.fetch_sub(buf.len(), Ordering::Relaxed);
+            }
+        }
+        for (idx, buf) in undo.dirty {
+            g.dirty_bytes += buf.len();
+            self.dirty_total.fetch_add(buf.len(), Ordering::Relaxed);
+            g.dirty.insert(idx, buf);
+        }
+        g.inode = undo.inode;
+        g.meta_dirty = undo.meta_dirty;
+    }
+
     /// Sets the size of a file (zeroing the cut chunk's tail, dropping stored chunks past
-    /// it) and persists, as one transaction.
+    /// it) and persists, as one transaction. On an error the node is changed: the caller
+    /// rolls it back ([`Undo`]).
     pub(super) fn truncate_locked(
         &self,
         ino: u64,
@@ -713,40 +764,49 @@ impl Core {
             return Err(FsError::FileTooBig);
         }
         let n = self.node(ino)?;
+        let cs = self.chunk_size();
         self.with_chunks(ino, &n, wait, |g, pre| {
-            if g.inode.kind() != Kind::File {
-                return Err(FsError::NotSupported);
-            }
-            let keep_size = match how {
-                // Chunks are compressed and holes are not stored, so nothing can be set
-                // aside; what cannot fit even uncompressed is refused, as a filesystem
-                // that reserves would refuse it.
-                Fallocate::Allocate { keep_size } => {
-                    let grow = end.saturating_sub(g.inode.size);
-                    if grow > self.store.device_room() {
-                        return Err(FsError::NoSpace);
+            // Whatever fails, the commit included, leaves the file as it was.
+            let undo = Undo::of(g, offset / cs..end.div_ceil(cs));
+            let r = (|| {
+                if g.inode.kind() != Kind::File {
+                    return Err(FsError::NotSupported);
+                }
+                let keep_size = match how {
+                    // Chunks are compressed and holes are not stored, so nothing can be set
+                    // aside; what cannot fit even uncompressed is refused, as a filesystem
+                    // that reserves would refuse it.
+                    Fallocate::Allocate { keep_size } => {
+                        let grow = end.saturating_sub(g.inode.size);
+                        if grow > self.store.device_room() {
+                            return Err(FsError::NoSpace);
+                        }
+                        keep_size
                     }
-                    keep_size
+                    Fallocate::PunchHole => {
+                        let stop = end.min(g.inode.size);
+                        self.zero_range(ino, g, offset, stop, pre)?;
+                        true
+                    }
+                    Fallocate::ZeroRange { keep_size } => {
+                        let stop = end.min(g.inode.size);
+                        self.zero_range(ino, g, offset, stop, pre)?;
+                        keep_size
+                    }
+                };
+                let now = Time::now();
+                if !keep_size && end > g.inode.size {
+                    g.inode.size = end;
                 }
-                Fallocate::PunchHole => {
-                    let stop = end.min(g.inode.size);
-                    self.zero_range(ino, g, offset, stop, pre)?;
-                    true
-                }
-                Fallocate::ZeroRange { keep_size } => {
-                    let stop = end.min(g.inode.size);
-                    self.zero_range(ino, g, offset, stop, pre)?;
-                    keep_size
-                }
-            };
-            let now = Time::now();
-            if !keep_size && end > g.inode.size {
-                g.inode.size = end;
+                g.inode.mtime = now;
+                g.inode.ctime = now;
+                g.meta_dirty = true;
+                self.persist(ino, g)
+            })();
+            if r.is_err() {
+                self.roll_back(g, undo);
             }
-            g.inode.mtime = now;
-            g.inode.ctime = now;
-            g.meta_dirty = true;
-            self.persist(ino, g)
+            r
         })
     }
 

@@ -97,10 +97,15 @@ impl Core {
         let ino = self.store.alloc_ino()?;
         let mut inode = Inode::new(mode, caller.uid, gid, now);
         inode.rdev = rdev;
+        // The parent's record as it will be: the node changes only once it is committed.
+        let mut parent_inode = p.inode.clone();
         if inode.is_dir() {
             inode.nlink = 2;
             inode.parent = parent;
-            p.inode.nlink = p.inode.nlink.checked_add(1).ok_or(FsError::TooManyLinks)?;
+            parent_inode.nlink = parent_inode
+                .nlink
+                .checked_add(1)
+                .ok_or(FsError::TooManyLinks)?;
         }
         if let NewNode::Symlink { target } = what {
             inode.target = target.to_vec();
@@ -111,16 +116,17 @@ impl Core {
             Kind::File | Kind::Dir => self.node_policy(parent, &mut p)?,
             _ => Policy::default(),
         };
-        p.inode.mtime = now;
-        p.inode.ctime = now;
+        parent_inode.mtime = now;
+        parent_inode.ctime = now;
         let mut t = Txn::new();
         t.put_inode(ino, &inode);
-        t.put_inode(parent, &p.inode);
+        t.put_inode(parent, &parent_inode);
         t.link(parent, name, ino, inode.kind());
         if policy != Policy::default() {
             t.put_xattr(ino, policy::ATTR, policy.name().as_bytes());
         }
         self.store.commit(t)?;
+        p.inode = parent_inode;
         self.inode_count.fetch_add(1, Ordering::Relaxed);
         if open {
             let mut node = Node::new(inode.clone());
@@ -172,15 +178,21 @@ impl Core {
             return Err(FsError::TooManyLinks);
         }
         let now = Time::now();
-        c.inode.nlink += 1;
-        c.inode.ctime = now;
-        p.inode.mtime = now;
-        p.inode.ctime = now;
+        // The records as they will be: the nodes change only once they are committed.
+        let mut linked = self.record_to_commit(ino, &c)?;
+        linked.nlink += 1;
+        linked.ctime = now;
+        let mut dir = p.inode.clone();
+        dir.mtime = now;
+        dir.ctime = now;
         let mut t = Txn::new();
-        t.put_inode(ino, &c.inode);
-        t.put_inode(newparent, &p.inode);
-        t.link(newparent, newname, ino, c.inode.kind());
+        t.put_inode(ino, &linked);
+        t.put_inode(newparent, &dir);
+        t.link(newparent, newname, ino, linked.kind());
         self.store.commit(t)?;
+        c.inode.nlink = linked.nlink;
+        c.inode.ctime = now;
+        p.inode = dir;
         Ok(Entry {
             ino,
             inode: c.inode.clone(),
@@ -225,21 +237,36 @@ impl Core {
         if dir && !self.store.dir_is_empty(ino)? {
             return Err(FsError::NotEmpty);
         }
-        let now = Time::now();
-        let mut t = Txn::new();
-        t.unlink(parent, name);
-        if dir {
-            p.inode.nlink = p.inode.nlink.saturating_sub(1);
+        // Both records change in memory as they go into the transaction; if it fails,
+        // they are put back: a failed unlink whose file kept a link count of 0 in memory
+        // would delete the file, still named, at its next close.
+        let saved = (p.inode.clone(), c.inode.clone());
+        let committed = (|| {
+            let now = Time::now();
+            let mut t = Txn::new();
+            t.unlink(parent, name);
+            if dir {
+                p.inode.nlink = p.inode.nlink.saturating_sub(1);
+            }
+            p.inode.mtime = now;
+            p.inode.ctime = now;
+            t.put_inode(parent, &p.inode);
+            let gone = self.drop_link(&mut t, ino, &mut c, now)?;
+            self.store.commit(t)?;
+            Ok(gone)
+        })();
+        match committed {
+            Ok(gone) => {
+                if gone {
+                    self.finish_delete(ino, &mut c);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                (p.inode, c.inode) = saved;
+                Err(e)
+            }
         }
-        p.inode.mtime = now;
-        p.inode.ctime = now;
-        t.put_inode(parent, &p.inode);
-        let gone = self.drop_link(&mut t, ino, &mut c, now)?;
-        self.store.commit(t)?;
-        if gone {
-            self.finish_delete(ino, &mut c);
-        }
-        Ok(())
     }
 
     /// Adds to `t` the loss of one name of `c` (two for a directory: its `.` too).
@@ -259,11 +286,11 @@ impl Core {
         };
         c.inode.ctime = now;
         if c.inode.nlink > 0 {
-            t.put_inode(ino, &c.inode);
+            t.put_inode(ino, &self.record_to_commit(ino, c)?);
             return Ok(false);
         }
         if c.open > 0 {
-            t.put_inode(ino, &c.inode);
+            t.put_inode(ino, &self.record_to_commit(ino, c)?);
             t.mark_orphan(ino);
             return Ok(false);
         }

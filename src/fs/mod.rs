@@ -17,6 +17,8 @@ mod compact_tests;
 pub mod data;
 pub mod dir;
 pub mod error;
+#[cfg(test)]
+mod fault_tests;
 pub mod fuse;
 pub mod perm;
 pub mod policy;
@@ -285,6 +287,23 @@ impl Core {
         map.insert(ino, n.clone());
         trim_nodes(&mut map);
         Ok(n)
+    }
+
+    /// The record of `ino` to commit with a change that is not its data (a name, a link
+    /// count, an attribute): the node's, but with the size, stored bytes and content
+    /// version of what the store holds. The node's dirty chunks are not in that
+    /// transaction, and a size saved without them reads as zeros after a crash (an fsync
+    /// of any other file makes the commit durable).
+    fn record_to_commit(&self, ino: u64, g: &Node) -> FsResult<Inode> {
+        let mut record = g.inode.clone();
+        if !g.dirty.is_empty() || g.meta_dirty {
+            if let Some(saved) = self.store.inode(ino)? {
+                record.size = saved.size;
+                record.stored = saved.stored;
+                record.data_ver = saved.data_ver;
+            }
+        }
+        Ok(record)
     }
 
     /// Inserts a node for an inode just created (so its open count starts right).

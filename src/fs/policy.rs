@@ -116,7 +116,7 @@ impl Core {
             .map(|c| c.index)
             .collect();
         for batch in waiting.chunks(REQUEUE_BATCH) {
-            let mut inode = g.inode.clone();
+            let mut inode = self.record_to_commit(ino, g)?;
             let mut t = Txn::new();
             let now = crate::store::records::Time::now();
             for &index in batch {
@@ -132,7 +132,9 @@ impl Core {
             }
             t.put_inode(ino, &inode);
             self.store.commit(t)?;
-            g.inode = inode;
+            // The node may hold a size its dirty chunks have not saved yet: it keeps it.
+            g.inode.data_ver = inode.data_ver;
+            g.inode.stored = inode.stored;
             g.gen += 1;
         }
         if !waiting.is_empty() {

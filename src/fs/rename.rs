@@ -79,88 +79,105 @@ impl Core {
             // Its ".." changes: that needs write access to the directory itself.
             perm::check(&guards[is].inode, caller, W)?;
         }
-        let now = Time::now();
-        let mut t = Txn::new();
-        let mut deleted = None;
+        // Every record changes in memory as it goes into the transaction; if that fails,
+        // all are put back: a failed rename over a file that left it with a link count
+        // of 0 in memory would delete it, still named, at its next close.
+        let saved: Vec<_> = guards.iter().map(|g| g.inode.clone()).collect();
+        let committed = (|| -> FsResult<Option<usize>> {
+            let now = Time::now();
+            let mut t = Txn::new();
+            let mut deleted = None;
 
-        match dst {
-            None => {
-                perm::check(&guards[inp].inode, caller, W | perm::X)?;
-                t.unlink(parent, name);
-                t.link(newparent, newname, src, src_kind);
-                if moves_dir_across {
-                    guards[ip].inode.nlink = guards[ip].inode.nlink.saturating_sub(1);
-                    guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_add(1);
-                    guards[is].inode.parent = newparent;
-                }
-            }
-            Some((d, d_kind)) => {
-                let id = at(d);
-                perm::may_delete(&guards[inp].inode, &guards[id].inode, caller)?;
-                if mode == RenameMode::Exchange {
-                    if parent != newparent && d_kind == Kind::Dir {
-                        perm::check(&guards[id].inode, caller, W)?;
-                    }
-                    t.link(parent, name, d, d_kind);
-                    t.link(newparent, newname, src, src_kind);
-                    if parent != newparent {
-                        let delta = |k: Kind| i64::from(k == Kind::Dir);
-                        let (ds, dd) = (delta(src_kind), delta(d_kind));
-                        guards[ip].inode.nlink = (i64::from(guards[ip].inode.nlink) - ds + dd)
-                            .clamp(0, i64::from(u32::MAX))
-                            as u32;
-                        guards[inp].inode.nlink = (i64::from(guards[inp].inode.nlink) + ds - dd)
-                            .clamp(0, i64::from(u32::MAX))
-                            as u32;
-                        if src_kind == Kind::Dir {
-                            guards[is].inode.parent = newparent;
-                        }
-                        if d_kind == Kind::Dir {
-                            guards[id].inode.parent = parent;
-                        }
-                    }
-                    guards[id].inode.ctime = now;
-                } else {
-                    match (src_kind == Kind::Dir, d_kind == Kind::Dir) {
-                        (true, false) => return Err(FsError::NotDir),
-                        (false, true) => return Err(FsError::IsDir),
-                        (true, true) if !self.store.dir_is_empty(d)? => {
-                            return Err(FsError::NotEmpty)
-                        }
-                        _ => {}
-                    }
+            match dst {
+                None => {
+                    perm::check(&guards[inp].inode, caller, W | perm::X)?;
                     t.unlink(parent, name);
                     t.link(newparent, newname, src, src_kind);
-                    if src_kind == Kind::Dir {
-                        // The replaced directory's ".." link to newparent goes away.
-                        guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_sub(1);
-                        if moves_dir_across {
-                            guards[ip].inode.nlink = guards[ip].inode.nlink.saturating_sub(1);
-                            guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_add(1);
-                            guards[is].inode.parent = newparent;
-                        }
+                    if moves_dir_across {
+                        guards[ip].inode.nlink = guards[ip].inode.nlink.saturating_sub(1);
+                        guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_add(1);
+                        guards[is].inode.parent = newparent;
                     }
-                    if self.drop_link(&mut t, d, &mut guards[id], now)? {
-                        deleted = Some(id);
+                }
+                Some((d, d_kind)) => {
+                    let id = at(d);
+                    perm::may_delete(&guards[inp].inode, &guards[id].inode, caller)?;
+                    if mode == RenameMode::Exchange {
+                        if parent != newparent && d_kind == Kind::Dir {
+                            perm::check(&guards[id].inode, caller, W)?;
+                        }
+                        t.link(parent, name, d, d_kind);
+                        t.link(newparent, newname, src, src_kind);
+                        if parent != newparent {
+                            let delta = |k: Kind| i64::from(k == Kind::Dir);
+                            let (ds, dd) = (delta(src_kind), delta(d_kind));
+                            guards[ip].inode.nlink = (i64::from(guards[ip].inode.nlink) - ds + dd)
+                                .clamp(0, i64::from(u32::MAX))
+                                as u32;
+                            guards[inp].inode.nlink = (i64::from(guards[inp].inode.nlink) + ds - dd)
+                                .clamp(0, i64::from(u32::MAX))
+                                as u32;
+                            if src_kind == Kind::Dir {
+                                guards[is].inode.parent = newparent;
+                            }
+                            if d_kind == Kind::Dir {
+                                guards[id].inode.parent = parent;
+                            }
+                        }
+                        guards[id].inode.ctime = now;
+                    } else {
+                        match (src_kind == Kind::Dir, d_kind == Kind::Dir) {
+                            (true, false) => return Err(FsError::NotDir),
+                            (false, true) => return Err(FsError::IsDir),
+                            (true, true) if !self.store.dir_is_empty(d)? => {
+                                return Err(FsError::NotEmpty)
+                            }
+                            _ => {}
+                        }
+                        t.unlink(parent, name);
+                        t.link(newparent, newname, src, src_kind);
+                        if src_kind == Kind::Dir {
+                            // The replaced directory's ".." link to newparent goes away.
+                            guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_sub(1);
+                            if moves_dir_across {
+                                guards[ip].inode.nlink = guards[ip].inode.nlink.saturating_sub(1);
+                                guards[inp].inode.nlink = guards[inp].inode.nlink.saturating_add(1);
+                                guards[is].inode.parent = newparent;
+                            }
+                        }
+                        if self.drop_link(&mut t, d, &mut guards[id], now)? {
+                            deleted = Some(id);
+                        }
                     }
                 }
             }
-        }
-        guards[is].inode.ctime = now;
-        for i in [ip, inp] {
-            guards[i].inode.mtime = now;
-            guards[i].inode.ctime = now;
-        }
-        for (k, g) in guards.iter().enumerate() {
-            if Some(k) != deleted {
-                t.put_inode(inos[k], &g.inode);
+            guards[is].inode.ctime = now;
+            for i in [ip, inp] {
+                guards[i].inode.mtime = now;
+                guards[i].inode.ctime = now;
+            }
+            for (k, g) in guards.iter().enumerate() {
+                if Some(k) != deleted {
+                    t.put_inode(inos[k], &self.record_to_commit(inos[k], g)?);
+                }
+            }
+            self.store.commit(t)?;
+            Ok(deleted)
+        })();
+        match committed {
+            Ok(deleted) => {
+                if let Some(id) = deleted {
+                    self.finish_delete(inos[id], &mut guards[id]);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (g, inode) in guards.iter_mut().zip(saved) {
+                    g.inode = inode;
+                }
+                Err(e)
             }
         }
-        self.store.commit(t)?;
-        if let Some(id) = deleted {
-            self.finish_delete(inos[id], &mut guards[id]);
-        }
-        Ok(())
     }
 
     /// Is `dir` equal to `node` or one of its ancestors? (Walks `..` up to the root.)

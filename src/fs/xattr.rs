@@ -180,7 +180,7 @@ impl Core {
         g.inode.ctime = Time::now();
         let mut t = Txn::new();
         t.put_xattr(ino, name, value);
-        t.put_inode(ino, &g.inode);
+        t.put_inode(ino, &self.record_to_commit(ino, &g)?);
         self.store.commit(t)?;
         match policy {
             Some(p) => self.policy_changed(ino, &mut g, p),
@@ -283,7 +283,7 @@ impl Core {
         g.inode.ctime = Time::now();
         let mut t = Txn::new();
         t.delete_xattr(ino, name);
-        t.put_inode(ino, &g.inode);
+        t.put_inode(ino, &self.record_to_commit(ino, &g)?);
         self.store.commit(t)?;
         if name == policy::ATTR {
             self.policy_changed(ino, &mut g, Policy::default())?;
