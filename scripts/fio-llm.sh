@@ -38,7 +38,7 @@ OPTS="cold_after=0,llm_lanes=2,llm_threads=2"
 LINE='2026-12-05T03:17:11Z role=assistant content=The function returns the sum of the list; an empty list gives zero. '
 common=(--directory="$MNT" --filename=data --size="$SIZE" --bs=4k
     --ioengine=psync --verify=pattern "--verify_pattern=%o\"$LINE\""
-    --output-format=json)
+    --verify_state_save=0 --output-format=json)
 
 mount_llmfs "$STORE" "$MNT" "$LLMFS_TMP/daemon.log" "$OPTS"
 log "fio: the file written once, then $READ_IOPS reads/s and $WRITE_IOPS writes/s of JSONL blocks for $SECS s, the compactor racing"
