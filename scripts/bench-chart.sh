@@ -20,7 +20,9 @@ trap 'rm -rf "$tmp"' EXIT
 c=tests/corpus
 head -c 4096 $c/gemma-3-270m-q4_k_m.jsonl >"$tmp/gemma3-log.jsonl"
 head -c 4096 $c/SmolLM2-135M-Instruct.Q4_1.jsonl >"$tmp/smollm2-log.jsonl"
-cat $c/SmolLM2-135M-Instruct.Q4_1-01[0-3].md | head -c 4096 >"$tmp/smollm2-answers.md"
+# Not `cat | head`: with pipefail, cat's SIGPIPE when head has enough fails the script.
+cat $c/SmolLM2-135M-Instruct.Q4_1-01[0-3].md >"$tmp/answers-all.md"
+head -c 4096 "$tmp/answers-all.md" >"$tmp/smollm2-answers.md"
 head -c 4096 src/frame.rs >"$tmp/frame.rs"
 "$LLMFS_BIN" bench --primer none,builtin --other-threads 0 --svg "${BENCH_SVG:-docs/bench.svg}" "$@" \
     "$tmp/gemma3-log.jsonl" "$tmp/smollm2-log.jsonl" "$tmp/smollm2-answers.md" "$tmp/frame.rs"
