@@ -18,9 +18,7 @@
 #   BENCH_FILES        100-byte files created, stat'ed, unlinked [10000]
 #   BENCH_APPEND_LINES JSONL lines (about 200 bytes) appended, fsync every 64 [20000]
 #   BENCH_TAR_SRC      the tree archived once, then extracted and removed [/usr/include]
-#   BENCH_SETTLE_SECS  after each llmfs workload, wait (at most this long) until the daemon
-#                      has made no write(2) for 1 s before its disk bytes are read, so that
-#                      work it finishes in the background is counted [10]
+#   BENCH_SETTLE_SECS  the longest wait for llmfs to be idle (below) [60]
 #   BENCH_IDLE_SECS    the disk's background write rate is measured this long, with
 #                      nothing of the benchmark running, before and after the rounds [5]
 #   BENCH_MOUNT_OPTS   llmfs -o options (e.g. nomodel) []
@@ -42,11 +40,19 @@
 #
 # Disk bytes written: field 7 (sectors written, in 512-byte units) of the sysfs stat of
 # the block device (or partition) holding BENCH_DIR, read after a sync before and after
-# each workload (for llmfs, once its daemon is quiet: BENCH_SETTLE_SECS). The counter is
-# the device's: anything else writing to it meanwhile is counted too, so the background
-# rate is measured and printed, and the FUSE daemons' own write_bytes (/proc/PID/io:
-# page-cache bytes they dirtied, without the file system's journal) are in the raw table.
-# Where the device cannot be found (tmpfs, overlay, a network file system), "n/a" and why.
+# each workload. The counter is the device's: anything else writing to it meanwhile is
+# counted too, so the background rate is measured and printed, and the FUSE daemons' own
+# write_bytes (/proc/PID/io: page-cache bytes they dirtied, without the file system's
+# journal) are in the raw table. Where the device cannot be found (tmpfs, overlay, a
+# network file system), "n/a" and why.
+#
+# llmfs finishes work in the background: 10 s after the last data request its idle reclaim
+# checkpoints the SQLite WAL into the database, moves pages to give free space back, and
+# truncates the WAL. So every window, whichever the backend, starts with llmfs idle (WAL
+# empty, no write(2) for 1 s), and an llmfs window ends only once it is idle again: its
+# figure counts the checkpoint and the reclaim its workload caused (outside the timing),
+# and no other backend's figures, times or bytes, carry llmfs's leftovers. That wait is
+# 10-20 s per llmfs workload; BENCH_SETTLE_SECS caps it (counted and printed if reached).
 set -euo pipefail
 shopt -s inherit_errexit
 source "$(dirname "$0")/lib.sh"
@@ -58,7 +64,7 @@ RAND_SECS=${BENCH_RAND_SECS:-20}
 NFILES=${BENCH_FILES:-10000}
 APPEND_LINES=${BENCH_APPEND_LINES:-20000}
 TAR_SRC=${BENCH_TAR_SRC:-/usr/include}
-SETTLE=${BENCH_SETTLE_SECS:-10}
+SETTLE=${BENCH_SETTLE_SECS:-60}
 IDLE=${BENCH_IDLE_SECS:-5}
 BINDFS_OPTS=${BENCH_BINDFS_OPTS:-multithreaded,big_writes,kernel_cache}
 TMPDIR=${BENCH_DIR:-/var/tmp}
@@ -147,20 +153,25 @@ proc_written() {
     awk '$1 == "write_bytes:" { print $2 }' "/proc/$1/io" 2>/dev/null || true
 }
 
-# settle PID: waits until the process has made no write(2) for 1 s (wchar unchanged over
-# two polls 0.5 s apart), at most SETTLE seconds. Not a fixed sleep: every second waited
-# adds the other processes' writes to the device counter.
-settle() {
-    [[ -n ${1:-} && -r /proc/$1/io ]] || return 0
-    local prev cur quiet=0 polls=0
-    prev=$(awk '$1 == "wchar:" { print $2 }' "/proc/$1/io")
-    while ((quiet < 2 && polls < SETTLE * 2)); do
+# llmfs_idle: waits until the llmfs daemon has nothing left to do in the background: the
+# WAL truncated by its idle reclaim (llmfs.db-wal empty or absent) and no write(2) for 1 s
+# (wchar unchanged over two polls 0.5 s apart); at most SETTLE seconds, counted if reached.
+LLMFS_BUSY=0
+llmfs_idle() {
+    local pid=${LLMFS_PID:-} prev cur wal quiet=0 polls=0
+    [[ -n $pid && -r /proc/$pid/io ]] || return 0
+    prev=$(awk '$1 == "wchar:" { print $2 }' "/proc/$pid/io")
+    while ((polls < SETTLE * 2)); do
+        wal=$(stat -c %s "$STORE/llmfs.db-wal" 2>/dev/null) || wal=0
+        if ((wal == 0 && quiet >= 2)); then return 0; fi
         sleep 0.5
-        cur=$(awk '$1 == "wchar:" { print $2 }' "/proc/$1/io" 2>/dev/null) || return 0
+        cur=$(awk '$1 == "wchar:" { print $2 }' "/proc/$pid/io" 2>/dev/null) || return 0
         if [[ $cur == "$prev" ]]; then quiet=$((quiet + 1)); else quiet=0; fi
         prev=$cur
         polls=$((polls + 1))
     done
+    LLMFS_BUSY=$((LLMFS_BUSY + 1))
+    log "llmfs still busy after $SETTLE s (WAL $wal bytes); measuring anyway"
 }
 
 # background_rate: bytes/s the device writes with nothing of the benchmark running.
@@ -395,6 +406,7 @@ run_one() {
     local r=$1 w=$2 b=$3 dir out val extra d0 d1 p0 p1 pid disk= pw=
     dir=$(dir_of "$b")
     prep "$w" "$b"
+    llmfs_idle
     log "round $r/$ROUNDS: $w on $b"
     pid=$(daemon_pid "$b")
     sync
@@ -402,7 +414,7 @@ run_one() {
     p0=$(proc_written "$pid")
     out=$(body "$w" "$dir" "$b")
     read -r val extra <<<"$out"
-    if [[ $b == llmfs ]]; then settle "$pid"; fi
+    if [[ $b == llmfs ]]; then llmfs_idle; fi
     sync
     d1=$(dev_written)
     p1=$(proc_written "$pid")
@@ -456,10 +468,13 @@ echo "Rounds: $ROUNDS, each running every workload on native, bindfs and llmfs b
 echo "Sequential file: $SIZE_MB MiB, ~50% compressible; caches dropped: $CACHES_DROPPED; FUSE daemons remounted before cold reads."
 echo "Load average (1, 5, 15 min): $LOAD_START at the start, $LOAD_END after the rounds."
 if [[ -n $DEV_STAT ]]; then
-    echo "Disk bytes written: $DEV_STAT ($DEV_DESC), field 7 x 512, after sync; llmfs's once its daemon made no write for 1 s (at most $SETTLE s)."
+    echo "Disk bytes written: $DEV_STAT ($DEV_DESC), field 7 x 512, after sync; every window starts and llmfs's windows end with llmfs idle (WAL checkpointed and truncated, no write for 1 s)."
     echo "Background writes on that device with the benchmark idle: $BG_START before the rounds, $BG_END after (included in every disk figure)."
 else
     echo "Disk bytes written: n/a: $DEV_NA."
+fi
+if ((LLMFS_BUSY > 0)); then
+    echo "llmfs was still busy after BENCH_SETTLE_SECS=$SETTLE s at $LLMFS_BUSY window boundaries: its background work there leaked into the next window."
 fi
 echo
 python3 - "$RAW" "$SIZE_MB" "$RAND_SECS" "$NFILES" "$APPEND_LINES" "$TAR_SRC" "$TAR_ENTRIES" "$TAR_BYTES" <<'EOF'
