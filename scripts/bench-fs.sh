@@ -437,7 +437,9 @@ BG_START=$(background_rate)
 mount_all
 WORKLOADS=(create stat unlink append tar rm write read randread)
 BACKENDS=(native bindfs llmfs)
+ROUND_LOAD=()
 for ((r = 1; r <= ROUNDS; r++)); do
+    ROUND_LOAD+=("round $r: $(cut -d' ' -f1-3 /proc/loadavg)")
     order=()
     for ((i = 0; i < 3; i++)); do order+=("${BACKENDS[(i + r - 1) % 3]}"); done
     for w in "${WORKLOADS[@]}"; do
@@ -466,7 +468,7 @@ echo "Filesystem benchmark, $(date -u +%Y-%m-%d), $(nproc) CPUs, $(uname -r), di
 echo "llmfs: $LLMFS_BIN ($("$LLMFS_BIN" --version 2>&1 | head -n1)), -o ${BENCH_MOUNT_OPTS:-(none)}; bindfs $(bindfs --version 2>&1 | awk '{ print $2; exit }') -o $BINDFS_OPTS"
 echo "Rounds: $ROUNDS, each running every workload on native, bindfs and llmfs back to back (order rotated each round)."
 echo "Sequential file: $SIZE_MB MiB, ~50% compressible; caches dropped: $CACHES_DROPPED; FUSE daemons remounted before cold reads."
-echo "Load average (1, 5, 15 min): $LOAD_START at the start, $LOAD_END after the rounds."
+echo "Load average (1, 5, 15 min): before the rounds $LOAD_START; at the start of $(IFS=';'; echo "${ROUND_LOAD[*]}" | sed 's/;/; /g'); after the rounds $LOAD_END."
 if [[ -n $DEV_STAT ]]; then
     echo "Disk bytes written: $DEV_STAT ($DEV_DESC), field 7 x 512, after sync; every window starts and llmfs's windows end with llmfs idle (WAL checkpointed and truncated, no write for 1 s)."
     echo "Background writes on that device with the benchmark idle: $BG_START before the rounds, $BG_END after (included in every disk figure)."
