@@ -85,7 +85,11 @@ umount_llmfs() {
     ((rc == 0)) || die "llmfs exited with status $rc after unmount"
 }
 
+# A script with mounts of its own defines cleanup_extra (bench-fs.sh: bindfs): it runs
+# first, before LLMFS_TMP is removed, because mount_llmfs and make_tmp reset the EXIT trap
+# to cleanup_llmfs and a trap of the script's own would be lost.
 cleanup_llmfs() {
+    if declare -F cleanup_extra >/dev/null; then cleanup_extra || true; fi
     if [[ -n ${LLMFS_MNT:-} ]] && is_mounted "$LLMFS_MNT"; then
         timeout 10 fusermount3 -u "$LLMFS_MNT" 2>/dev/null || timeout 10 fusermount3 -uz "$LLMFS_MNT" 2>/dev/null || true
     fi
