@@ -41,6 +41,23 @@ pub fn llmfs_bin() -> &'static str {
 
 /// Fails the test early, with a clear message, when FUSE cannot work on this machine:
 /// a missing /dev/fuse or fusermount3 must never turn into a silently skipped suite.
+/// Runs `llmfs ARGS`, checks that it succeeded (with its output in the message), and
+/// returns its standard output.
+pub fn llmfs_ok<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Vec<u8> {
+    let out = Command::new(llmfs_bin())
+        .args(args)
+        .output()
+        .expect("run llmfs");
+    assert!(
+        out.status.success(),
+        "llmfs failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 pub fn require_fuse() {
     assert!(
         Path::new("/dev/fuse").exists(),

@@ -511,17 +511,12 @@ fn a_new_store_pins_the_primer_it_was_coded_with() {
 
 /// `llmfs stats --prometheus PATH`, checked to succeed.
 fn prometheus(path: &std::path::Path) -> String {
-    let out = Command::new(llmfs_bin())
-        .args(["stats", "--prometheus"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "llmfs stats --prometheus: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let args = [
+        std::ffi::OsStr::new("stats"),
+        "--prometheus".as_ref(),
+        path.as_os_str(),
+    ];
+    String::from_utf8(crate::harness::llmfs_ok(args)).unwrap()
 }
 
 /// The value of the one sample of `name` whose labels are `{label}` then, if not

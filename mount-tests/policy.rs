@@ -1,7 +1,7 @@
 //! Per-directory compression policy (`user.llmfs.compress`) and `llmfs du`, through a
 //! real mount with the synthetic test model.
 
-use crate::harness::{corpus, llmfs_bin, Mount};
+use crate::harness::{corpus, llmfs_bin, llmfs_ok, Mount};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -29,18 +29,9 @@ fn policy(path: &Path) -> Option<String> {
 
 /// `llmfs du --json PATHS`.
 fn du(paths: &[&Path]) -> serde_json::Map<String, serde_json::Value> {
-    let out = Command::new(llmfs_bin())
-        .arg("du")
-        .arg("--json")
-        .args(paths)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "llmfs du: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match serde_json::from_slice(&out.stdout).unwrap() {
+    let mut args = vec![std::ffi::OsStr::new("du"), "--json".as_ref()];
+    args.extend(paths.iter().map(|p| p.as_os_str()));
+    match serde_json::from_slice(&llmfs_ok(args)).unwrap() {
         serde_json::Value::Object(m) => m,
         other => panic!("du is not an object: {other}"),
     }
