@@ -431,13 +431,17 @@ fn users_reading_statistics_in_a_loop_do_not_stall_metadata() {
     let (p50, p99) = (quantile(&idle, 0.5), quantile(&idle, 0.99));
     let (l50, l99) = (quantile(&loaded, 0.5), quantile(&loaded, 0.99));
     eprintln!("stat ms idle p50 {p50:.4} p99 {p99:.4}; loaded p50 {l50:.4} p99 {l99:.4}");
-    // Within 2x of idle (with a floor for timer noise at microseconds).
+    // Within 2x of idle, with floors: p50 for timer noise at microseconds, p99 for
+    // the scheduler — four shell loops forking getfattr on 2 cores delay the test's
+    // own thread by up to a millisecond now and then (CI measured p99 0.87 ms). A
+    // stat stuck behind a walk of these 131,072 chunks waits up to its length (60 ms
+    // here, timed with getfattr).
     assert!(
         l50 <= (2.0 * p50).max(0.05),
         "p50 {l50:.4} ms under load, {p50:.4} idle"
     );
     assert!(
-        l99 <= (2.0 * p99).max(0.5),
+        l99 <= (2.0 * p99).max(5.0),
         "p99 {l99:.4} ms under load, {p99:.4} idle"
     );
 }
