@@ -3,6 +3,9 @@
 
 use super::engine::memory::MemoryEngine;
 use super::*;
+use super::extent::Extent;
+use super::records::{Kind, Time};
+use std::sync::Arc;
 use crate::store::seal::PlantSealed;
 
 fn store() -> (Arc<MemoryEngine>, Store) {

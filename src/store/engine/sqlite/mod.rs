@@ -1,6 +1,33 @@
 //! The product engine: SQLite (bundled, through `rusqlite`), one database file per store.
 //!
-//! Settings, and why:
+//! ## Why SQLite: chosen by measurement
+//!
+//! Measured 2026-11-24 on llmfs's own workload (1.5 KB fast frames written in small
+//! commits with their inode record, rewritten later as 300 B frames, 10% of older files
+//! deleted per round, 20 rounds of 20 MiB; a standalone bench of the candidate engines
+//! with this store's layouts). Bytes on disk / bytes of live frames and metadata:
+//!
+//! | engine, layout | growing store | steady state | after deleting half, idle |
+//! | --- | ---: | ---: | ---: |
+//! | sled 0.34 (llmfs 0.1.0) | 8.3x, growing | 8.9-10.1x, growing | 18x |
+//! | fjall 3.1 (key-value separation) | 2.7x | 3.7-5.8x, rising | 6.2x (nothing given back in 30 s idle) |
+//! | redb 4.6, frames per key / 4 KiB extents | 2.0x | 2.5x flat | 4.1x; 1.3x only after `compact()`, which stalls all I/O 0.3-4.8 s |
+//! | SQLite 3.54, 4 KiB pages, 64 KiB extents | 1.76x | 2.2x flat | 3.6x; 1.22x after idle reclaim |
+//! | **SQLite 3.54, 8 KiB pages, 64 KiB extents** | **1.59x; 1.11x after idle reclaim** | **1.10-1.11x after idle reclaim** | **1.14x after 0.5 s of idle reclaim** |
+//!
+//! SQLite is the only one that meets the space targets (at most 1.3x steady, 1.5x after
+//! deleting half, an empty store under 1 MiB: 84-140 KiB), and it gives space back in
+//! steps of tens of milliseconds that block no reader (`incremental_vacuum`), where redb
+//! needs an exclusive `compact()`. Its cost: commits of 30 µs typical (a checkpoint with
+//! two fsyncs every 1,000 WAL pages), where redb's take 20 µs; point reads of 7 µs against
+//! 2 µs. It is maintained, releases often (3.54.1, 2026-10), and has no known open
+//! deadlock or corruption bug; `rusqlite` builds it from source (`bundled`). The settings
+//! and why are below. Two facts that shaped the layout: small values waste
+//! B-tree pages (hence extents of settled frames), and a 1.5 KB frame fills an 8 KiB page
+//! to 92% but a 4 KiB one to 73% (hence 8 KiB pages).
+//!
+//! ## Settings, and why
+//!
 //! - WAL journal, `synchronous=NORMAL`: a commit costs a write into the WAL and no fsync,
 //!   and survives a crash of the process (not a power loss). A durable commit runs with
 //!   `synchronous=FULL`, which fsyncs the WAL at that commit and so covers every earlier

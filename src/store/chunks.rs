@@ -1,0 +1,438 @@
+//! Chunks: where a chunk's frame lives (the hot `chunk` table until the compactor
+//! settles it into an extent of its file), the compactor's queue (`pending`), and the
+//! removal of a file's data in bounded steps.
+
+use super::engine::{Engine, Table};
+use super::extent::{Extent, ExtentChunk};
+use super::records::{HotChunk, Pending, Time};
+use super::{keys, ChunkInfo, PendingChunk, Store, StoreError, StoredChunk, Txn};
+use std::sync::atomic::Ordering;
+
+impl Store {
+    /// Chunk `index` of `ino`: its version and frame, wherever it lives.
+    pub fn chunk(&self, ino: u64, index: u64) -> Result<Option<StoredChunk>, StoreError> {
+        self.chunk_in(None, ino, index)
+    }
+
+    pub(super) fn chunk_in(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        index: u64,
+    ) -> Result<Option<StoredChunk>, StoreError> {
+        if let Some(v) = self.get(txn, Table::Chunk, &keys::chunk(ino, index))? {
+            let h = HotChunk::decode(&v)?;
+            return Ok(Some(StoredChunk {
+                ver: h.ver,
+                frame: h.frame,
+                hot: true,
+            }));
+        }
+        if let Some((_, v)) = self.extent_floor(txn, ino, index)? {
+            if let Some((ver, frame)) = Extent::lookup(&v, index)? {
+                return Ok(Some(StoredChunk {
+                    ver,
+                    frame: frame.to_vec(),
+                    hot: false,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The content version of chunk `index` of `ino`, `None` for a hole: what a reader
+    /// compares before it caches what it decoded.
+    pub fn chunk_ver(&self, ino: u64, index: u64) -> Result<Option<u64>, StoreError> {
+        if let Some(v) = self.engine.get(Table::Chunk, &keys::chunk(ino, index))? {
+            return Ok(Some(HotChunk::decode_ver(&v)?));
+        }
+        match self.extent_floor(None, ino, index)? {
+            Some((_, v)) => Ok(Extent::lookup(&v, index)?.map(|(ver, _)| ver)),
+            None => Ok(None),
+        }
+    }
+
+    /// The extent of `ino` with the greatest first index <= `index`.
+    pub(super) fn extent_floor(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        index: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let found = self.floor(
+            txn,
+            Table::Extent,
+            &keys::chunk(ino, 0),
+            &keys::chunk(ino, index),
+        )?;
+        Ok(found.and_then(|(k, v)| keys::chunk_of(&k).map(|(_, first)| (first, v))))
+    }
+
+    /// Extents of `ino` that may hold chunks in `[from, to)`: (first index, extent).
+    pub(super) fn extents_overlapping(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Extent)>, StoreError> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        if let Some((first, v)) = self.extent_floor(txn, ino, from)? {
+            let e = Extent::decode(&v)?;
+            if first < from && e.last().is_some_and(|l| l >= from) {
+                out.push((first, e));
+            }
+        }
+        let mut bad = None;
+        self.scan(
+            txn,
+            Table::Extent,
+            &keys::chunk(ino, from),
+            Some(&keys::chunk(ino, to)),
+            &mut |k, v| {
+                match (keys::chunk_of(k), Extent::decode(v)) {
+                    (Some((_, first)), Ok(e)) => out.push((first, e)),
+                    (_, Err(e)) => bad = Some(e),
+                    (None, _) => bad = Some(StoreError::Corrupt("extent key malformed".into())),
+                }
+                bad.is_none()
+            },
+        )?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Every stored chunk of `ino` with `from <= index < to`, in index order.
+    pub fn chunks_in(&self, ino: u64, from: u64, to: u64) -> Result<Vec<ChunkInfo>, StoreError> {
+        self.chunks_in_txn(None, ino, from, to)
+    }
+
+    pub(super) fn chunks_in_txn(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<ChunkInfo>, StoreError> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        let mut bad = None;
+        self.scan(
+            txn,
+            Table::Chunk,
+            &keys::chunk(ino, from),
+            Some(&keys::chunk(ino, to)),
+            &mut |k, v| {
+                match (keys::chunk_of(k), HotChunk::decode(v)) {
+                    (Some((_, index)), Ok(h)) => out.push(ChunkInfo {
+                        index,
+                        ver: h.ver,
+                        frame_len: h.frame.len(),
+                        hot: true,
+                        codec: codec_of(&h.frame),
+                    }),
+                    (_, Err(e)) => bad = Some(e),
+                    (None, _) => bad = Some(StoreError::Corrupt("chunk key malformed".into())),
+                }
+                bad.is_none()
+            },
+        )?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        for (_, e) in self.extents_overlapping(txn, ino, from, to)? {
+            for c in e.chunks().iter().filter(|c| (from..to).contains(&c.index)) {
+                out.push(ChunkInfo {
+                    index: c.index,
+                    ver: c.ver,
+                    frame_len: c.frame.len(),
+                    hot: false,
+                    codec: codec_of(&c.frame),
+                });
+            }
+        }
+        out.sort_by_key(|c| c.index);
+        Ok(out)
+    }
+
+    /// Adds to `txn` the removal of every chunk of `ino` in `[from, to)`, hot or settled;
+    /// returns the frame bytes freed.
+    pub fn remove_chunks(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<u64, StoreError> {
+        let mut freed = 0u64;
+        for c in self
+            .chunks_in_txn(Some(txn), ino, from, to)?
+            .into_iter()
+            .filter(|c| c.hot)
+        {
+            txn.delete(Table::Chunk, keys::chunk(ino, c.index));
+            if self
+                .get(Some(txn), Table::Pending, &keys::chunk(ino, c.index))?
+                .is_some()
+            {
+                txn.pending_delta -= 1;
+            }
+            txn.delete(Table::Pending, keys::chunk(ino, c.index));
+            freed += c.frame_len as u64;
+        }
+        for (first, mut e) in self.extents_overlapping(Some(txn), ino, from, to)? {
+            freed += e.remove_range(from, to);
+            self.put_extent(txn, ino, first, &e);
+        }
+        Ok(freed)
+    }
+
+    /// Writes `extent`, which was stored under `old_first`, under its (possibly new)
+    /// first index; an empty extent is deleted.
+    pub(super) fn put_extent(&self, txn: &mut Txn, ino: u64, old_first: u64, e: &Extent) {
+        match e.first() {
+            None => txn.delete(Table::Extent, keys::chunk(ino, old_first)),
+            Some(first) => {
+                if first != old_first {
+                    txn.delete(Table::Extent, keys::chunk(ino, old_first));
+                }
+                txn.put(Table::Extent, keys::chunk(ino, first), e.encode());
+            }
+        }
+    }
+
+    /// Adds to `txn` chunk `index` of `ino` as a hot chunk of version `ver`, waiting for
+    /// the compactor since `written`; returns the frame bytes of what it replaces.
+    pub fn put_chunk(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        index: u64,
+        ver: u64,
+        frame: &[u8],
+        written: Time,
+    ) -> Result<u64, StoreError> {
+        let key = keys::chunk(ino, index);
+        // A chunk lives in one place: a hot one is just replaced, a settled one leaves
+        // its extent (appends, the common case, find no extent spanning them).
+        let freed = match self.get(Some(txn), Table::Chunk, &key)? {
+            Some(old) => HotChunk::decode(&old)?.frame.len() as u64,
+            None => match self.extent_floor(Some(txn), ino, index)? {
+                Some((first, v)) if Extent::lookup(&v, index)?.is_some() => {
+                    let mut e = Extent::decode(&v)?;
+                    let freed = e.remove_range(index, index + 1);
+                    self.put_extent(txn, ino, first, &e);
+                    freed
+                }
+                _ => 0,
+            },
+        };
+        if self.get(Some(txn), Table::Pending, &key)?.is_none() {
+            txn.pending_delta += 1;
+        }
+        txn.put(Table::Chunk, key.clone(), HotChunk::encode(ver, frame));
+        let pending = Pending {
+            ver,
+            written: written.secs,
+        };
+        txn.put(Table::Pending, key, pending.encode());
+        Ok(freed)
+    }
+
+    /// Chunks waiting for the compactor, from (ino, index) on, at most `limit`.
+    pub fn pending(&self, from: (u64, u64), limit: usize) -> Result<Vec<PendingChunk>, StoreError> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.engine.scan(
+            Table::Pending,
+            &keys::chunk(from.0, from.1),
+            None,
+            &mut |k, v| {
+                match (keys::chunk_of(k), Pending::decode(v)) {
+                    (Some((ino, index)), Ok(p)) => out.push(PendingChunk {
+                        ino,
+                        index,
+                        ver: p.ver,
+                        written: p.written,
+                    }),
+                    (_, Err(e)) => bad = Some(e),
+                    (None, _) => bad = Some(StoreError::Corrupt("pending key malformed".into())),
+                }
+                bad.is_none() && out.len() < limit
+            },
+        )?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Number of chunks waiting for the compactor (a counter: no scan).
+    pub fn count_pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Counts the pending records again (at open, and when the compactor has seen the
+    /// whole table: the counter then cannot drift for long).
+    pub fn recount_pending(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        self.engine
+            .scan_checked(Table::Pending, &[], None, &mut |_, _| {
+                n += 1;
+                true
+            })?;
+        self.pending.store(n as i64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Adds to `txn` the settling of hot chunk `index` of `ino` (which the caller checked
+    /// is still at version `ver`) with `frame`: it leaves the hot and pending tables and
+    /// joins an extent. Returns the frame bytes freed minus those added (may be
+    /// negative if the new frame is larger, which the compactor never asks).
+    pub fn settle_chunk(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        index: u64,
+        ver: u64,
+        frame: Vec<u8>,
+    ) -> Result<i64, StoreError> {
+        let key = keys::chunk(ino, index);
+        let old = match self.get(Some(txn), Table::Chunk, &key)? {
+            Some(v) => HotChunk::decode(&v)?.frame.len() as i64,
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "settling chunk {index} of inode {ino}, which is not hot"
+                )))
+            }
+        };
+        txn.delete(Table::Chunk, key.clone());
+        if self.get(Some(txn), Table::Pending, &key)?.is_some() {
+            txn.pending_delta -= 1;
+        }
+        txn.delete(Table::Pending, key);
+        let added = frame.len() as i64;
+        self.place_settled(txn, ino, ExtentChunk { index, ver, frame })?;
+        Ok(old - added)
+    }
+
+    /// Adds to `txn` a settled chunk where no chunk is (a salvage marking a lost one).
+    pub(crate) fn put_settled(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        index: u64,
+        ver: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.place_settled(txn, ino, ExtentChunk { index, ver, frame })
+    }
+
+    /// Puts `chunk` into the extent that spans its index, or onto the end of the one
+    /// before it if it has room, or onto the front of the next one if that has room,
+    /// else into a new one.
+    pub(super) fn place_settled(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        chunk: ExtentChunk,
+    ) -> Result<(), StoreError> {
+        let index = chunk.index;
+        let target = self.engine.extent_target();
+        let grow = Extent::growth(chunk.frame.len());
+        if let Some((first, v)) = self.extent_floor(Some(txn), ino, index)? {
+            let mut e = Extent::decode(&v)?;
+            let spans = e.last().is_some_and(|l| l > index);
+            if spans || e.encoded_len() + grow <= target {
+                e.insert(chunk);
+                self.put_split(txn, ino, first, e, target);
+                return Ok(());
+            }
+        }
+        let mut after = None;
+        self.scan(
+            Some(txn),
+            Table::Extent,
+            &keys::chunk(ino, index),
+            keys::prefix_end(&keys::ino(ino)).as_deref(),
+            &mut |k, v| {
+                after = keys::chunk_of(k).map(|(_, f)| (f, v.to_vec()));
+                false
+            },
+        )?;
+        if let Some((first, v)) = after {
+            let mut e = Extent::decode(&v)?;
+            if e.encoded_len() + grow <= target {
+                e.insert(chunk);
+                self.put_extent(txn, ino, first, &e);
+                return Ok(());
+            }
+        }
+        let mut e = Extent::default();
+        e.insert(chunk);
+        txn.put(Table::Extent, keys::chunk(ino, index), e.encode());
+        Ok(())
+    }
+
+    /// Writes `e` (stored under `first`), split in two if it outgrew `target`.
+    pub(super) fn put_split(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        first: u64,
+        mut e: Extent,
+        target: usize,
+    ) {
+        if e.encoded_len() > target && e.len() > 1 {
+            let mid = e.chunks()[e.len() / 2].index;
+            let tail = e.split_off(mid);
+            self.put_extent(txn, ino, first, &e);
+            self.put_extent(txn, ino, mid, &tail);
+        } else {
+            self.put_extent(txn, ino, first, &e);
+        }
+    }
+
+    /// Adds to `txn` the removal of up to `max` records of `ino`'s data (chunks, extents,
+    /// pending records, xattrs); returns how many. A file's data goes in bounded steps,
+    /// so deleting a big file never makes one huge commit.
+    pub fn delete_file_data(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        let from = keys::ino(ino);
+        let to = keys::prefix_end(&from);
+        let mut n = 0;
+        for table in [Table::Chunk, Table::Pending, Table::Extent, Table::Xattr] {
+            let mut doomed = Vec::new();
+            self.scan(Some(txn), table, &from, to.as_deref(), &mut |k, _| {
+                doomed.push(k.to_vec());
+                n + doomed.len() < max
+            })?;
+            n += doomed.len();
+            if table == Table::Pending {
+                txn.pending_delta -= doomed.len() as i64;
+            }
+            for k in doomed {
+                txn.delete(table, k);
+            }
+            if n >= max {
+                break;
+            }
+        }
+        Ok(n)
+    }
+}
+
+pub(super) fn codec_of(frame: &[u8]) -> Option<crate::frame::Codec> {
+    crate::frame::parse_header(frame).ok().map(|h| h.codec)
+}
