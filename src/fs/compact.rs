@@ -434,16 +434,15 @@ impl Core {
             self.store.pin_profile(&mut t, &profile, &canary);
             log::info!("pinned the store to the model's codec profile (first LLM frame)");
         }
-        let delta = self
-            .store
-            .settle_chunk(&mut t, p.ino, p.index, p.ver, frame)?;
         // The stored record gets its new byte count; the in-memory one, which may carry
         // unpersisted changes, moves by the same amount.
         let mut record = self.store.inode(p.ino)?.ok_or(FsError::NotFound)?;
-        record.stored = (record.stored as i64 - delta).max(0) as u64;
+        let (added, freed) =
+            self.store
+                .settle_file_chunk(&mut t, p.ino, &mut record, p.index, p.ver, frame)?;
         t.put_inode(p.ino, &record);
         self.store.commit(t)?;
-        g.inode.stored = (g.inode.stored as i64 - delta).max(0) as u64;
+        g.inode.shift_stored(added, freed);
         if llm {
             self.compactor.settled.fetch_add(1, Ordering::Relaxed);
             // Getting it again now costs the model: keep it with the costly chunks.

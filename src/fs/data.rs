@@ -635,14 +635,14 @@ impl Core {
         let now = Time::now();
         let raw = self.node_policy(ino, g)? == Policy::None;
         let mut inode = g.inode.clone();
-        let mut stored = i128::from(inode.stored);
         // (index, version, plaintext length; 0 when the chunk is all zeros and goes away)
         let mut kept = Vec::with_capacity(g.dirty.len());
         for (&idx, buf) in &g.dirty {
             let len = inode.size.saturating_sub(idx * cs).min(cs) as usize;
             let plain = &buf[..len.min(buf.len())];
             if plain.iter().all(|&x| x == 0) {
-                stored -= i128::from(self.store.remove_chunks(&mut t, ino, idx, idx + 1)?);
+                self.store
+                    .drop_chunks(&mut t, ino, &mut inode, idx, idx + 1)?;
                 kept.push((idx, 0, 0));
             } else {
                 let framed = if raw {
@@ -650,15 +650,12 @@ impl Core {
                 } else {
                     encode_chunk(plain)
                 };
-                inode.data_ver += 1;
-                let freed = self
+                let ver = self
                     .store
-                    .put_chunk(&mut t, ino, idx, inode.data_ver, &framed, now)?;
-                stored += framed.len() as i128 - i128::from(freed);
-                kept.push((idx, inode.data_ver, plain.len()));
+                    .write_chunk(&mut t, ino, &mut inode, idx, &framed, now)?;
+                kept.push((idx, ver, plain.len()));
             }
         }
-        inode.stored = stored.max(0) as u64;
         t.put_inode(ino, &inode);
         self.store.commit(t)?;
         let wrote_chunks = !kept.is_empty();
@@ -741,8 +738,8 @@ impl Core {
             for c in self.store.chunks_in(ino, keep, u64::MAX)? {
                 self.cache.remove(ino, c.index);
             }
-            let freed = self.store.remove_chunks(&mut t, ino, keep, u64::MAX)?;
-            g.inode.stored = g.inode.stored.saturating_sub(freed);
+            self.store
+                .drop_chunks(&mut t, ino, &mut g.inode, keep, u64::MAX)?;
         }
         g.inode.size = size;
         self.persist_with(ino, g, t)

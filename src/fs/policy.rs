@@ -123,11 +123,8 @@ impl Core {
                 let Some(c) = self.store.chunk(ino, index)? else {
                     continue;
                 };
-                inode.data_ver += 1;
-                let freed =
-                    self.store
-                        .put_chunk(&mut t, ino, index, inode.data_ver, &c.frame, now)?;
-                inode.stored = (inode.stored + c.frame.len() as u64).saturating_sub(freed);
+                self.store
+                    .write_chunk(&mut t, ino, &mut inode, index, &c.frame, now)?;
                 self.cache.remove(ino, index);
             }
             t.put_inode(ino, &inode);

@@ -4,7 +4,7 @@
 
 use super::engine::{Engine, Table};
 use super::extent::{Extent, ExtentChunk};
-use super::records::{HotChunk, Pending, Time};
+use super::records::{HotChunk, Inode, Pending, Time};
 use super::{keys, ChunkInfo, PendingChunk, Store, StoreError, StoredChunk, Txn};
 use std::sync::atomic::Ordering;
 
@@ -107,6 +107,70 @@ impl Store {
         }
     }
 
+    // ---- a file's chunks, with its record ----
+    //
+    // The file-level operations: each changes chunks of file `ino` and, in the same
+    // call, the record `file` that goes with them (its content version and stored
+    // bytes). The caller puts `file` into the same transaction; nothing else in the
+    // crate does arithmetic on `stored` or `data_ver`.
+
+    /// Adds to `txn` the new content `frame` of chunk `index` of `ino`: a hot chunk
+    /// waiting for the compactor since `written`, under the file's next content version
+    /// (`file.data_ver` moves to it), with `file.stored` moved by the bytes it adds and
+    /// those of the frame it replaces. Returns the chunk's version.
+    pub fn write_chunk(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        file: &mut Inode,
+        index: u64,
+        frame: &[u8],
+        written: Time,
+    ) -> Result<u64, StoreError> {
+        let ver = file.data_ver + 1;
+        let freed = self.put_chunk(txn, ino, index, ver, frame, written)?;
+        file.data_ver = ver;
+        file.shift_stored(frame.len() as u64, freed);
+        Ok(ver)
+    }
+
+    /// Adds to `txn` the removal of every chunk of `ino` in `[from, to)`, hot or settled,
+    /// with `file.stored` moved by the bytes freed.
+    pub fn drop_chunks(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        file: &mut Inode,
+        from: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        let freed = self.remove_chunks(txn, ino, from, to)?;
+        file.shift_stored(0, freed);
+        Ok(())
+    }
+
+    /// Adds to `txn` the settling of hot chunk `index` of `ino` (which the caller checked
+    /// is still at version `ver`) with `frame`, into an extent, with `file.stored` moved
+    /// by the difference. Returns (bytes added, bytes freed), for a copy of the record
+    /// held elsewhere (the filesystem's in-memory one) to follow with
+    /// [`Inode::shift_stored`].
+    pub fn settle_file_chunk(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        file: &mut Inode,
+        index: u64,
+        ver: u64,
+        frame: Vec<u8>,
+    ) -> Result<(u64, u64), StoreError> {
+        let added = frame.len() as u64;
+        let freed = self.settle_chunk(txn, ino, index, ver, frame)?;
+        file.shift_stored(added, freed);
+        Ok((added, freed))
+    }
+
+    // ---- the parts ----
+
     /// Every stored chunk of `ino` with `from <= index < to`, in index order.
     pub fn chunks_in(&self, ino: u64, from: u64, to: u64) -> Result<Vec<ChunkInfo>, StoreError> {
         self.chunks_in_txn(None, ino, from, to)
@@ -164,7 +228,7 @@ impl Store {
 
     /// Adds to `txn` the removal of every chunk of `ino` in `[from, to)`, hot or settled;
     /// returns the frame bytes freed.
-    pub fn remove_chunks(
+    pub(super) fn remove_chunks(
         &self,
         txn: &mut Txn,
         ino: u64,
@@ -209,7 +273,10 @@ impl Store {
     }
 
     /// Adds to `txn` chunk `index` of `ino` as a hot chunk of version `ver`, waiting for
-    /// the compactor since `written`; returns the frame bytes of what it replaces.
+    /// the compactor since `written`; returns the frame bytes of what it replaces. The
+    /// chunk alone: the file's record is left as it is, so this is for tests and tools
+    /// that plant a frame under a version they choose (damage, in the mount tests); the
+    /// filesystem writes through [`Store::write_chunk`].
     pub fn put_chunk(
         &self,
         txn: &mut Txn,
@@ -294,19 +361,18 @@ impl Store {
 
     /// Adds to `txn` the settling of hot chunk `index` of `ino` (which the caller checked
     /// is still at version `ver`) with `frame`: it leaves the hot and pending tables and
-    /// joins an extent. Returns the frame bytes freed minus those added (may be
-    /// negative if the new frame is larger, which the compactor never asks).
-    pub fn settle_chunk(
+    /// joins an extent. Returns the frame bytes of the hot chunk it replaces.
+    pub(super) fn settle_chunk(
         &self,
         txn: &mut Txn,
         ino: u64,
         index: u64,
         ver: u64,
         frame: Vec<u8>,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<u64, StoreError> {
         let key = keys::chunk(ino, index);
         let old = match self.get(Some(txn), Table::Chunk, &key)? {
-            Some(v) => HotChunk::decode(&v)?.frame.len() as i64,
+            Some(v) => HotChunk::decode(&v)?.frame.len() as u64,
             None => {
                 return Err(StoreError::Corrupt(format!(
                     "settling chunk {index} of inode {ino}, which is not hot"
@@ -318,9 +384,8 @@ impl Store {
             txn.pending_delta -= 1;
         }
         txn.delete(Table::Pending, key);
-        let added = frame.len() as i64;
         self.place_settled(txn, ino, ExtentChunk { index, ver, frame })?;
-        Ok(old - added)
+        Ok(old)
     }
 
     /// Adds to `txn` a settled chunk where no chunk is (a salvage marking a lost one).

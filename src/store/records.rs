@@ -192,6 +192,13 @@ impl Inode {
         }
     }
 
+    /// Moves `stored` by frame bytes added and freed, never below zero (a count that
+    /// drifted from the frames, which fsck repairs, must not wrap). Only the store's
+    /// chunk operations call it, in the transaction that adds or frees the frames.
+    pub(crate) fn shift_stored(&mut self, added: u64, freed: u64) {
+        self.stored = self.stored.saturating_add(added).saturating_sub(freed);
+    }
+
     pub fn kind(&self) -> Kind {
         Kind::from_mode(self.mode).unwrap_or(Kind::File)
     }

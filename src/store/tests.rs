@@ -2,11 +2,11 @@
 //! transaction overlay, inode numbering across crashes, refusal of damaged stores.
 
 use super::engine::memory::MemoryEngine;
-use super::*;
 use super::extent::Extent;
 use super::records::{Kind, Time};
-use std::sync::Arc;
+use super::*;
 use crate::store::seal::PlantSealed;
+use std::sync::Arc;
 
 fn store() -> (Arc<MemoryEngine>, Store) {
     let e = MemoryEngine::new();

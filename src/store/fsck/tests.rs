@@ -193,11 +193,9 @@ fn settle_llm(s: &Store, ino: u64, indexes: &[u64]) {
         let c = s.chunk(ino, i).unwrap().unwrap();
         let plain = frame::decode(&c.frame, None).unwrap();
         let mut t = Txn::new();
-        let delta = s
-            .settle_chunk(&mut t, ino, i, c.ver, fake_llm(&plain))
-            .unwrap();
         let mut rec = s.inode(ino).unwrap().unwrap();
-        rec.stored = (rec.stored as i64 - delta) as u64;
+        s.settle_file_chunk(&mut t, ino, &mut rec, i, c.ver, fake_llm(&plain))
+            .unwrap();
         t.put_inode(ino, &rec);
         s.commit(t).unwrap();
     }
@@ -210,11 +208,8 @@ fn rewrite_chunk(s: &Store, t: &mut Txn, ino: u64, index: u64, framed: &[u8]) {
         Some(Some(v)) => Inode::decode(v).unwrap(),
         _ => s.inode(ino).unwrap().unwrap(),
     };
-    rec.data_ver += 1;
-    let freed = s
-        .put_chunk(t, ino, index, rec.data_ver, framed, Time::now())
+    s.write_chunk(t, ino, &mut rec, index, framed, Time::now())
         .unwrap();
-    rec.stored = rec.stored + framed.len() as u64 - freed;
     t.put_inode(ino, &rec);
 }
 
