@@ -147,6 +147,18 @@ pub fn assemble(codec: Codec, plain: &[u8], payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The codec a frame's header names; `None` when the header is damaged (the frame then
+/// fails to decode, whoever asks).
+pub fn codec_of(frame: &[u8]) -> Option<Codec> {
+    parse_header(frame).ok().map(|h| h.codec)
+}
+
+/// Whether decoding `frame` needs the model (the one question the filesystem asks of a
+/// frame before it decides which thread decodes it).
+pub fn needs_model(frame: &[u8]) -> bool {
+    codec_of(frame) == Some(Codec::Llm)
+}
+
 pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, FrameError> {
     let tag = *frame.first().ok_or(FrameError::Truncated)?;
     let version = tag >> 4;

@@ -12,7 +12,7 @@
 use super::container::{decode_frame, ContainerError, Header};
 use super::llm::LlmModel;
 use super::segment::SegmentCoder;
-use crate::frame::{self, Codec, FrameError};
+use crate::frame::{self, FrameError};
 
 pub struct LegacyDecoder<'m> {
     model: &'m LlmModel,
@@ -46,7 +46,7 @@ impl<'m> LegacyDecoder<'m> {
         index: usize,
         frame_bytes: &[u8],
     ) -> Result<Vec<u8>, ContainerError> {
-        let is_llm = frame::parse_header(frame_bytes).is_ok_and(|h| h.codec == Codec::Llm);
+        let is_llm = frame::needs_model(frame_bytes);
         if !is_llm {
             return decode_frame(header, index, frame_bytes, None);
         }

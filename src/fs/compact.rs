@@ -21,7 +21,7 @@
 
 use super::cache::Cached;
 use super::{Core, FsError, FsResult};
-use crate::frame::{self, Codec};
+use crate::frame;
 use crate::store::{PendingChunk, Txn};
 use crate::tier::{Coded, Encoded, TierError};
 use parking_lot::{Condvar, Mutex};
@@ -544,7 +544,7 @@ impl Core {
             .meta(crate::store::MetaKey::Canary)
             .map_err(|e| e.to_string())?
             .ok_or("the store's canary frame is missing")?;
-        let is_llm = frame::parse_header(&canary).is_ok_and(|h| h.codec == Codec::Llm);
+        let is_llm = frame::needs_model(&canary);
         // A decode checks the plaintext's CRC: passing it means this model computes the
         // probabilities the store was coded with (the text itself may differ between
         // releases).

@@ -318,7 +318,7 @@ impl Core {
             let Ok(Some(c)) = self.store.chunk(ino, next) else {
                 continue;
             };
-            if !frame::parse_header(&c.frame).is_ok_and(|h| h.codec == Codec::Llm) {
+            if !frame::needs_model(&c.frame) {
                 continue;
             }
             let key = (ino, next, c.ver);
@@ -347,7 +347,7 @@ impl Core {
         let Some(c) = self.store.chunk(ino, idx)? else {
             return Ok(None);
         };
-        let costly = frame::parse_header(&c.frame).is_ok_and(|h| h.codec == Codec::Llm);
+        let costly = frame::needs_model(&c.frame);
         let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, wait)?;
         Ok(Some(LoadedChunk {
             ver: c.ver,

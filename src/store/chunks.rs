@@ -200,7 +200,7 @@ impl Store {
                         ver: h.ver,
                         frame_len: h.frame.len(),
                         hot: true,
-                        codec: codec_of(&h.frame),
+                        codec: crate::frame::codec_of(&h.frame),
                     }),
                     (_, Err(e)) => bad = Some(e),
                     (None, _) => bad = Some(StoreError::Corrupt("chunk key malformed".into())),
@@ -218,7 +218,7 @@ impl Store {
                     ver: c.ver,
                     frame_len: c.frame.len(),
                     hot: false,
-                    codec: codec_of(&c.frame),
+                    codec: crate::frame::codec_of(&c.frame),
                 });
             }
         }
@@ -498,6 +498,3 @@ impl Store {
     }
 }
 
-pub(super) fn codec_of(frame: &[u8]) -> Option<crate::frame::Codec> {
-    crate::frame::parse_header(frame).ok().map(|h| h.codec)
-}
