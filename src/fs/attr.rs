@@ -1,6 +1,7 @@
 //! Attribute changes: chmod, chown, truncate, utimens; and access(2).
 
-use super::data::{clear_suid, Undo, Wait};
+use super::chunk::Wait;
+use super::file::{clear_suid, Undo};
 use super::perm::{self, W};
 use super::{Caller, Core, Entry, FsError, FsResult};
 use crate::store::records::{Kind, Time};

@@ -40,7 +40,7 @@ pub fn fit(mut buf: Vec<u8>) -> Vec<u8> {
 
 /// What one read found: chunks served from the cache, and chunks it loaded from the
 /// store (holes included). A read counts the round that served it, once it succeeds:
-/// a read first tried on a FUSE thread without the model ([`super::data::Wait::NoModel`])
+/// a read first tried on a FUSE thread without the model ([`super::chunk::Wait::NoModel`])
 /// and then again on a slow-request thread, or one that goes round again because the
 /// file changed meanwhile, counts each chunk once. Edits are not counted.
 #[derive(Clone, Copy, Debug, Default)]

@@ -2,8 +2,8 @@
 //! milliseconds: compaction racing writes, truncates and unlinks; exact stored bytes;
 //! profile pinning; no file lock held across a model decode; crashes mid-compaction.
 
+use super::chunk::Wait;
 use super::compact::Outcome;
-use super::data::Wait;
 use super::dir::NewNode;
 use super::testutil::{fake_tier, MemoryEngine};
 use super::*;

@@ -43,7 +43,7 @@ pub enum FsError {
     #[error("I/O error: {0}")]
     Io(String),
     /// The call would wait for the language model, and its caller said it must not (see
-    /// [`super::data::Wait`]); the FUSE adapter hands such requests to a worker.
+    /// [`super::chunk::Wait`]); the FUSE adapter hands such requests to a worker.
     #[error("the request needs the language model")]
     WouldBlock,
     /// Inside the core only: an edit needs chunk N decoded by the model first.

@@ -5,8 +5,8 @@
 //! (no restart) saves what waited in memory.
 
 use super::attr::SetAttr;
+use super::chunk::Wait;
 use super::compact_tests::{check_stored, compact_all, core_on, read_all, text};
-use super::data::Wait;
 use super::dir::NewNode;
 use super::rename::RenameMode;
 use super::testutil::{fake_tier, MemoryEngine};
@@ -295,12 +295,12 @@ fn a_failed_hole_punch_or_fallocate_changes_nothing() {
         data[at..at + what.len()].copy_from_slice(what);
     }
     let before = core.getattr(f).unwrap().inode;
-    let punch = super::data::Fallocate::PunchHole;
+    let punch = super::file::Fallocate::PunchHole;
     engine.fail_commit(1);
     assert!(core
         .fallocate(f, 100, 3 * 4096, punch, Wait::Model)
         .is_err());
-    let grow = super::data::Fallocate::ZeroRange { keep_size: false };
+    let grow = super::file::Fallocate::ZeroRange { keep_size: false };
     engine.fail_commit(1);
     assert!(core
         .fallocate(f, 4096, 8 * 4096, grow, Wait::Model)

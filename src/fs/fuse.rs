@@ -2,8 +2,9 @@
 //! call and the result into a reply. No filesystem logic lives here.
 
 use super::attr::{SetAttr, SetTime};
-use super::data::{want_from_flags, Fallocate, Wait};
+use super::chunk::Wait;
 use super::dir::NewNode;
+use super::file::{want_from_flags, Fallocate};
 use super::perm::R;
 use super::rename::RenameMode;
 use super::xattr::SetXattr;

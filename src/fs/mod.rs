@@ -11,14 +11,15 @@
 
 pub mod attr;
 mod cache;
+pub mod chunk;
 pub mod compact;
 #[cfg(test)]
 mod compact_tests;
-pub mod data;
 pub mod dir;
 pub mod error;
 #[cfg(test)]
 mod fault_tests;
+pub mod file;
 pub mod fuse;
 pub mod perm;
 pub mod policy;
@@ -76,7 +77,7 @@ impl Default for CoreConfig {
             dirty_total_limit: 64 << 20,
             flush_interval: Duration::from_secs(5),
             create: CreateOptions {
-                chunk_size: data::DEFAULT_CHUNK_SIZE,
+                chunk_size: file::DEFAULT_CHUNK_SIZE,
             },
             update_atime: true,
             read_only: false,

@@ -2,7 +2,7 @@
 //! MOUNTPOINT` reads from the read-only attribute `user.llmfs.stats` of the root, and
 //! what `llmfs stats STORE` prints for an unmounted store (the store's part).
 
-use super::data::Wait;
+use super::chunk::Wait;
 use super::{Core, FsError, FsResult};
 use crate::store::stats::{disk_usage, StoreStats};
 use parking_lot::Mutex;

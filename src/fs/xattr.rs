@@ -1,6 +1,6 @@
 //! Extended attributes: get/set/list/remove, with XATTR_CREATE/XATTR_REPLACE.
 
-use super::data::Wait;
+use super::chunk::Wait;
 use super::perm::{self, R, W};
 use super::policy::{self, Policy};
 use super::{live, Caller, Core, FsError, FsResult};

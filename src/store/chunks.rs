@@ -497,4 +497,3 @@ impl Store {
         Ok(n)
     }
 }
-

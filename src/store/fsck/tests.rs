@@ -5,7 +5,7 @@ use super::*;
 use crate::frame::{self, Codec};
 use crate::fs::dir::NewNode;
 use crate::fs::xattr::SetXattr;
-use crate::fs::{attr::SetAttr, data::Wait, Caller, Core, CoreConfig};
+use crate::fs::{attr::SetAttr, chunk::Wait, Caller, Core, CoreConfig};
 use crate::store::engine::memory::MemoryEngine;
 use crate::store::engine::Table;
 use crate::store::extent::{Extent, ExtentChunk};

@@ -1,4 +1,5 @@
-//! File contents: open/read/write/truncate/fallocate/flush/fsync/release.
+//! File contents, the POSIX operations: open/read/write/truncate/fallocate/flush/fsync/
+//! release.
 //!
 //! A file is a sequence of fixed-size logical chunks, each stored as one frame under
 //! (ino, index); an absent chunk reads as zeros, and a chunk that becomes all zeros is
@@ -7,13 +8,8 @@
 //! version) in ONE store transaction, so a chunk and the size that goes with it are never
 //! seen apart.
 //!
-//! Decoding never holds a file's lock when it may need the language model: reads decode
-//! without the lock and keep a result only if the chunk's content version is unchanged
-//! (per chunk: a writer elsewhere in the file costs nothing); writes, truncates and
-//! hole punches that need a chunk the model must decode drop the lock, have it decoded
-//! ([`FsError::NeedChunk`]), and start again. A caller that must not wait for the model
-//! at all (a FUSE request thread) passes [`Wait::NoModel`] and gets
-//! [`FsError::WouldBlock`], and hands the request to a worker.
+//! The chunks under these operations (getting a chunk's plaintext, making it dirty,
+//! the version checks, the cache) are [`super::chunk`]'s.
 //!
 //! Chunk size, 4 KiB by default (`chunk_size=` at store creation overrides it). The LLM
 //! tier codes each chunk as one segment, and a cold random read decodes a whole chunk
@@ -32,16 +28,14 @@
 //! sequential reads and the zstd ratio favour big chunks, which the LLM tier replaces
 //! anyway: 4 KiB.
 
-use super::cache::{Cached, ReadTally};
+use super::cache::ReadTally;
+use super::chunk::{Preloaded, Wait, READ_ROUNDS};
 use super::perm::{self, R, W};
 use super::policy::Policy;
-use super::{live, Caller, Core, FsError, FsResult, Node, NodeRef};
-use crate::frame::{self, Codec};
+use super::{live, Caller, Core, FsError, FsResult, Node};
 use crate::store::records::{Kind, Time};
 use crate::store::Txn;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 pub const DEFAULT_CHUNK_SIZE: u32 = 4096;
 
@@ -58,47 +52,6 @@ pub enum Fallocate {
     /// Zero the range (sizes grow unless `keep_size`).
     ZeroRange { keep_size: bool },
 }
-
-/// Whether a call may wait for the language model to decode a chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// It may (a worker thread): seconds per model-coded chunk on a CPU.
-    Model,
-    /// It may, for user `uid`: the model's queue is fair between users, so one user's
-    /// flood of cold reads delays another's by about one decode per lane.
-    ModelFor(u32),
-    /// It must not (a FUSE request thread): [`FsError::WouldBlock`] instead.
-    NoModel,
-}
-
-impl Wait {
-    /// Who the model works for.
-    fn requester(self) -> u32 {
-        match self {
-            Wait::ModelFor(uid) => uid,
-            _ => crate::tier::SYSTEM,
-        }
-    }
-}
-
-/// A chunk as decoded from the store.
-#[derive(Clone, Debug)]
-pub(super) struct LoadedChunk {
-    pub ver: u64,
-    pub plain: Arc<Vec<u8>>,
-    /// The model decoded it (the cache keeps such chunks longer).
-    pub costly: bool,
-}
-
-/// A chunk as loaded from the store, or `None` for a hole.
-pub(super) type Loaded = Option<LoadedChunk>;
-
-/// Chunks decoded without the file's lock, for an operation to use once it holds the
-/// lock again, if they are still current.
-type Preloaded = HashMap<u64, Loaded>;
-
-/// Rounds of decode-then-check a read tries before it decodes fast chunks under the lock.
-const READ_ROUNDS: usize = 8;
 
 /// A node as it was before an operation that changes it in memory and then commits
 /// (truncate, fallocate, setattr): its record and its dirty chunks in a range of indexes,
@@ -249,85 +202,6 @@ impl Core {
         unreachable!("the read loop returns")
     }
 
-    /// The current plaintext of a chunk that is not dirty, if it is at hand under the
-    /// file's lock: cached, or decoded meanwhile and still the stored version (then it is
-    /// cached). `Some(None)`: a hole. `None`: it must be loaded. Counts a hit or a load in
-    /// `tally`.
-    fn settled_now(
-        &self,
-        ino: u64,
-        idx: u64,
-        loaded: &mut Preloaded,
-        tally: &mut ReadTally,
-    ) -> FsResult<Option<Option<Arc<Vec<u8>>>>> {
-        if let Some(c) = self.cache.get(ino, idx) {
-            tally.hits += 1;
-            return Ok(Some(Some(c.plain)));
-        }
-        let Some(l) = loaded.remove(&idx) else {
-            return Ok(None);
-        };
-        tally.misses += 1;
-        let now = self.store.chunk_ver(ino, idx)?;
-        match l {
-            Some(l) if now == Some(l.ver) => {
-                let entry = Cached {
-                    ver: l.ver,
-                    plain: l.plain.clone(),
-                };
-                self.cache.put(ino, idx, entry, l.costly);
-                Ok(Some(Some(l.plain)))
-            }
-            None if now.is_none() => Ok(Some(None)),
-            _ => Ok(None),
-        }
-    }
-
-    /// Reads ahead for a reader that just read up to chunk `idx` of `ino`: the next
-    /// LLM-coded chunks that are not cached, up to one per lane, are queued as
-    /// prefetches, which free lanes decode and the pool keeps for the reader. So `cat`
-    /// of an archived file decodes on every lane at once. (The pool never calls back into
-    /// the filesystem: no lane takes a file lock or reads the store.)
-    pub fn prefetch(&self, ino: u64, idx: u64) {
-        let Some(tier) = self.tier.get() else {
-            return;
-        };
-        // Only after a chunk the model decoded: a reader of the fast tier costs no look
-        // into the store for chunks that need no model.
-        if idx == 0 || !self.cache.is_costly(ino, idx - 1) {
-            return;
-        }
-        let window = tier.config().lanes as u64;
-        let Ok(size) = self.getattr(ino).map(|e| e.inode.size) else {
-            return;
-        };
-        let cs = self.chunk_size();
-        self.prefetch_chunks(ino, idx..(idx + window).min(size.div_ceil(cs)));
-    }
-
-    /// Queues the LLM-coded ones among `indexes` of `ino` that are not cached as
-    /// prefetches.
-    fn prefetch_chunks(&self, ino: u64, indexes: impl Iterator<Item = u64>) {
-        let Some(tier) = self.tier.get() else {
-            return;
-        };
-        for next in indexes {
-            if self.cache.get(ino, next).is_some() {
-                continue;
-            }
-            let Ok(Some(c)) = self.store.chunk(ino, next) else {
-                continue;
-            };
-            if !frame::needs_model(&c.frame) {
-                continue;
-            }
-            let key = (ino, next, c.ver);
-            if !tier.has(&key) {
-                tier.prefetch(key, c.frame);
-            }
-        }
-    }
-
     /// relatime: atime moves when it is older than mtime/ctime or a day old; it is
     /// persisted with the next flush rather than costing a write per read.
     fn touch_atime(&self, g: &mut Node) {
@@ -340,161 +214,6 @@ impl Core {
             g.inode.atime = now;
             g.atime_dirty = true;
         }
-    }
-
-    /// Loads chunk `idx` from the store and decodes it, without any lock.
-    pub(super) fn load_chunk(&self, ino: u64, idx: u64, wait: Wait) -> FsResult<Loaded> {
-        let Some(c) = self.store.chunk(ino, idx)? else {
-            return Ok(None);
-        };
-        let costly = frame::needs_model(&c.frame);
-        let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, wait)?;
-        Ok(Some(LoadedChunk {
-            ver: c.ver,
-            plain: Arc::new(plain),
-            costly,
-        }))
-    }
-
-    /// Decodes one stored frame; corruption is EIO with one log line naming the file.
-    fn decode_chunk(
-        &self,
-        ino: u64,
-        idx: u64,
-        ver: u64,
-        framed: &[u8],
-        wait: Wait,
-    ) -> FsResult<Vec<u8>> {
-        let cs = self.chunk_size();
-        let result = frame::parse_header(framed).and_then(|h| {
-            if h.plain_len > cs {
-                // Bounded before anything is allocated or decoded.
-                return Err(frame::FrameError::Corrupt(format!(
-                    "frame claims {} bytes, chunks hold {cs}",
-                    h.plain_len
-                )));
-            }
-            Ok(h)
-        });
-        let decoded = match result {
-            Ok(h) if h.codec == Codec::Llm => {
-                if wait == Wait::NoModel {
-                    return Err(FsError::WouldBlock);
-                }
-                self.decode_llm(ino, idx, ver, framed, wait.requester())
-            }
-            Ok(_) => frame::decode(framed, None),
-            Err(e) => Err(e),
-        };
-        decoded.map_err(|e| self.chunk_error(ino, idx, &e))
-    }
-
-    /// Logs an unreadable chunk once, naming the file, and turns it into EIO.
-    pub(super) fn chunk_error(&self, ino: u64, idx: u64, e: &dyn std::fmt::Display) -> FsError {
-        // The path costs a scan of the names: once per file and cause is enough (a
-        // `nomodel` mount reading an archive would otherwise log, and scan, per chunk).
-        let what = e.to_string();
-        let first = {
-            let mut logged = self.logged_errors.lock();
-            if logged.len() > 4096 {
-                logged.clear();
-            }
-            logged.insert((ino, cause_of(&what)))
-        };
-        if first {
-            let path = self.store.find_path(ino).unwrap_or_else(|| "?".into());
-            log::error!(
-                "cannot read chunk {idx} of inode {ino} ({path}): {what} (said once per file; \
-                 every such read fails with EIO)"
-            );
-        }
-        FsError::Io(format!("chunk {idx} of inode {ino}: {what}"))
-    }
-
-    /// The plaintext of chunk `idx` (not dirty) under the file's lock, for an edit: cached,
-    /// preloaded (if still current), or decoded now if that needs no model. Otherwise
-    /// [`FsError::NeedChunk`]: the caller drops the lock and preloads it.
-    fn chunk_for_edit(
-        &self,
-        ino: u64,
-        idx: u64,
-        pre: &mut Preloaded,
-    ) -> FsResult<Option<Arc<Vec<u8>>>> {
-        if let Some(now) = self.settled_now(ino, idx, pre, &mut ReadTally::default())? {
-            return Ok(now);
-        }
-        match self.load_chunk(ino, idx, Wait::NoModel) {
-            Ok(l) => Ok(l.map(|l| l.plain)),
-            Err(FsError::WouldBlock) => Err(FsError::NeedChunk(idx)),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Runs `op` under the file's lock; when it needs a chunk the model must decode, the
-    /// lock is dropped while it is decoded (or [`FsError::WouldBlock`] with
-    /// [`Wait::NoModel`]) and `op` runs again. `op` asks for its chunks before it changes
-    /// anything, so running it again is safe.
-    pub(super) fn with_chunks<T>(
-        &self,
-        ino: u64,
-        n: &NodeRef,
-        wait: Wait,
-        mut op: impl FnMut(&mut Node, &mut Preloaded) -> FsResult<T>,
-    ) -> FsResult<T> {
-        let mut pre = Preloaded::new();
-        loop {
-            let need = {
-                let mut g = live(n)?;
-                match op(&mut g, &mut pre) {
-                    Err(FsError::NeedChunk(idx)) => idx,
-                    r => return r,
-                }
-            };
-            if wait == Wait::NoModel {
-                return Err(FsError::WouldBlock);
-            }
-            let l = self.load_chunk(ino, need, wait)?;
-            pre.insert(need, l);
-        }
-    }
-
-    /// Makes chunk `idx` dirty (loading its current contents unless `whole`, where the
-    /// caller overwrites all of it) and returns its buffer.
-    pub(super) fn dirty_chunk<'a>(
-        &self,
-        ino: u64,
-        g: &'a mut Node,
-        idx: u64,
-        whole: bool,
-        pre: &mut Preloaded,
-    ) -> FsResult<&'a mut Vec<u8>> {
-        let cs = self.chunk_size() as usize;
-        if !g.dirty.contains_key(&idx) {
-            let mut buf = vec![0u8; cs];
-            if !whole && idx * (cs as u64) < g.inode.size {
-                if let Some(p) = self.chunk_for_edit(ino, idx, pre)? {
-                    let n = p.len().min(cs);
-                    buf[..n].copy_from_slice(&p[..n]);
-                }
-            }
-            g.dirty.insert(idx, buf);
-            g.dirty_bytes += cs;
-            self.dirty_total.fetch_add(cs, Ordering::Relaxed);
-        }
-        let buf = g
-            .dirty
-            .get_mut(&idx)
-            .ok_or_else(|| FsError::Io("dirty chunk vanished".into()))?;
-        if buf.len() < cs {
-            // An empty buffer stands for zeros (punched); make it real.
-            let added = cs - buf.len();
-            buf.resize(cs, 0);
-            g.dirty_bytes += added;
-            self.dirty_total.fetch_add(added, Ordering::Relaxed);
-        }
-        g.dirty
-            .get_mut(&idx)
-            .ok_or_else(|| FsError::Io("dirty chunk vanished".into()))
     }
 
     /// Writes `data` at `offset`; `kill_suid` asks to drop setuid/setgid (a write by
@@ -631,57 +350,15 @@ impl Core {
     /// Persists the node in one transaction with `t`. Nothing in memory changes unless
     /// the commit succeeds, so a failed one (a full device) loses nothing.
     fn persist_with(&self, ino: u64, g: &mut Node, mut t: Txn) -> FsResult<()> {
-        let cs = self.chunk_size();
-        let now = Time::now();
         let raw = self.node_policy(ino, g)? == Policy::None;
         let mut inode = g.inode.clone();
-        // (index, version, plaintext length; 0 when the chunk is all zeros and goes away)
-        let mut kept = Vec::with_capacity(g.dirty.len());
-        for (&idx, buf) in &g.dirty {
-            let len = inode.size.saturating_sub(idx * cs).min(cs) as usize;
-            let plain = &buf[..len.min(buf.len())];
-            if plain.iter().all(|&x| x == 0) {
-                self.store
-                    .drop_chunks(&mut t, ino, &mut inode, idx, idx + 1)?;
-                kept.push((idx, 0, 0));
-            } else {
-                let framed = if raw {
-                    frame::assemble(frame::Codec::Raw, plain, plain)
-                } else {
-                    encode_chunk(plain)
-                };
-                let ver = self
-                    .store
-                    .write_chunk(&mut t, ino, &mut inode, idx, &framed, now)?;
-                kept.push((idx, ver, plain.len()));
-            }
-        }
+        let written = self.frame_dirty(ino, g, &mut inode, &mut t, raw)?;
         t.put_inode(ino, &inode);
         self.store.commit(t)?;
-        let wrote_chunks = !kept.is_empty();
         g.inode = inode;
-        // The dirty buffers become the cached plaintext: no copy.
-        let mut dirty = std::mem::take(&mut g.dirty);
-        for (idx, ver, len) in kept {
-            match dirty.remove(&idx) {
-                Some(mut buf) if len > 0 => {
-                    buf.truncate(len);
-                    let entry = Cached {
-                        ver,
-                        plain: Arc::new(super::cache::fit(buf)),
-                    };
-                    self.cache.put(ino, idx, entry, false);
-                }
-                _ => self.cache.remove(ino, idx),
-            }
-        }
-        self.dirty_total.fetch_sub(g.dirty_bytes, Ordering::Relaxed);
-        g.dirty_bytes = 0;
+        self.dirty_committed(ino, g, written);
         g.meta_dirty = false;
         g.atime_dirty = false;
-        if wrote_chunks {
-            self.chunks_written();
-        }
         Ok(())
     }
 
@@ -864,32 +541,6 @@ impl Core {
     }
 }
 
-/// The fast-tier frame of a chunk: the same frame as [`frame::encode_fast`], but with
-/// one zstd context per thread. A fresh context per 4 KiB chunk costs little CPU but
-/// churns the allocator enough to double the daemon's RSS under sustained writes.
-fn encode_chunk(plain: &[u8]) -> Vec<u8> {
-    thread_local! {
-        static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-            zstd::bulk::Compressor::new(frame::ZSTD_LEVEL).ok().into();
-    }
-    let zstd = ZSTD.with(|c| c.borrow_mut().as_mut().and_then(|c| c.compress(plain).ok()));
-    match zstd {
-        Some(z) if z.len() < plain.len() => frame::assemble(frame::Codec::Zstd, plain, &z),
-        Some(_) => frame::assemble(frame::Codec::Raw, plain, plain),
-        None => frame::encode_fast(plain),
-    }
-}
-
-/// The kind of a chunk error, for logging each kind once per file: the message up to
-/// its first detail.
-fn cause_of(message: &str) -> String {
-    message
-        .split([':', '('])
-        .next()
-        .unwrap_or(message)
-        .to_string()
-}
-
 /// A write by a non-root user, or a chown, drops setuid, and setgid when group-exec.
 pub(super) fn clear_suid(mode: &mut u32) {
     *mode &= !libc::S_ISUID;
@@ -926,12 +577,15 @@ pub(super) fn want_from_flags(flags: i32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::chunk::encode_chunk;
     use super::super::dir::NewNode;
     use super::super::testutil::{core, core_with, MemoryEngine};
     use super::super::CoreConfig;
     use super::*;
+    use crate::frame;
     use crate::store::engine::Table;
     use crate::store::ROOT_INO;
+    use std::sync::Arc;
 
     fn new_file(core: &Core, name: &[u8]) -> u64 {
         let what = NewNode::File {

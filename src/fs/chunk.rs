@@ -1,0 +1,395 @@
+//! A chunk's life in the filesystem: the one place that gets a chunk's plaintext
+//! (the cache, the version check that decides whether a decode is still current, the
+//! model's queue and read-ahead), makes it dirty for an edit, turns dirty chunks into
+//! frames for a commit, and swaps a compacted frame in if the chunk is still the one
+//! that was compacted. The POSIX operations over whole files are in [`super::file`];
+//! the compactor that chooses what to compact is in [`super::compact`].
+//!
+//! Versions: every chunk write takes the file's next content version in the commit
+//! that stores it, so (inode, index, version) names one plaintext for good. A decode
+//! done without the file's lock is kept (and cached) only if the store still holds that
+//! version; a compacted frame replaces the hot one only if it still does.
+//!
+//! Decoding never holds a file's lock when it may need the language model: reads decode
+//! without the lock and keep a result only if the chunk's content version is unchanged
+//! (per chunk: a writer elsewhere in the file costs nothing); edits that need a chunk
+//! the model must decode drop the lock, have it decoded ([`FsError::NeedChunk`]), and
+//! start again. A caller that must not wait for the model at all (a FUSE request
+//! thread) passes [`Wait::NoModel`] and gets [`FsError::WouldBlock`], and hands the
+//! request to a worker.
+
+use super::cache::{Cached, ReadTally};
+use super::{live, Core, FsError, FsResult, Node, NodeRef};
+use crate::frame::{self, Codec};
+use crate::store::records::{Inode, Time};
+use crate::store::Txn;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Whether a call may wait for the language model to decode a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// It may (a worker thread): seconds per model-coded chunk on a CPU.
+    Model,
+    /// It may, for user `uid`: the model's queue is fair between users, so one user's
+    /// flood of cold reads delays another's by about one decode per lane.
+    ModelFor(u32),
+    /// It must not (a FUSE request thread): [`FsError::WouldBlock`] instead.
+    NoModel,
+}
+
+impl Wait {
+    /// Who the model works for.
+    fn requester(self) -> u32 {
+        match self {
+            Wait::ModelFor(uid) => uid,
+            _ => crate::tier::SYSTEM,
+        }
+    }
+}
+
+/// A chunk as decoded from the store.
+#[derive(Clone, Debug)]
+pub(super) struct LoadedChunk {
+    pub ver: u64,
+    pub plain: Arc<Vec<u8>>,
+    /// The model decoded it (the cache keeps such chunks longer).
+    pub costly: bool,
+}
+
+/// A chunk as loaded from the store, or `None` for a hole.
+pub(super) type Loaded = Option<LoadedChunk>;
+
+/// Chunks decoded without the file's lock, for an operation to use once it holds the
+/// lock again, if they are still current.
+pub(super) type Preloaded = HashMap<u64, Loaded>;
+
+/// Rounds of decode-then-check a read tries before it decodes fast chunks under the lock.
+pub(super) const READ_ROUNDS: usize = 8;
+
+impl Core {
+    /// The current plaintext of a chunk that is not dirty, if it is at hand under the
+    /// file's lock: cached, or decoded meanwhile and still the stored version (then it is
+    /// cached). `Some(None)`: a hole. `None`: it must be loaded. Counts a hit or a load in
+    /// `tally`.
+    pub(super) fn settled_now(
+        &self,
+        ino: u64,
+        idx: u64,
+        loaded: &mut Preloaded,
+        tally: &mut ReadTally,
+    ) -> FsResult<Option<Option<Arc<Vec<u8>>>>> {
+        if let Some(c) = self.cache.get(ino, idx) {
+            tally.hits += 1;
+            return Ok(Some(Some(c.plain)));
+        }
+        let Some(l) = loaded.remove(&idx) else {
+            return Ok(None);
+        };
+        tally.misses += 1;
+        let now = self.store.chunk_ver(ino, idx)?;
+        match l {
+            Some(l) if now == Some(l.ver) => {
+                let entry = Cached {
+                    ver: l.ver,
+                    plain: l.plain.clone(),
+                };
+                self.cache.put(ino, idx, entry, l.costly);
+                Ok(Some(Some(l.plain)))
+            }
+            None if now.is_none() => Ok(Some(None)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads ahead for a reader that just read up to chunk `idx` of `ino`: the next
+    /// LLM-coded chunks that are not cached, up to one per lane, are queued as
+    /// prefetches, which free lanes decode and the pool keeps for the reader. So `cat`
+    /// of an archived file decodes on every lane at once. (The pool never calls back into
+    /// the filesystem: no lane takes a file lock or reads the store.)
+    pub fn prefetch(&self, ino: u64, idx: u64) {
+        let Some(tier) = self.tier.get() else {
+            return;
+        };
+        // Only after a chunk the model decoded: a reader of the fast tier costs no look
+        // into the store for chunks that need no model.
+        if idx == 0 || !self.cache.is_costly(ino, idx - 1) {
+            return;
+        }
+        let window = tier.config().lanes as u64;
+        let Ok(size) = self.getattr(ino).map(|e| e.inode.size) else {
+            return;
+        };
+        let cs = self.chunk_size();
+        self.prefetch_chunks(ino, idx..(idx + window).min(size.div_ceil(cs)));
+    }
+
+    /// Queues the LLM-coded ones among `indexes` of `ino` that are not cached as
+    /// prefetches.
+    pub(super) fn prefetch_chunks(&self, ino: u64, indexes: impl Iterator<Item = u64>) {
+        let Some(tier) = self.tier.get() else {
+            return;
+        };
+        for next in indexes {
+            if self.cache.get(ino, next).is_some() {
+                continue;
+            }
+            let Ok(Some(c)) = self.store.chunk(ino, next) else {
+                continue;
+            };
+            if !frame::needs_model(&c.frame) {
+                continue;
+            }
+            let key = (ino, next, c.ver);
+            if !tier.has(&key) {
+                tier.prefetch(key, c.frame);
+            }
+        }
+    }
+
+    /// Loads chunk `idx` from the store and decodes it, without any lock.
+    pub(super) fn load_chunk(&self, ino: u64, idx: u64, wait: Wait) -> FsResult<Loaded> {
+        let Some(c) = self.store.chunk(ino, idx)? else {
+            return Ok(None);
+        };
+        let costly = frame::needs_model(&c.frame);
+        let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, wait)?;
+        Ok(Some(LoadedChunk {
+            ver: c.ver,
+            plain: Arc::new(plain),
+            costly,
+        }))
+    }
+
+    /// Decodes one stored frame; corruption is EIO with one log line naming the file.
+    pub(super) fn decode_chunk(
+        &self,
+        ino: u64,
+        idx: u64,
+        ver: u64,
+        framed: &[u8],
+        wait: Wait,
+    ) -> FsResult<Vec<u8>> {
+        let cs = self.chunk_size();
+        let result = frame::parse_header(framed).and_then(|h| {
+            if h.plain_len > cs {
+                // Bounded before anything is allocated or decoded.
+                return Err(frame::FrameError::Corrupt(format!(
+                    "frame claims {} bytes, chunks hold {cs}",
+                    h.plain_len
+                )));
+            }
+            Ok(h)
+        });
+        let decoded = match result {
+            Ok(h) if h.codec == Codec::Llm => {
+                if wait == Wait::NoModel {
+                    return Err(FsError::WouldBlock);
+                }
+                self.decode_llm(ino, idx, ver, framed, wait.requester())
+            }
+            Ok(_) => frame::decode(framed, None),
+            Err(e) => Err(e),
+        };
+        decoded.map_err(|e| self.chunk_error(ino, idx, &e))
+    }
+
+    /// Logs an unreadable chunk once, naming the file, and turns it into EIO.
+    pub(super) fn chunk_error(&self, ino: u64, idx: u64, e: &dyn std::fmt::Display) -> FsError {
+        // The path costs a scan of the names: once per file and cause is enough (a
+        // `nomodel` mount reading an archive would otherwise log, and scan, per chunk).
+        let what = e.to_string();
+        let first = {
+            let mut logged = self.logged_errors.lock();
+            if logged.len() > 4096 {
+                logged.clear();
+            }
+            logged.insert((ino, cause_of(&what)))
+        };
+        if first {
+            let path = self.store.find_path(ino).unwrap_or_else(|| "?".into());
+            log::error!(
+                "cannot read chunk {idx} of inode {ino} ({path}): {what} (said once per file; \
+                 every such read fails with EIO)"
+            );
+        }
+        FsError::Io(format!("chunk {idx} of inode {ino}: {what}"))
+    }
+
+    /// The plaintext of chunk `idx` (not dirty) under the file's lock, for an edit: cached,
+    /// preloaded (if still current), or decoded now if that needs no model. Otherwise
+    /// [`FsError::NeedChunk`]: the caller drops the lock and preloads it.
+    pub(super) fn chunk_for_edit(
+        &self,
+        ino: u64,
+        idx: u64,
+        pre: &mut Preloaded,
+    ) -> FsResult<Option<Arc<Vec<u8>>>> {
+        if let Some(now) = self.settled_now(ino, idx, pre, &mut ReadTally::default())? {
+            return Ok(now);
+        }
+        match self.load_chunk(ino, idx, Wait::NoModel) {
+            Ok(l) => Ok(l.map(|l| l.plain)),
+            Err(FsError::WouldBlock) => Err(FsError::NeedChunk(idx)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `op` under the file's lock; when it needs a chunk the model must decode, the
+    /// lock is dropped while it is decoded (or [`FsError::WouldBlock`] with
+    /// [`Wait::NoModel`]) and `op` runs again. `op` asks for its chunks before it changes
+    /// anything, so running it again is safe.
+    pub(super) fn with_chunks<T>(
+        &self,
+        ino: u64,
+        n: &NodeRef,
+        wait: Wait,
+        mut op: impl FnMut(&mut Node, &mut Preloaded) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let mut pre = Preloaded::new();
+        loop {
+            let need = {
+                let mut g = live(n)?;
+                match op(&mut g, &mut pre) {
+                    Err(FsError::NeedChunk(idx)) => idx,
+                    r => return r,
+                }
+            };
+            if wait == Wait::NoModel {
+                return Err(FsError::WouldBlock);
+            }
+            let l = self.load_chunk(ino, need, wait)?;
+            pre.insert(need, l);
+        }
+    }
+
+    /// Makes chunk `idx` dirty (loading its current contents unless `whole`, where the
+    /// caller overwrites all of it) and returns its buffer.
+    pub(super) fn dirty_chunk<'a>(
+        &self,
+        ino: u64,
+        g: &'a mut Node,
+        idx: u64,
+        whole: bool,
+        pre: &mut Preloaded,
+    ) -> FsResult<&'a mut Vec<u8>> {
+        let cs = self.chunk_size() as usize;
+        if !g.dirty.contains_key(&idx) {
+            let mut buf = vec![0u8; cs];
+            if !whole && idx * (cs as u64) < g.inode.size {
+                if let Some(p) = self.chunk_for_edit(ino, idx, pre)? {
+                    let n = p.len().min(cs);
+                    buf[..n].copy_from_slice(&p[..n]);
+                }
+            }
+            g.dirty.insert(idx, buf);
+            g.dirty_bytes += cs;
+            self.dirty_total.fetch_add(cs, Ordering::Relaxed);
+        }
+        let buf = g
+            .dirty
+            .get_mut(&idx)
+            .ok_or_else(|| FsError::Io("dirty chunk vanished".into()))?;
+        if buf.len() < cs {
+            // An empty buffer stands for zeros (punched); make it real.
+            let added = cs - buf.len();
+            buf.resize(cs, 0);
+            g.dirty_bytes += added;
+            self.dirty_total.fetch_add(added, Ordering::Relaxed);
+        }
+        g.dirty
+            .get_mut(&idx)
+            .ok_or_else(|| FsError::Io("dirty chunk vanished".into()))
+    }
+
+    /// Adds `g`'s dirty chunks to `t` as frames (stored raw when `raw`, the policy
+    /// `none`; else the fast tier's), with `file`, the record to commit with them, moved
+    /// along by the store; a chunk that is all zeros is dropped (sparse files). Changes
+    /// nothing in memory: a commit that fails loses nothing.
+    pub(super) fn frame_dirty(
+        &self,
+        ino: u64,
+        g: &Node,
+        file: &mut Inode,
+        t: &mut Txn,
+        raw: bool,
+    ) -> FsResult<Written> {
+        let cs = self.chunk_size();
+        let now = Time::now();
+        let mut written = Vec::with_capacity(g.dirty.len());
+        for (&idx, buf) in &g.dirty {
+            let len = file.size.saturating_sub(idx * cs).min(cs) as usize;
+            let plain = &buf[..len.min(buf.len())];
+            if plain.iter().all(|&x| x == 0) {
+                self.store.drop_chunks(t, ino, file, idx, idx + 1)?;
+                written.push((idx, 0, 0));
+            } else {
+                let framed = if raw {
+                    frame::assemble(Codec::Raw, plain, plain)
+                } else {
+                    encode_chunk(plain)
+                };
+                let ver = self.store.write_chunk(t, ino, file, idx, &framed, now)?;
+                written.push((idx, ver, plain.len()));
+            }
+        }
+        Ok(Written(written))
+    }
+
+    /// After the commit that carried `written` ([`Core::frame_dirty`]): the dirty
+    /// buffers become the cached plaintext of their new versions (no copy), and `g` holds
+    /// no dirty chunk.
+    pub(super) fn dirty_committed(&self, ino: u64, g: &mut Node, written: Written) {
+        let wrote_chunks = !written.0.is_empty();
+        let mut dirty = std::mem::take(&mut g.dirty);
+        for (idx, ver, len) in written.0 {
+            match dirty.remove(&idx) {
+                Some(mut buf) if len > 0 => {
+                    buf.truncate(len);
+                    let entry = Cached {
+                        ver,
+                        plain: Arc::new(super::cache::fit(buf)),
+                    };
+                    self.cache.put(ino, idx, entry, false);
+                }
+                _ => self.cache.remove(ino, idx),
+            }
+        }
+        self.dirty_total.fetch_sub(g.dirty_bytes, Ordering::Relaxed);
+        g.dirty_bytes = 0;
+        if wrote_chunks {
+            self.chunks_written();
+        }
+    }
+}
+
+/// The dirty chunks a commit wrote: (index, version, plaintext length; 0 when the chunk
+/// was all zeros and went away).
+pub(super) struct Written(Vec<(u64, u64, usize)>);
+
+/// The fast-tier frame of a chunk: the same frame as [`frame::encode_fast`], but with
+/// one zstd context per thread. A fresh context per 4 KiB chunk costs little CPU but
+/// churns the allocator enough to double the daemon's RSS under sustained writes.
+pub(super) fn encode_chunk(plain: &[u8]) -> Vec<u8> {
+    thread_local! {
+        static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            zstd::bulk::Compressor::new(frame::ZSTD_LEVEL).ok().into();
+    }
+    let zstd = ZSTD.with(|c| c.borrow_mut().as_mut().and_then(|c| c.compress(plain).ok()));
+    match zstd {
+        Some(z) if z.len() < plain.len() => frame::assemble(frame::Codec::Zstd, plain, &z),
+        Some(_) => frame::assemble(frame::Codec::Raw, plain, plain),
+        None => frame::encode_fast(plain),
+    }
+}
+
+/// The kind of a chunk error, for logging each kind once per file: the message up to
+/// its first detail.
+fn cause_of(message: &str) -> String {
+    message
+        .split([':', '('])
+        .next()
+        .unwrap_or(message)
+        .to_string()
+}
