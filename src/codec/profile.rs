@@ -320,8 +320,8 @@ impl fmt::Display for ModelId {
 /// Everything a code stream depends on; see the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodecProfile {
-    /// Version of the coder's arithmetic (distribution building, context handling),
-    /// [`OLDEST_CODER_VERSION`] to [`CODER_VERSION`] for code this build reads.
+    /// Version of the coder, which fixes how tokens become code (see [`CODER_VERSION`]);
+    /// a profile this build codes with has [`OLDEST_CODER_VERSION`] to [`CODER_VERSION`].
     pub coder_version: u32,
     /// What computes the probabilities.
     pub engine: Engine,
