@@ -78,20 +78,21 @@ pub enum ContainerError {
          but the loaded model {loaded_name} has fingerprint {loaded}"
     )]
     WrongModel {
-        /// Hex prefix of the fingerprint the file records (3 bytes for version 3, the
-        /// whole of it for version 2, 8 bytes for version 1).
+        /// Hex of the fingerprint prefix the file records (3 bytes in version 3, 8 in
+        /// version 1; a version 2 file's other model is a `ProfileMismatch`).
         expected: String,
         /// Hex of the loaded model's full fingerprint.
         loaded: String,
         /// The loaded model's name, for the message.
         loaded_name: String,
     },
-    /// The model matches but the rest of the codec profile does not (coder version,
-    /// primer, llama.cpp build, backend, offload, CPU kernels); one line per difference.
+    /// The codec profile the file records differs from the loaded one beyond the model
+    /// (coder version, primer, llama.cpp build, backend, offload, CPU kernels; for a
+    /// version 2 file, any field, the model included); one message per difference.
     #[error("this build cannot decode the file's LLM-coded segments: {}", .0.join("; "))]
     ProfileMismatch(Vec<String>),
-    /// The file has LLM-coded segments but no model was loaded; holds the hex fingerprint
-    /// the file records.
+    /// The file has LLM-coded segments but no model was loaded; holds the model the file
+    /// records (its fingerprint prefix in hex).
     #[error("the file has LLM-coded segments and needs its model (fingerprint {0}) to decompress")]
     NeedsModel(String),
     /// Segment `index` failed to encode or decode.

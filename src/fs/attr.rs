@@ -39,8 +39,8 @@ pub struct SetAttr {
 
 impl Core {
     /// Applies `set` to inode `ino` atomically (whatever fails leaves it as it was) and
-    /// returns the new attributes. Updates ctime; a size change also sets mtime unless
-    /// `mtime` is given.
+    /// returns the new attributes. Every change sets ctime; a size change also sets mtime
+    /// unless `mtime` is given.
     pub fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr, wait: Wait) -> FsResult<Entry> {
         let n = self.node(ino)?;
         let cs = self.chunk_size();

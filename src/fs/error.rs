@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Every way a filesystem operation fails, each with its errno ([`FsError::to_errno`]).
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    /// No such inode, name or handle target (`ENOENT`).
+    /// No such name or inode, or an inode already deleted (`ENOENT`).
     #[error("no such file or directory")]
     NotFound,
     /// The name, or an attribute created with `XATTR_CREATE`, already exists (`EEXIST`).
@@ -32,7 +32,9 @@ pub enum FsError {
     /// computed `llmfs.` attribute (`EPERM`).
     #[error("operation not permitted")]
     Perm,
-    /// An argument is invalid: a bad name, flags, policy value or offset (`EINVAL`).
+    /// An argument is invalid for the operation: `.` or `..` where a new or removable
+    /// name is needed, a directory moved under itself, readlink of a non-symlink, an
+    /// unknown policy value, a zero-length allocation (`EINVAL`).
     #[error("invalid argument")]
     Invalid,
     /// A name longer than 255 bytes (`ENAMETOOLONG`).

@@ -362,7 +362,7 @@ impl HotChunk {
 /// epoch), so a restart knows what is cold without reading the chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
-    /// The content version written, which the compactor must still find to compact it.
+    /// The content version of the chunk as written ([`Inode::data_ver`] then).
     pub ver: u64,
     /// When it was written, in seconds since the Unix epoch (stored as a varint; negative
     /// times as 0).

@@ -130,7 +130,8 @@ impl Txn {
         self.put(Table::Orphan, keys::ino(ino), Vec::new());
     }
 
-    /// Removes the orphan mark of `ino` (it got a name again, or its data is all gone).
+    /// Removes the orphan mark of `ino`: its data is deleted (in this transaction or
+    /// before), or fsck found it named.
     pub fn clear_orphan(&mut self, ino: u64) {
         self.delete(Table::Orphan, keys::ino(ino));
     }
