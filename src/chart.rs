@@ -20,17 +20,24 @@ pub struct Figures {
     pub subtitle: String,
     /// One group of bars per file, in this order (the last one may be the total).
     pub files: Vec<String>,
+    /// In this order: one bar per codec in every file's group, and one pair of
+    /// throughput bars (compress, decompress) per codec; a codec's colour follows its
+    /// position. Must not be empty.
     pub codecs: Vec<CodecFigures>,
 }
 
 /// One codec (or one setting of the LLM codec, e.g. a primer).
 #[derive(Debug, Clone)]
 pub struct CodecFigures {
+    /// The codec's label in the legend and under its throughput bars.
     pub name: String,
     /// Original bytes over compressed bytes, one per entry of [`Figures::files`].
     pub ratios: Vec<f64>,
-    /// Original bytes per second over all the files, to compress and to decompress.
+    /// Original bytes per second over all the files, to compress (no bar unless finite
+    /// and positive).
     pub encode_bps: f64,
+    /// Original bytes per second over all the files, to decompress (no bar unless
+    /// finite and positive).
     pub decode_bps: f64,
 }
 

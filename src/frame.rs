@@ -29,8 +29,12 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// How the payload of a frame is coded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
+    /// Stored as is: the payload is the plaintext.
     Raw = 0,
+    /// One zstd frame ([`ZSTD_LEVEL`] for the fast tier).
     Zstd = 1,
+    /// Range-coded tokens under the language model ([`crate::codec::segment`]); decoding
+    /// needs the model.
     Llm = 2,
     /// A chunk that salvage could not recover: it reads as an error.
     Lost = 3,
@@ -40,6 +44,8 @@ impl Codec {
     /// Every codec, in the order of their numbers.
     pub const ALL: [Codec; 4] = [Codec::Raw, Codec::Zstd, Codec::Llm, Codec::Lost];
 
+    /// The codec's lowercase name (`raw`, `zstd`, `llm`, `lost`), for statistics and
+    /// messages.
     pub fn name(self) -> &'static str {
         match self {
             Codec::Raw => "raw",
@@ -54,24 +60,42 @@ impl Codec {
     }
 }
 
+/// Why a frame could not be parsed or decoded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
+    /// The frame ends inside its header (tag, length or CRC), or is empty.
     #[error("frame is truncated")]
     Truncated,
+    /// The tag's high nibble is not [`FRAME_VERSION`].
     #[error(
         "frame format version {0} is not supported (this build reads version {FRAME_VERSION})"
     )]
     UnsupportedVersion(u8),
+    /// The tag's low nibble names no [`Codec`].
     #[error("unknown codec {0} in frame")]
     UnknownCodec(u8),
+    /// The payload does not decode (bad zstd stream, invalid range code, impossible
+    /// length); the text says where.
     #[error("frame payload is corrupted: {0}")]
     Corrupt(String),
+    /// The payload decoded, but to bytes whose length or CRC-32 differs from the
+    /// header's.
     #[error(
         "checksum mismatch: decoded {got_len} bytes with CRC {got:08x}, frame says CRC {want:08x}"
     )]
-    Checksum { want: u32, got: u32, got_len: usize },
+    Checksum {
+        /// The CRC the frame header records.
+        want: u32,
+        /// The CRC of the decoded bytes.
+        got: u32,
+        /// The length of the decoded bytes.
+        got_len: usize,
+    },
+    /// An LLM frame is to be decoded and no model is loaded (or handed to [`decode`]).
     #[error("frame is LLM-coded and no model is loaded to decode it")]
     NeedsModel,
+    /// The coder failed for a reason other than the data (a llama.cpp error, a model pool
+    /// that is shut down or failed); the text is its message.
     #[error("the language model failed: {0}")]
     Model(String),
     /// The chunk was lost to damage (a [`Codec::Lost`] frame): the text says how.
@@ -86,8 +110,11 @@ pub enum FrameError {
 /// The fixed part of a frame, parsed without touching the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// How the payload is coded.
     pub codec: Codec,
+    /// Length of the plaintext in bytes.
     pub plain_len: u64,
+    /// CRC-32 (IEEE) of the plaintext, stored little endian.
     pub crc: u32,
     /// Offset of the payload within the frame.
     pub header_len: usize,
@@ -95,6 +122,8 @@ pub struct FrameHeader {
 
 /// A decoder for LLM payloads; the frame layer only dispatches to it.
 pub trait LlmPayloadDecoder {
+    /// Decodes an LLM payload to exactly `plain_len` bytes; the caller checks them
+    /// against the frame's CRC.
     fn decode_llm_payload(
         &mut self,
         payload: &[u8],
@@ -102,6 +131,7 @@ pub trait LlmPayloadDecoder {
     ) -> Result<Vec<u8>, FrameError>;
 }
 
+/// CRC-32 (IEEE) of `data`, as frames record it.
 pub fn crc(data: &[u8]) -> u32 {
     crc32fast::hash(data)
 }
@@ -159,6 +189,8 @@ pub fn needs_model(frame: &[u8]) -> bool {
     codec_of(frame) == Some(Codec::Llm)
 }
 
+/// Parses the tag, plaintext length and CRC at the start of `frame`, without touching the
+/// payload.
 pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, FrameError> {
     let tag = *frame.first().ok_or(FrameError::Truncated)?;
     let version = tag >> 4;
@@ -253,6 +285,7 @@ fn decode_zstd(payload: &[u8], plain_len: usize) -> Result<Vec<u8>, FrameError> 
 
 /// Unsigned LEB128, used by every on-disk layout of the crate.
 pub mod varint {
+    /// Appends `v` as unsigned LEB128 (1 to 10 bytes).
     pub fn put(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push((v as u8) | 0x80);

@@ -23,16 +23,26 @@ use std::num::NonZeroU32;
 pub const PRECISION: usize = 24;
 const TOTAL: u32 = 1 << PRECISION;
 
+/// Why coding a symbol stream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CoderError {
+    /// The probability model itself failed (a llama.cpp decode error, a model that breaks
+    /// an invariant); the message says how.
     #[error("the probability model failed: {0}")]
     Model(String),
+    /// A symbol to encode, or one a model was asked to push, is not in the model's
+    /// alphabet.
     #[error("symbol {0} is outside the model's alphabet")]
     SymbolOutOfRange(u32),
+    /// The compressed bytes are not a valid range code for this model (corrupt or
+    /// truncated input, or a different model).
     #[error("compressed data is invalid")]
     InvalidData,
+    /// A distribution was asked for over zero symbols or over `2^PRECISION` or more,
+    /// which cannot all get a nonzero frequency.
     #[error("alphabet of {0} symbols does not fit a {PRECISION}-bit frequency table")]
     AlphabetTooLarge(usize),
+    /// A cancel flag the caller handed the model was set; coding stopped between symbols.
     #[error("cancelled")]
     Cancelled,
 }
@@ -64,6 +74,8 @@ impl Distribution {
         Ok(d)
     }
 
+    /// A table built from `probs` as by [`Distribution::set_from_weights`]; fails with
+    /// [`CoderError::AlphabetTooLarge`] for an empty or oversized alphabet.
     pub fn from_probabilities(probs: &[f32]) -> Result<Self, CoderError> {
         let mut d = Distribution::default();
         d.set_from_weights(probs)?;
@@ -75,6 +87,8 @@ impl Distribution {
         self.cdf.len().saturating_sub(1)
     }
 
+    /// True for a table with no symbols (only a `Default` one; every built table has at
+    /// least one).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -228,6 +242,9 @@ pub struct SymbolDecoder {
 }
 
 impl SymbolDecoder {
+    /// A decoder over `bytes`: big-endian 32-bit words, a short last word zero-padded
+    /// (the encoder's dropped trailing zeros). Fails with [`CoderError::InvalidData`]
+    /// when constriction rejects the initial state.
     pub fn new(bytes: &[u8]) -> Result<SymbolDecoder, CoderError> {
         let words: Vec<u32> = bytes
             .chunks(4)

@@ -38,6 +38,7 @@ use super::segment::{SegmentCoder, SegmentReport};
 use crate::frame::{self, varint, Codec, FrameError};
 use std::io::Read;
 
+/// The first three bytes of every container; the fourth is its version.
 pub const MAGIC: &[u8; 3] = b"LLZ";
 /// The container version this build writes.
 pub const VERSION: u8 = 3;
@@ -51,49 +52,83 @@ pub const MAX_SEGMENT_SIZE: u64 = 1 << 24;
 /// Bytes a frame may take beyond its plaintext: a raw frame's tag, length and CRC.
 const FRAME_OVERHEAD: u64 = 1 + 10 + 4;
 
+/// Why a container could not be written, parsed or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
+    /// The input does not start with [`MAGIC`]: not a container at all.
     #[error("not an llmfs compressed file (bad magic)")]
     BadMagic,
+    /// The version byte after the magic is one this build does not read (not 1 to
+    /// [`VERSION`]).
     #[error("compressed file format version {0} is not supported (this build reads versions 1 to {VERSION})")]
     UnsupportedVersion(u8),
+    /// The input ends inside the header or segment table, or the table claims more frames
+    /// or bytes than the input holds.
     #[error("compressed file is truncated or its header is corrupted")]
     Truncated,
+    /// A header field is invalid (unknown flag bits, an undecodable version 2 profile, a
+    /// bad segment size or frame length, a last frame too long, data after an empty
+    /// file); the message names it.
     #[error("compressed file header is corrupted: {0}")]
     BadHeader(String),
+    /// The file's LLM segments were coded by a model whose fingerprint differs from the
+    /// loaded model's.
     #[error(
         "wrong model: the file was compressed with the model whose fingerprint starts {expected}, \
          but the loaded model {loaded_name} has fingerprint {loaded}"
     )]
     WrongModel {
+        /// Hex of the fingerprint prefix the file records (3 bytes in version 3, 8 in
+        /// version 1; a version 2 file's other model is a `ProfileMismatch`).
         expected: String,
+        /// Hex of the loaded model's full fingerprint.
         loaded: String,
+        /// The loaded model's name, for the message.
         loaded_name: String,
     },
+    /// The codec profile the file records differs from the loaded one beyond the model
+    /// (coder version, primer, llama.cpp build, backend, offload, CPU kernels; for a
+    /// version 2 file, any field, the model included); one message per difference.
     #[error("this build cannot decode the file's LLM-coded segments: {}", .0.join("; "))]
     ProfileMismatch(Vec<String>),
+    /// The file has LLM-coded segments but no model was loaded; holds the model the file
+    /// records (its fingerprint prefix in hex).
     #[error("the file has LLM-coded segments and needs its model (fingerprint {0}) to decompress")]
     NeedsModel(String),
+    /// Segment `index` failed to encode or decode.
     #[error("segment {index} (bytes {start}..{end}): {error}")]
     Segment {
+        /// Zero-based segment number.
         index: usize,
+        /// Plaintext offset of the segment's first byte.
         start: u64,
+        /// Plaintext offset just past the segment's last byte.
         end: u64,
+        /// What the frame coder reported.
         error: FrameError,
     },
+    /// A version 1 LLM segment decoded with none of the llama.cpp thread counts tried
+    /// (version 1 code depends on the writer's thread count, which it did not record).
     #[error(
         "segment {index} (bytes {start}..{end}) of this version 1 file did not decode with any thread count \
          tried ({tried}): version 1 files decode only with the thread count they were written with. \
          Pass that machine's core count with --threads N, or decompress it there and compress it again"
     )]
     V1ThreadsExhausted {
+        /// Zero-based segment number.
         index: usize,
+        /// Plaintext offset of the segment's first byte.
         start: u64,
+        /// Plaintext offset just past the segment's last byte.
         end: u64,
+        /// The thread counts tried, as a readable list.
         tried: String,
     },
+    /// A segment size of zero or above [`MAX_SEGMENT_SIZE`] was asked for when
+    /// compressing.
     #[error("segment size must be between 1 byte and {MAX_SEGMENT_SIZE} bytes")]
     BadSegmentSize,
+    /// Reading the input failed with an I/O error other than an interruption.
     #[error("reading the compressed file: {0}")]
     Io(std::io::Error),
 }
@@ -110,8 +145,11 @@ pub enum Recorded {
     Profile(CodecProfile),
     /// Version 1: backend, offload and the first 8 bytes of the model's fingerprint.
     V1 {
+        /// The llama.cpp backend the writer used (flags bits 0-1).
         backend: Backend,
+        /// Whether the writer offloaded layers to a GPU (flags bit 2).
         offloaded: bool,
+        /// The first 8 bytes of the model's fingerprint.
         model: [u8; 8],
     },
 }
@@ -119,13 +157,19 @@ pub enum Recorded {
 /// The container's fields other than the frames.
 #[derive(Clone, Debug)]
 pub struct Header {
+    /// Container format version the file was written with (1 to [`VERSION`]).
     pub version: u8,
+    /// What the LLM segments depend on, or [`Recorded::Nothing`].
     pub recorded: Recorded,
+    /// Plaintext bytes per segment (the last may be shorter).
     pub segment_size: u64,
+    /// Total plaintext length in bytes.
     pub plain_len: u64,
 }
 
 impl Header {
+    /// Number of segments: `plain_len` divided by `segment_size`, rounded up (0 for an
+    /// empty file).
     pub fn segments(&self) -> u64 {
         self.plain_len.div_ceil(self.segment_size)
     }
@@ -611,12 +655,15 @@ pub fn decode_frame(
 /// A parsed container header and segment table over borrowed bytes, for random access.
 pub struct Container<'a> {
     bytes: &'a [u8],
+    /// The parsed header.
     pub header: Header,
     /// Start of every frame in `bytes`, plus the end of the last.
     frame_bounds: Vec<usize>,
 }
 
 impl<'a> Container<'a> {
+    /// Parses the header and segment table of `bytes` and checks that the frames they
+    /// describe fit in it; no frame is decoded or checksummed yet.
     pub fn parse(bytes: &'a [u8]) -> Result<Container<'a>, ContainerError> {
         let mut input = bytes;
         let header = Header::read(&mut input)?;
@@ -651,10 +698,12 @@ impl<'a> Container<'a> {
         })
     }
 
+    /// Total plaintext length in bytes.
     pub fn plain_len(&self) -> u64 {
         self.header.plain_len
     }
 
+    /// Number of frames (segments) the file holds.
     pub fn segments(&self) -> usize {
         self.frame_bounds.len().saturating_sub(1)
     }
@@ -670,6 +719,7 @@ impl<'a> Container<'a> {
         self.frame_bounds[0]
     }
 
+    /// Whether any segment needs the model ([`Header::needs_model`]).
     pub fn needs_model(&self) -> bool {
         self.header.needs_model()
     }
@@ -716,6 +766,7 @@ impl<'a> Container<'a> {
 /// Reads a container from a stream, one frame at a time.
 pub struct ContainerReader<R> {
     input: R,
+    /// The parsed header, read by [`ContainerReader::new`].
     pub header: Header,
     lens: Vec<u64>,
     next: usize,
@@ -737,6 +788,8 @@ impl<R: Read> ContainerReader<R> {
         })
     }
 
+    /// Number of frames (segments) the stream holds: one per table entry plus the last,
+    /// unless the file is empty.
     pub fn segments(&self) -> usize {
         self.lens.len() + usize::from(self.header.plain_len > 0)
     }

@@ -15,14 +15,19 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Bytes of the digest written into containers: 64 bits tell models apart with
-/// certainty in practice and keep the per-file overhead small.
+/// Bytes of the digest that version 1 and 2 containers recorded, and the fewest a
+/// codec profile's model id keeps: 64 bits tell models apart with certainty in
+/// practice. (Version 3 containers record 3 bytes: [`super::profile::TINY_LEN`].)
 pub const SHORT_LEN: usize = 8;
 
+/// The SHA-256 digest of a model's GGUF file (32 bytes); displays as lowercase hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
+    /// The SHA-256 of the file at `path`, from the sidecar cache `PATH.llmfs-sha256` when
+    /// its stamp still matches, else by hashing the whole file (and caching the result,
+    /// best effort). Fails only when the model file cannot be opened, stat'ed or read.
     pub fn of_file(path: &Path) -> std::io::Result<Fingerprint> {
         let mut file = File::open(path)?;
         let stamp = Stamp::of(&mut file)?;
@@ -53,12 +58,15 @@ impl Fingerprint {
         Ok(fp)
     }
 
+    /// The first [`SHORT_LEN`] bytes of the digest.
     pub fn short(&self) -> [u8; SHORT_LEN] {
         self.0[..SHORT_LEN]
             .try_into()
             .expect("digest is longer than its prefix")
     }
 
+    /// Whether the digest starts with `short` (a prefix a container recorded); an empty
+    /// `short` matches any digest.
     pub fn matches_short(&self, short: &[u8]) -> bool {
         self.0.starts_with(short)
     }

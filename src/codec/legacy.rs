@@ -14,6 +14,8 @@ use super::llm::LlmModel;
 use super::segment::SegmentCoder;
 use crate::frame::{self, FrameError};
 
+/// Decodes the segments of a version 1 container, finding the llama.cpp thread count its
+/// LLM segments were written with and keeping the coder that works.
 pub struct LegacyDecoder<'m> {
     model: &'m LlmModel,
     /// Thread counts to try, in order.

@@ -38,19 +38,38 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+/// Why a model could not be loaded or a llama.cpp context made.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// No file exists at `path`.
     #[error("model file {path} not found. Fetch the default model with `scripts/fetch-model.sh`, or pass --model PATH / set LLMFS_MODEL")]
-    NotFound { path: PathBuf },
+    NotFound {
+        /// The path the model was looked for at.
+        path: PathBuf,
+    },
+    /// The model file exists but cannot be stat'ed, opened or read, or is not a regular
+    /// file.
     #[error("cannot read model file {path}: {error}")]
     Unreadable {
+        /// The model file.
         path: PathBuf,
+        /// The underlying I/O error.
         error: std::io::Error,
     },
+    /// The file does not start with the GGUF magic, or llama.cpp refused to load it.
     #[error("{path} is not a GGUF model llama.cpp can load")]
-    NotGguf { path: PathBuf },
+    NotGguf {
+        /// The model file.
+        path: PathBuf,
+    },
+    /// The file is 0 bytes long (typically an interrupted download).
     #[error("model file {path} is empty (0 bytes), an interrupted download perhaps: fetch it again with `scripts/fetch-model.sh`, or pass --model PATH / set LLMFS_MODEL")]
-    Empty { path: PathBuf },
+    Empty {
+        /// The model file.
+        path: PathBuf,
+    },
+    /// llama.cpp failed (backend initialisation, context creation), or a context cannot
+    /// hold or exactly tokenize the primer; the message says which.
     #[error("llama.cpp: {0}")]
     Llama(String),
 }
@@ -58,6 +77,7 @@ pub enum ModelError {
 /// How to load a model: validated by the CLI, never read from the environment here.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
+    /// The GGUF model file to load.
     pub path: PathBuf,
     /// Layers offloaded to the GPU (0: CPU only).
     pub gpu_layers: u32,
@@ -115,6 +135,10 @@ pub struct LlmModel {
 }
 
 impl LlmModel {
+    /// Loads the model at `config.path`: checks that it is a nonempty GGUF file,
+    /// fingerprints it (hashing it unless its sidecar cache is valid), loads it into
+    /// llama.cpp with `config.gpu_layers` layers offloaded and precomputes every token's
+    /// bytes.
     pub fn load(config: &ModelConfig) -> Result<LlmModel, ModelError> {
         let path = &config.path;
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
@@ -183,6 +207,7 @@ impl LlmModel {
         })
     }
 
+    /// The SHA-256 of the model file.
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.fingerprint
     }
@@ -193,10 +218,12 @@ impl LlmModel {
         &self.profile
     }
 
+    /// The llama.cpp backend this build computes with ([`Backend::compiled`]).
     pub fn backend(&self) -> Backend {
         Backend::compiled()
     }
 
+    /// Layers offloaded to the GPU, as configured (0: CPU only).
     pub fn gpu_layers(&self) -> u32 {
         self.gpu_layers
     }
@@ -206,6 +233,7 @@ impl LlmModel {
         self.threads
     }
 
+    /// Number of tokens in the model's vocabulary.
     pub fn n_vocab(&self) -> usize {
         self.pieces.len()
     }
@@ -436,6 +464,7 @@ pub struct LlmSession<'m> {
 }
 
 impl<'m> LlmSession<'m> {
+    /// The model this session runs.
     pub fn model(&self) -> &'m LlmModel {
         self.model
     }

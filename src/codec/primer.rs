@@ -59,14 +59,17 @@ impl Primer {
         Arc::clone(P.get_or_init(|| Arc::new(Primer::new(BUILTIN, BUILTIN_TEXT.into()))))
     }
 
+    /// The primer's text, which every segment is coded as following.
     pub fn text(&self) -> &str {
         &self.text
     }
 
+    /// The primer's id: the first [`PRIMER_ID_LEN`] bytes of the SHA-256 of its text.
     pub fn id(&self) -> [u8; PRIMER_ID_LEN] {
         self.id
     }
 
+    /// The primer's name, for options and messages ([`BUILTIN`] for the built-in one).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -97,19 +100,27 @@ pub fn known(id: &[u8; PRIMER_ID_LEN]) -> Option<Arc<Primer>> {
 /// of a segment depends on both; they are recorded in every codec profile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Coding {
+    /// The coder version ([`OLDEST_CODER_VERSION`] to [`CODER_VERSION`]).
     pub coder_version: u32,
+    /// The primer segments start from; `None`: from the start token alone (always so
+    /// before coder version 3).
     pub primer: Option<Arc<Primer>>,
 }
 
 /// A primer choice that cannot be coded with.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodingError {
+    /// The coder version is not one this build codes (older than [`OLDEST_CODER_VERSION`]
+    /// or newer than [`CODER_VERSION`]).
     #[error("coder version {0}, which this build does not code ({OLDEST_CODER_VERSION} to {CODER_VERSION}){why}", why = if *.0 > CODER_VERSION { ": written by a newer llmfs" } else { "" })]
     Version(u32),
+    /// A primer id (hex in the payload) that this build does not have.
     #[error("primer {0} is unknown to this build: decode it with the llmfs release that wrote it")]
     UnknownPrimer(String),
+    /// A primer is recorded with a coder version older than 3, which had none.
     #[error("coder version {0} has no primer, but one is recorded")]
     PrimerTooOld(u32),
+    /// A primer name other than `builtin`, [`BUILTIN`] or `none` was given.
     #[error("unknown primer `{0}`: use `{BUILTIN}` or `none`")]
     BadName(String),
 }
@@ -176,6 +187,7 @@ impl Coding {
         Coding::recorded(profile.coder_version, profile.primer.as_ref())
     }
 
+    /// The id of the primer, or `None` without one.
     pub fn primer_id(&self) -> Option<[u8; PRIMER_ID_LEN]> {
         self.primer.as_ref().map(|p| p.id)
     }

@@ -88,9 +88,13 @@ pub const LLAMA_CPP_SYS_VERSION: &str = "0.1.161";
 /// Where the probabilities are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// llama.cpp on the CPU only.
     Cpu = 0,
+    /// ggml's CUDA backend (NVIDIA GPUs; the `cuda` feature).
     Cuda = 1,
+    /// ggml's Metal backend (Apple GPUs; the `metal` feature).
     Metal = 2,
+    /// ggml's Vulkan backend (the `vulkan` feature).
     Vulkan = 3,
 }
 
@@ -108,6 +112,8 @@ impl Backend {
         }
     }
 
+    /// The backend numbered by the low two bits of `b` (0 CPU, 1 CUDA, 2 Metal, 3
+    /// Vulkan); the other bits are ignored.
     pub fn from_bits(b: u8) -> Backend {
         match b & 3 {
             1 => Backend::Cuda,
@@ -117,6 +123,7 @@ impl Backend {
         }
     }
 
+    /// The backend's lowercase name (`cpu`, `cuda`, `metal`, `vulkan`), for messages.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Cpu => "cpu",
@@ -137,6 +144,7 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The engine's name, for messages.
     pub fn name(self) -> &'static str {
         match self {
             Engine::LlamaCpp => "llama.cpp",
@@ -283,6 +291,8 @@ pub struct ModelId {
 }
 
 impl ModelId {
+    /// The id of the model with this full fingerprint, its name cut to the longest a
+    /// profile records.
     pub fn new(fingerprint: &Fingerprint, name: &str) -> ModelId {
         ModelId {
             fingerprint: fingerprint.0.to_vec(),
@@ -310,32 +320,47 @@ impl fmt::Display for ModelId {
 /// Everything a code stream depends on; see the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodecProfile {
+    /// Version of the coder, which fixes how tokens become code (see [`CODER_VERSION`]);
+    /// a profile this build codes with has [`OLDEST_CODER_VERSION`] to [`CODER_VERSION`].
     pub coder_version: u32,
+    /// What computes the probabilities.
     pub engine: Engine,
     /// The engine's build: the `llama-cpp-sys-2` version for llama.cpp.
     pub build: String,
+    /// The backend the probabilities are computed on.
     pub backend: Backend,
+    /// Layers offloaded to the GPU (0: CPU only); offload can change the floating-point
+    /// results.
     pub gpu_layers: u32,
+    /// The CPU kernels this build's ggml was compiled with.
     pub kernels: KernelSet,
+    /// The model the code was computed with.
     pub model: ModelId,
     /// The primer's id ([`super::primer::Primer::id`]); `None`: segments start from the
     /// start token alone.
     pub primer: Option<[u8; PRIMER_ID_LEN]>,
 }
 
+/// Why an encoded codec profile could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProfileError {
+    /// The bytes end inside the profile.
     #[error("codec profile is truncated")]
     Truncated,
+    /// The profile's encoding version byte is not one this build reads (1 to the current
+    /// version).
     #[error("codec profile encoding version {0} is not supported (this build reads version {PROFILE_VERSION})")]
     UnsupportedVersion(u8),
+    /// A field is invalid (unknown engine, backend or architecture, a number out of
+    /// range, a string too long or not text, a short fingerprint, trailing bytes); the
+    /// payload names it.
     #[error("codec profile is corrupted: {0}")]
     Corrupt(&'static str),
 }
 
 impl CodecProfile {
     /// The profile with the model fingerprint cut to its first 8 bytes and no name: what
-    /// a container records, to keep small files small.
+    /// a version 2 container recorded, to keep small files small.
     pub fn short(&self) -> CodecProfile {
         let mut p = self.clone();
         p.model.fingerprint.truncate(SHORT_LEN);
@@ -343,6 +368,7 @@ impl CodecProfile {
         p
     }
 
+    /// The profile's binary encoding, versioned, as [`CodecProfile::decode`] reads it.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         self.encode_into(&mut out);

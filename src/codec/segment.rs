@@ -24,8 +24,12 @@ use std::sync::Arc;
 /// What happened to one segment, for statistics and `bench`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SegmentReport {
+    /// The codec of the chosen frame; `None` only in a `Default` report, before a segment
+    /// is coded.
     pub codec: Option<Codec>,
+    /// Plaintext bytes of the segment.
     pub plain_len: usize,
+    /// Bytes of the chosen frame, headers included.
     pub frame_len: usize,
     /// Tokens of the body, when it tokenized exactly.
     pub tokens: usize,
@@ -79,10 +83,13 @@ pub fn split_utf8_edges(plain: &[u8]) -> Option<(usize, &str, usize)> {
 }
 
 impl<'m> SegmentCoder<'m> {
+    /// A coder over `model`; with `verify`, every LLM frame is decoded again and compared
+    /// before it is accepted.
     pub fn new(model: impl TokenModel + Send + 'm, verify: bool) -> Self {
         Self::from_boxed(Box::new(model), verify)
     }
 
+    /// [`SegmentCoder::new`] over an already boxed model.
     pub fn from_boxed(model: Box<dyn TokenModel + Send + 'm>, verify: bool) -> Self {
         SegmentCoder {
             model,
@@ -101,6 +108,7 @@ impl<'m> SegmentCoder<'m> {
         self.model.profile()
     }
 
+    /// The model session's time and information spent so far.
     pub fn stats(&self) -> SessionStats {
         self.model.stats()
     }

@@ -9,24 +9,39 @@ use crate::store::records::{Kind, Time};
 /// A time to set: the caller's clock ("now", UTIME_NOW) or a given one.
 #[derive(Clone, Copy, Debug)]
 pub enum SetTime {
+    /// The current time (`UTIME_NOW`): the owner or anyone with write access may set it.
     Now,
+    /// A given time: only the owner or root may set it.
     At(Time),
 }
 
 /// What setattr changes; `None` leaves a field alone.
 #[derive(Default, Debug)]
 pub struct SetAttr {
+    /// New permission bits (the low 12 bits are used; the file type is kept). Owner or
+    /// root only, except that anyone may drop setuid/setgid; setgid is dropped for a
+    /// non-root caller outside the file's group.
     pub mode: Option<u32>,
+    /// New owner: only root may change it.
     pub uid: Option<u32>,
+    /// New group: root, or the owner to one of their own groups. A chown by a non-root
+    /// caller clears setuid and setgid on anything but a directory.
     pub gid: Option<u32>,
+    /// New length in bytes (truncate or extend): regular files only; needs write access
+    /// unless `via_handle`.
     pub size: Option<u64>,
+    /// New access time.
     pub atime: Option<SetTime>,
+    /// New modification time.
     pub mtime: Option<SetTime>,
     /// The change comes through an open handle (ftruncate): access was checked at open.
     pub via_handle: bool,
 }
 
 impl Core {
+    /// Applies `set` to inode `ino` atomically (whatever fails leaves it as it was) and
+    /// returns the new attributes. Every change sets ctime; a size change also sets mtime
+    /// unless `mtime` is given.
     pub fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr, wait: Wait) -> FsResult<Entry> {
         let n = self.node(ino)?;
         let cs = self.chunk_size();

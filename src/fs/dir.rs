@@ -11,9 +11,24 @@ use std::sync::Arc;
 
 /// What to create.
 pub enum NewNode<'a> {
-    File { mode: u32, rdev: u32 },
-    Dir { mode: u32 },
-    Symlink { target: &'a [u8] },
+    /// A regular file or a special file (FIFO, socket, device).
+    File {
+        /// File type and permission bits, as mknod(2) takes them (the caller passes a
+        /// file, FIFO, socket or device type); bits naming no type are `EINVAL`.
+        mode: u32,
+        /// Device number of a character or block device (0 otherwise).
+        rdev: u32,
+    },
+    /// A directory.
+    Dir {
+        /// Permission bits (the low 12 are used).
+        mode: u32,
+    },
+    /// A symbolic link (mode `0o777`).
+    Symlink {
+        /// The bytes the link points to, stored as is.
+        target: &'a [u8],
+    },
 }
 
 /// An open directory: readdir cookies are handed out per handle and name the entry
@@ -31,6 +46,8 @@ const REAP_INLINE_CHUNKS: u64 = 1024;
 const FIRST_NAME_COOKIE: u64 = 3;
 
 impl Core {
+    /// The entry `name` in directory `parent` (`.` and `..` included); needs search
+    /// access to `parent`.
     pub fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<Entry> {
         check_name(name)?;
         let p = self.getattr(parent)?.inode;
@@ -137,6 +154,7 @@ impl Core {
         Ok(Entry { ino, inode })
     }
 
+    /// The target of symlink `ino` (`EINVAL` for anything else).
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let inode = self.getattr(ino)?.inode;
         if inode.kind() != Kind::Symlink {
@@ -145,6 +163,8 @@ impl Core {
         Ok(inode.target)
     }
 
+    /// Makes `newname` in `newparent` another link to `ino` (not a directory); needs
+    /// write and search access to `newparent`.
     pub fn link(
         &self,
         caller: &Caller,
@@ -199,10 +219,14 @@ impl Core {
         })
     }
 
+    /// Removes the non-directory `name` from `parent`; the inode goes once its last link
+    /// and open handle are gone.
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
         self.remove(caller, parent, name, false)
     }
 
+    /// Removes the empty directory `name` from `parent` (`.` is `EINVAL`, `..` is
+    /// `ENOTEMPTY`).
     pub fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
         if name == b"." {
             return Err(FsError::Invalid);
@@ -350,6 +374,8 @@ impl Core {
         self.inode_count.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Opens directory `ino` for listing after checking `want` (R/W/X bits) against its
+    /// mode; returns the new handle.
     pub fn opendir(&self, caller: &Caller, ino: u64, want: u32) -> FsResult<u64> {
         let inode = self.getattr(ino)?.inode;
         if !inode.is_dir() {
@@ -365,6 +391,7 @@ impl Core {
         Ok(fh)
     }
 
+    /// Forgets directory handle `fh`; an unknown handle is ignored.
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().remove(&fh);
     }

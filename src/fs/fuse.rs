@@ -33,6 +33,8 @@ const TTL: Duration = Duration::from_secs(1);
 /// concurrent readahead (the kernel unlocks full pages before the WRITE is answered).
 const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 
+/// The `fuser::Filesystem` of a mounted store: each request becomes a call on the shared
+/// [`Core`]; requests that may wait for the model run on a small pool of worker threads.
 pub struct FuseFs {
     core: Arc<Core>,
     store_path: PathBuf,
@@ -83,6 +85,8 @@ impl SlowPool {
 }
 
 impl FuseFs {
+    /// The adapter over `core`; `store_path` is where the store lives, whose device
+    /// `statfs` reports. Starts the worker threads for slow requests.
     pub fn new(core: Arc<Core>, store_path: &Path) -> FuseFs {
         FuseFs {
             core,

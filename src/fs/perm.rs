@@ -6,19 +6,28 @@ use super::error::{FsError, FsResult};
 use crate::store::records::Inode;
 use std::sync::OnceLock;
 
+/// Read permission: the bit of each mode triplet, and of an `access(2)` mask.
 pub const R: u32 = 4;
+/// Write permission bit.
 pub const W: u32 = 2;
+/// Execute (search, for directories) permission bit.
 pub const X: u32 = 1;
 
 /// Who makes a request.
 pub struct Caller {
+    /// The caller's user id (0: root, which may read and write anything).
     pub uid: u32,
+    /// The caller's primary group id.
     pub gid: u32,
+    /// The calling process, whose `/proc/PID/status` lists the supplementary groups (0
+    /// for the daemon itself: no such file, so none).
     pub pid: u32,
     groups: OnceLock<Vec<u32>>,
 }
 
 impl Caller {
+    /// A caller whose supplementary groups are read from `/proc/PID/status` the first
+    /// time a check needs them.
     pub fn new(uid: u32, gid: u32, pid: u32) -> Caller {
         Caller {
             uid,
@@ -35,12 +44,14 @@ impl Caller {
         c
     }
 
+    /// A caller with the given supplementary groups, never read from `/proc` (pid 0).
     pub fn with_groups(uid: u32, gid: u32, groups: Vec<u32>) -> Caller {
         let c = Caller::new(uid, gid, 0);
         let _ = c.groups.set(groups);
         c
     }
 
+    /// Whether the caller is root (uid 0).
     pub fn is_root(&self) -> bool {
         self.uid == 0
     }

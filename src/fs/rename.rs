@@ -6,14 +6,21 @@ use super::{check_name, live, Caller, Core, FsError, FsResult};
 use crate::store::records::{Kind, Time};
 use crate::store::{Txn, ROOT_INO};
 
+/// How a rename treats an existing entry at the new name (renameat2(2) flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenameMode {
+    /// Plain rename(2): an existing file or empty directory at the new name is replaced.
     Replace,
+    /// `RENAME_NOREPLACE`: fail with `EEXIST` if the new name exists.
     NoReplace,
+    /// `RENAME_EXCHANGE`: swap the two entries; the new name must exist.
     Exchange,
 }
 
 impl Core {
+    /// Moves `name` in `parent` to `newname` in `newparent` in one store transaction, as
+    /// `mode` says. Renaming a name onto another link of the same file does nothing;
+    /// moving a directory under itself is `EINVAL`.
     pub fn rename(
         &self,
         caller: &Caller,

@@ -28,6 +28,8 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Counts one latency `d` in its bucket and adds it to the sum (in whole
+    /// microseconds).
     pub fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
         let i = COLD_READ_BUCKETS

@@ -41,8 +41,10 @@ pub struct FileChunks {
     pub per_codec: [crate::store::stats::CodecStats; 4],
     /// Frames whose header cannot be read.
     pub damaged: u64,
-    /// Chunks written and not settled yet, and their plaintext bytes.
+    /// Chunks written and not settled yet: hot, and not LLM-coded (the compactor has
+    /// yet to take them).
     pub hot_chunks: u64,
+    /// Plaintext bytes of those hot chunks.
     pub hot_plain_bytes: u64,
 }
 
@@ -57,8 +59,10 @@ impl Default for CodecsCache {
     }
 }
 
+/// What setxattr(2)'s flags ask of an existing attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetXattr {
+    /// No flag: create the attribute or replace its value.
     Any,
     /// XATTR_CREATE: fail if it exists.
     Create,
@@ -150,6 +154,9 @@ impl Core {
         self.store.xattr(ino, name)?.ok_or(FsError::NoAttr)
     }
 
+    /// Sets attribute `name` of `ino` to `value` (at most 64 KiB), as `how` says. The
+    /// policy attribute must parse as a policy and takes effect on the node; the other
+    /// computed `user.llmfs.` attributes cannot be set (`EPERM`).
     pub fn setxattr(
         &self,
         caller: &Caller,
@@ -270,6 +277,8 @@ impl Core {
         }
     }
 
+    /// Removes attribute `name` of `ino` (`ENODATA` if it has none); computed
+    /// `user.llmfs.` attributes other than the policy cannot be removed (`EPERM`).
     pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<()> {
         if name.starts_with(LLMFS_PREFIX) && name != policy::ATTR {
             return Err(FsError::Perm);

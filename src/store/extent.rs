@@ -25,11 +25,16 @@ const EXTENT_VERSION: u8 = 1;
 /// One chunk of an extent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtentChunk {
+    /// The chunk's index in its file (the chunk covers bytes `index * chunk_size` on).
     pub index: u64,
+    /// The chunk's content version ([`super::records::Inode::data_ver`] when it was
+    /// written).
     pub ver: u64,
+    /// The chunk's frame ([`crate::frame`]).
     pub frame: Vec<u8>,
 }
 
+/// An extent decoded: its chunks, in strictly increasing index order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Extent {
     chunks: Vec<ExtentChunk>,
@@ -85,6 +90,8 @@ fn parse_table(b: &[u8]) -> Result<(Vec<Row>, usize), StoreError> {
 }
 
 impl Extent {
+    /// Parses and copies a whole encoded extent; [`StoreError::Corrupt`] for an unknown
+    /// version, a bad count, a truncated table or frames that do not match it.
     pub fn decode(b: &[u8]) -> Result<Extent, StoreError> {
         let (table, _) = parse_table(b)?;
         Ok(Extent {
@@ -118,6 +125,8 @@ impl Extent {
             .collect())
     }
 
+    /// The extent's bytes (layout above). An empty extent encodes to a count of 0, which
+    /// [`Extent::decode`] refuses: store only extents with chunks.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         out.push(EXTENT_VERSION);
@@ -154,26 +163,32 @@ impl Extent {
         frame_len + 3 * 10
     }
 
+    /// Whether the extent holds no chunk.
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
 
+    /// Number of chunks in the extent.
     pub fn len(&self) -> usize {
         self.chunks.len()
     }
 
+    /// Index of the first chunk, or `None` when empty.
     pub fn first(&self) -> Option<u64> {
         self.chunks.first().map(|c| c.index)
     }
 
+    /// Index of the last chunk, or `None` when empty.
     pub fn last(&self) -> Option<u64> {
         self.chunks.last().map(|c| c.index)
     }
 
+    /// The chunks, in index order.
     pub fn chunks(&self) -> &[ExtentChunk] {
         &self.chunks
     }
 
+    /// Chunk `index`, or `None` if the extent does not hold it.
     pub fn get(&self, index: u64) -> Option<&ExtentChunk> {
         self.chunks
             .binary_search_by_key(&index, |c| c.index)

@@ -25,9 +25,16 @@
 //! Inode numbers are never reused within a store (see `next_ino`), so a stale cache
 //! entry keyed by inode can never alias a new file.
 
+/// `meta` key of the [`Superblock`](super::records::Superblock).
 pub const SUPERBLOCK: &[u8] = b"super";
+/// `meta` key of the next inode number to hand out (a big-endian u64; numbers below it
+/// may have been used).
 pub const NEXT_INO: &[u8] = b"next_ino";
+/// `meta` key of the codec profile LLM frames were coded under, pinned with the first LLM
+/// frame.
 pub const PROFILE: &[u8] = b"profile";
+/// `meta` key of the canary: a small LLM frame coded at pin time and decoded by every
+/// mount to check that the model still reproduces the code.
 pub const CANARY: &[u8] = b"canary";
 
 /// Reads the big-endian u64 at `pos` of a key, if the key is long enough.

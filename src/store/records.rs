@@ -19,8 +19,12 @@ pub const OLDEST_FORMAT: u32 = 2;
 const SUPER_MAGIC: &[u8; 6] = b"LLMFS\0";
 const INODE_VERSION: u8 = 2;
 
+/// The store's first record ([`super::keys::SUPERBLOCK`]): magic `LLMFS\0`, then format
+/// version and chunk size as big-endian u32, then the creating release's name (the rest,
+/// UTF-8).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
+    /// The store's layout version, [`OLDEST_FORMAT`] to [`FORMAT_VERSION`].
     pub format_version: u32,
     /// Logical chunk size in bytes, fixed at creation.
     pub chunk_size: u32,
@@ -29,6 +33,7 @@ pub struct Superblock {
 }
 
 impl Superblock {
+    /// The record's bytes, as [`Superblock::decode`] reads them.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(32);
         v.extend_from_slice(SUPER_MAGIC);
@@ -38,6 +43,8 @@ impl Superblock {
         v
     }
 
+    /// Parses a superblock record; [`StoreError::Corrupt`] for a bad magic or truncation,
+    /// [`StoreError::UnsupportedVersion`] for a format this release does not read.
     pub fn decode(b: &[u8]) -> Result<Superblock, StoreError> {
         let bad = |why: &str| StoreError::Corrupt(format!("superblock: {why}"));
         if b.get(..6) != Some(SUPER_MAGIC.as_slice()) {
@@ -61,15 +68,21 @@ impl Superblock {
 /// A timestamp as stored: seconds and nanoseconds since the epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Time {
+    /// Whole seconds since the Unix epoch; negative before it.
     pub secs: i64,
+    /// Nanoseconds added to `secs`, always below 1,000,000,000 (also for times before the
+    /// epoch).
     pub nsecs: u32,
 }
 
 impl Time {
+    /// The system clock's current time.
     pub fn now() -> Time {
         Time::from_system(SystemTime::now())
     }
 
+    /// `t` as seconds and nanoseconds, rounding times before the epoch down so that
+    /// `nsecs` stays nonnegative.
     pub fn from_system(t: SystemTime) -> Time {
         match t.duration_since(UNIX_EPOCH) {
             Ok(d) => Time {
@@ -93,6 +106,7 @@ impl Time {
         }
     }
 
+    /// The time as a `SystemTime`; the inverse of [`Time::from_system`].
     pub fn to_system(self) -> SystemTime {
         if self.secs >= 0 {
             UNIX_EPOCH + Duration::new(self.secs as u64, self.nsecs)
@@ -106,16 +120,24 @@ impl Time {
 /// The kind of an inode, from the `S_IFMT` bits of its mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file (also what an inode with unknown type bits reads as).
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// A named pipe.
     Fifo,
+    /// A Unix socket.
     Socket,
+    /// A character device.
     CharDev,
+    /// A block device.
     BlockDev,
 }
 
 impl Kind {
+    /// The kind named by the `S_IFMT` bits of `mode`, or `None` for bits naming no type.
     pub fn from_mode(mode: u32) -> Option<Kind> {
         Some(match mode & libc::S_IFMT {
             libc::S_IFREG => Kind::File,
@@ -129,10 +151,12 @@ impl Kind {
         })
     }
 
+    /// The kind's byte in directory entries (its position in the enum, 0 to 6).
     pub fn to_byte(self) -> u8 {
         self as u8
     }
 
+    /// The kind of a directory entry byte, or `None` for a byte above 6.
     pub fn from_byte(b: u8) -> Option<Kind> {
         [
             Kind::File,
@@ -148,20 +172,30 @@ impl Kind {
     }
 }
 
+/// An inode record: its version byte (2), then the fields in order, fixed-width and big
+/// endian (times as i64 seconds and u32 nanoseconds), the symlink target taking the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
     /// Full `st_mode`: file type bits and permission bits.
     pub mode: u32,
+    /// Owner user id.
     pub uid: u32,
+    /// Owner group id.
     pub gid: u32,
+    /// Hard links to the inode (a directory's count is 2 plus its subdirectories); 0 for
+    /// an unlinked inode still open.
     pub nlink: u32,
     /// Logical size in bytes.
     pub size: u64,
     /// Bytes of chunk frames stored for this file (what `st_blocks` reports).
     pub stored: u64,
+    /// Last access time (reads move it relatime-style when the mount updates atimes).
     pub atime: Time,
+    /// Last modification time of the contents.
     pub mtime: Time,
+    /// Last change time of the inode (contents, mode, owner, links, attributes).
     pub ctime: Time,
+    /// Device number of a character or block device; 0 otherwise.
     pub rdev: u32,
     /// For directories, the parent directory (for `..`); 0 otherwise.
     pub parent: u64,
@@ -174,6 +208,8 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// A fresh inode of `mode` owned by `uid`:`gid`, with one link, no data and all three
+    /// times `now`.
     pub fn new(mode: u32, uid: u32, gid: u32, now: Time) -> Inode {
         Inode {
             mode,
@@ -199,14 +235,17 @@ impl Inode {
         self.stored = self.stored.saturating_add(added).saturating_sub(freed);
     }
 
+    /// The inode's kind from its mode; unknown type bits read as [`Kind::File`].
     pub fn kind(&self) -> Kind {
         Kind::from_mode(self.mode).unwrap_or(Kind::File)
     }
 
+    /// Whether the inode is a directory.
     pub fn is_dir(&self) -> bool {
         self.kind() == Kind::Dir
     }
 
+    /// The record's bytes, as [`Inode::decode`] reads them.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(89 + self.target.len());
         v.push(INODE_VERSION);
@@ -226,6 +265,8 @@ impl Inode {
         v
     }
 
+    /// Parses an inode record; [`StoreError::Corrupt`] if it is truncated or of another
+    /// record version.
     pub fn decode(b: &[u8]) -> Result<Inode, StoreError> {
         let bad = || StoreError::Corrupt("inode record truncated".into());
         let mut r = Reader { b, pos: 0 };
@@ -278,6 +319,8 @@ pub fn encode_dirent(child: u64, kind: Kind) -> Vec<u8> {
     v
 }
 
+/// Parses a directory entry's value ([`encode_dirent`]): [`StoreError::Corrupt`] if it is
+/// short or its kind byte is unknown.
 pub fn decode_dirent(b: &[u8]) -> Result<(u64, Kind), StoreError> {
     let bad = || StoreError::Corrupt("directory entry malformed".into());
     let ino = super::keys::u64_at(b, 0).ok_or_else(bad)?;
@@ -288,11 +331,14 @@ pub fn decode_dirent(b: &[u8]) -> Result<(u64, Kind), StoreError> {
 /// A hot chunk's value: its content version, then its frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HotChunk {
+    /// The chunk's content version ([`Inode::data_ver`] when it was written).
     pub ver: u64,
+    /// The chunk's frame ([`crate::frame`]).
     pub frame: Vec<u8>,
 }
 
 impl HotChunk {
+    /// A hot chunk record: `ver` as a varint, then `frame`.
     pub fn encode(ver: u64, frame: &[u8]) -> Vec<u8> {
         let mut v = Vec::with_capacity(frame.len() + 10);
         varint::put(&mut v, ver);
@@ -306,6 +352,8 @@ impl HotChunk {
         varint::get(b, &mut pos).ok_or_else(|| StoreError::Corrupt("chunk record truncated".into()))
     }
 
+    /// Parses a hot chunk record, copying the frame; [`StoreError::Corrupt`] if the
+    /// version is truncated.
     pub fn decode(b: &[u8]) -> Result<HotChunk, StoreError> {
         let mut pos = 0;
         let ver = varint::get(b, &mut pos)
@@ -321,11 +369,15 @@ impl HotChunk {
 /// epoch), so a restart knows what is cold without reading the chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
+    /// The content version of the chunk as written ([`Inode::data_ver`] then).
     pub ver: u64,
+    /// When it was written, in seconds since the Unix epoch (stored as a varint; negative
+    /// times as 0).
     pub written: i64,
 }
 
 impl Pending {
+    /// The record's bytes: `ver` and `written` as varints.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(20);
         varint::put(&mut v, self.ver);
@@ -333,6 +385,7 @@ impl Pending {
         v
     }
 
+    /// Parses a pending record; [`StoreError::Corrupt`] if either varint is truncated.
     pub fn decode(b: &[u8]) -> Result<Pending, StoreError> {
         let bad = || StoreError::Corrupt("pending record truncated".into());
         let mut pos = 0;

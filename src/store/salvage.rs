@@ -39,7 +39,10 @@ const NAMED: usize = 50;
 /// Records of one table: found in the old store, written to the new one, dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableCount {
+    /// Records of the table read from the old store's pages (damaged ones included).
     pub found: u64,
+    /// Records written to the new store: found, intact and not duplicates (the old
+    /// superblock and inode counter are not carried over, so not counted).
     pub kept: u64,
     /// Failed their checksum, or did not decode.
     pub damaged: u64,
@@ -50,14 +53,20 @@ pub struct TableCount {
 /// What a salvage did.
 #[derive(Debug)]
 pub struct SalvageReport {
+    /// The damaged store, only read.
     pub source: PathBuf,
+    /// The new store salvage created.
     pub target: PathBuf,
+    /// Chunk size of both stores in bytes: the old superblock's, or inferred when it was
+    /// lost.
     pub chunk_size: u64,
     /// The old store's superblock read (else the chunk size was inferred).
     pub superblock_found: bool,
     /// Records carried checksums (format 3); a format 2 store's cannot be verified.
     pub sealed: bool,
+    /// What the page scan of the old store's files read.
     pub scan: product::SalvageScan,
+    /// Record counts per table, by table name.
     pub tables: BTreeMap<&'static str, TableCount>,
     /// The first damaged records, named.
     pub damaged: Vec<String>,
@@ -68,8 +77,9 @@ pub struct SalvageReport {
     pub rebuilt: Vec<(u64, String)>,
     /// Inodes linked into /lost+found.
     pub relinked: Vec<u64>,
-    /// What fsck repaired in the new store, and what it found after.
+    /// Problems fsck repaired in the new store.
     pub repaired: usize,
+    /// What fsck found in the new store after its repairs.
     pub check: CheckReport,
 }
 

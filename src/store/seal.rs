@@ -109,6 +109,7 @@ pub enum Mode {
     /// `sealed_through` (in [`Table::ALL`] order, then key order) were sealed by an
     /// interrupted upgrade, the rest are not. Nothing can be written.
     Legacy {
+        /// The last record the interrupted upgrade sealed; `None` when it sealed none.
         sealed_through: Option<(Table, Vec<u8>)>,
     },
 }
@@ -128,6 +129,7 @@ fn damaged(why: String) -> EngineError {
 }
 
 impl Sealed {
+    /// The seal layer over `inner`, reading records as `mode` says.
     pub fn new(inner: Arc<dyn Engine>, mode: Mode) -> Sealed {
         Sealed { inner, mode }
     }
@@ -137,6 +139,7 @@ impl Sealed {
         &self.inner
     }
 
+    /// How this store's records are read (strict, or legacy before the format 3 upgrade).
     pub fn mode(&self) -> &Mode {
         &self.mode
     }

@@ -10,6 +10,7 @@ use std::path::Path;
 /// Chunks of one codec.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CodecStats {
+    /// Number of chunks stored in the codec.
     pub chunks: u64,
     /// Bytes of frames.
     pub frame_bytes: u64,
@@ -17,9 +18,13 @@ pub struct CodecStats {
     pub plain_bytes: u64,
 }
 
+/// What a store holds and what it costs on disk, from a walk of every record
+/// ([`Store::stats`]).
 #[derive(Clone, Debug, Default)]
 pub struct StoreStats {
+    /// Regular files (special files not counted).
     pub files: u64,
+    /// Directories, the root included.
     pub dirs: u64,
     /// Sum of regular file sizes.
     pub logical_bytes: u64,
@@ -29,17 +34,21 @@ pub struct StoreStats {
     pub per_codec: [CodecStats; 4],
     /// Chunks written and not yet settled by the compactor.
     pub pending_chunks: u64,
-    /// Plaintext and frame bytes of the hot chunks: those written and not yet settled,
-    /// which is to say awaiting the compactor (and the model).
+    /// Plaintext bytes of the hot chunks: those written and not yet settled, which is to
+    /// say awaiting the compactor (and the model).
     pub pending_plain_bytes: u64,
+    /// Frame bytes of the hot chunks.
     pub pending_frame_bytes: u64,
+    /// Extent records (packs of settled frames).
     pub extents: u64,
     /// Frames whose header cannot be parsed (damage).
     pub bad_chunks: u64,
     /// Bytes of keys and values of everything but frames: inodes, names, xattrs, tables.
     pub metadata_bytes: u64,
-    /// Bytes of the database's files, and of free space inside them.
+    /// Bytes of the database's files (as allocated on disk).
     pub db_file_bytes: u64,
+    /// Bytes of free space inside the database's files (reusable, or for the idle
+    /// reclaim to give back).
     pub db_free_bytes: u64,
     /// Bytes of the database's pages in use (what the data costs, free pages aside).
     pub db_used_bytes: u64,
@@ -51,6 +60,7 @@ pub struct StoreStats {
 }
 
 impl StoreStats {
+    /// The figures of codec `c`.
     pub fn codec(&self, c: Codec) -> &CodecStats {
         &self.per_codec[c as usize]
     }

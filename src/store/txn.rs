@@ -11,6 +11,8 @@ use super::records::{encode_dirent, Inode, Kind, Superblock};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+/// A batch of typed store changes, keeping the last change of each key; nothing is
+/// written until [`super::Store::commit`] applies it atomically.
 #[derive(Default, Debug)]
 pub struct Txn {
     /// The final state of every key changed: `Some(value)` or deleted.
@@ -21,10 +23,12 @@ pub struct Txn {
 }
 
 impl Txn {
+    /// An empty transaction.
     pub fn new() -> Txn {
         Txn::default()
     }
 
+    /// Whether the transaction changes no key (the pending-count delta aside).
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
@@ -80,10 +84,12 @@ impl Txn {
         (ops, delta)
     }
 
+    /// Writes the superblock record.
     pub fn put_superblock(&mut self, sb: &Superblock) {
         self.put(Table::Meta, keys::SUPERBLOCK.to_vec(), sb.encode());
     }
 
+    /// Writes the inode record of `ino`, replacing any.
     pub fn put_inode(&mut self, ino: u64, inode: &Inode) {
         self.put(Table::Inode, keys::ino(ino), inode.encode());
     }
@@ -102,14 +108,19 @@ impl Txn {
         );
     }
 
+    /// Removes the directory entry `name` of `parent` (only the name: link counts are the
+    /// caller's).
     pub fn unlink(&mut self, parent: u64, name: &[u8]) {
         self.delete(Table::Dirent, keys::named(parent, name));
     }
 
+    /// Sets extended attribute `name` (with its namespace, e.g. `user.foo`) of `ino` to
+    /// `value`.
     pub fn put_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) {
         self.put(Table::Xattr, keys::named(ino, name), value.to_vec());
     }
 
+    /// Removes extended attribute `name` of `ino`.
     pub fn delete_xattr(&mut self, ino: u64, name: &[u8]) {
         self.delete(Table::Xattr, keys::named(ino, name));
     }
@@ -119,6 +130,8 @@ impl Txn {
         self.put(Table::Orphan, keys::ino(ino), Vec::new());
     }
 
+    /// Removes the orphan mark of `ino`: its data is deleted (in this transaction or
+    /// before), or fsck found it named.
     pub fn clear_orphan(&mut self, ino: u64) {
         self.delete(Table::Orphan, keys::ino(ino));
     }

@@ -69,7 +69,9 @@ pub trait ChunkCodec {
 /// A coded segment: the frame chosen and what happened.
 #[derive(Clone, Debug)]
 pub struct Coded {
+    /// The chosen frame: an LLM frame when it won and verified, else the fast frame.
     pub frame: Vec<u8>,
+    /// What happened coding the segment.
     pub report: SegmentReport,
 }
 
@@ -100,6 +102,8 @@ impl Coded {
         })
     }
 
+    /// What the filesystem does with the result: keep the LLM frame, or keep its fast
+    /// frame and why.
     pub fn outcome(self) -> Encoded {
         if self.report.verify_failed {
             Encoded::VerifyFailed
@@ -114,6 +118,7 @@ impl Coded {
 /// How a lane is to be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaneSpec {
+    /// The lane's number, 0 up; lane 0 may also get the wide context.
     pub index: usize,
     /// llama.cpp threads of the lane's context.
     pub threads: u32,
@@ -124,7 +129,9 @@ pub struct LaneSpec {
 
 /// The codecs of one lane, living on its thread.
 pub struct Lane<'a> {
+    /// The lane's context with [`LaneSpec::threads`] threads.
     pub narrow: &'a mut dyn ChunkCodec,
+    /// The wide context for lone reads, when [`LaneSpec::wide_threads`] asked for one.
     pub wide: Option<&'a mut dyn ChunkCodec>,
 }
 

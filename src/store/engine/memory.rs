@@ -32,6 +32,8 @@ struct Faults {
     no_space: bool,
 }
 
+/// The in-memory engine: every table in one ordered map behind a lock, with the faults
+/// set on it injected into commits.
 #[derive(Default)]
 pub struct MemoryEngine {
     state: Mutex<State>,
@@ -39,6 +41,7 @@ pub struct MemoryEngine {
 }
 
 impl MemoryEngine {
+    /// An empty engine with no faults set.
     pub fn new() -> Arc<MemoryEngine> {
         Arc::new(MemoryEngine::default())
     }
@@ -83,6 +86,8 @@ impl MemoryEngine {
         s.live.insert((table, key.to_vec()), value.to_vec());
     }
 
+    /// The live value of `key` in `table`, bypassing the engine interface (and any seal
+    /// the store puts around it).
     pub fn raw_get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
         self.state.lock().live.get(&(table, key.to_vec())).cloned()
     }

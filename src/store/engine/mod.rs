@@ -35,17 +35,27 @@ use std::path::PathBuf;
 /// The tables of the store; [`super::keys`] documents what each holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
+    /// Store-wide records: the superblock, the inode counter, the codec profile and
+    /// canary.
     Meta,
+    /// Inode records by inode number.
     Inode,
+    /// Directory entries by parent inode and name.
     Dirent,
+    /// Extended attributes by inode and name.
     Xattr,
+    /// Hot chunks: frames written since their chunk last settled.
     Chunk,
+    /// Extents: settled frames of a file's consecutive chunks, packed.
     Extent,
+    /// Chunks waiting for the compactor (exactly the keys of `Chunk`).
     Pending,
+    /// Inodes unlinked while open, or big files whose chunks are being deleted.
     Orphan,
 }
 
 impl Table {
+    /// Every table, in declaration order.
     pub const ALL: [Table; 8] = [
         Table::Meta,
         Table::Inode,
@@ -57,6 +67,7 @@ impl Table {
         Table::Orphan,
     ];
 
+    /// The table's name in the database and in messages (`meta`, `inode`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Table::Meta => "meta",
@@ -77,23 +88,37 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// One change of a commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawOp {
+    /// Sets the key (second field) of the table (first) to the value (third), replacing
+    /// any value it had.
     Put(Table, Vec<u8>, Vec<u8>),
+    /// Removes the key (second field) from the table (first); nothing happens if it is
+    /// absent.
     Delete(Table, Vec<u8>),
 }
 
+/// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The device holding the store is full; nothing of the commit was applied.
     #[error("no space left on the device that holds the store")]
     NoSpace,
+    /// Opening, locking, reading or syncing a database or journal file failed.
     #[error("I/O error on the store's database file {path}: {source}")]
     Io {
+        /// The file concerned.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The database file is damaged: never to be mistaken for an empty store.
     #[error("the store's database file {path} is damaged: {why}")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong, as SQLite or the journal check says.
+        why: String,
+    },
+    /// Another process holds the store's lock or database (a mount, an fsck).
     #[error("the store is in use by another process (is it mounted already?)")]
     InUse,
     /// The write-ahead log lost commits or is damaged ([`sqlite::journal`]): the store
@@ -122,7 +147,10 @@ pub struct EngineSpace {
     pub used_bytes: u64,
 }
 
+/// Ordered key-value tables with atomic, ordered commits: what the store runs on. See the
+/// module documentation for the guarantees every implementation gives.
 pub trait Engine: Send + Sync {
+    /// The value of `key` in `table`, or `None` if absent.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
 
     /// Visits the entries with `from <= key < to` (no upper bound when `to` is `None`) in
@@ -163,6 +191,7 @@ pub trait Engine: Send + Sync {
         Ok(())
     }
 
+    /// How much of the database's files is in use and free.
     fn space(&self) -> Result<EngineSpace, EngineError>;
 
     /// Bytes new data may still take on the device (what commits that add data may use

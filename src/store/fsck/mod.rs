@@ -49,12 +49,14 @@ pub type LlmDecoder<'a> = &'a mut dyn FnMut(Vec<Vec<u8>>) -> Vec<Result<Vec<u8>,
 /// Frames handed to the decoder at a time: enough to keep every lane of a big pool busy.
 pub const VERIFY_BATCH: usize = 32;
 
+/// What [`Store::check`] does beyond reading every record.
 #[derive(Clone, Debug, Default)]
 pub struct CheckOptions {
     /// Decode every frame and check its CRC (LLM frames: seconds each on a CPU).
     pub verify: bool,
 }
 
+/// How bad a [`Problem`] is, worst first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     /// Something is wrong: the store is not clean.
@@ -66,6 +68,7 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The severity's lowercase name (`error`, `warning`, `info`), for messages and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Severity::Error => "error",
@@ -94,16 +97,22 @@ pub enum ProblemKind {
     Root,
     /// A directory entry.
     Dirent,
+    /// An inode's link count against the names and subdirectories that hold it, or a
+    /// named inode marked as an orphan.
     LinkCount,
     /// A directory's `parent` field.
     Parent,
     /// An inode or directory that the root does not reach.
     Disconnected,
+    /// The orphan mark: on an inode that has a name, missing on one with no names and no
+    /// links (or a note for an inode unlinked while open).
     Orphan,
     /// A chunk record (hot chunk) that does not decode, or a chunk of a non-file.
     Chunk,
     /// A frame whose header does not parse or does not fit its chunk.
     Frame,
+    /// An extent that does not decode, is stored under a key other than its first chunk,
+    /// has chunk indexes out of order, or overlaps another extent of the file.
     Extent,
     /// A chunk stored in two places.
     Duplicate,
@@ -130,6 +139,7 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    /// The kind's snake_case name (`link_count`, `past_eof`, ...), for messages and JSON.
     pub fn name(self) -> &'static str {
         match self {
             ProblemKind::Database => "database",
@@ -170,59 +180,86 @@ pub enum Repair {
     /// Delete every chunk, extent, pending record and xattr of an inode that does not
     /// exist and is not being deleted.
     DeleteData {
+        /// The inode number whose data goes.
         ino: u64,
     },
     /// Delete the chunks of `ino` from index `from` on (past its end, or every chunk of
     /// a non-file); `stored` is recomputed.
     DeleteChunksFrom {
+        /// The inode whose chunks go.
         ino: u64,
+        /// The first chunk index deleted.
         from: u64,
     },
     /// Delete the settled copy of a chunk that is also hot with a newer version (reads
     /// return the hot one); `stored` is recomputed.
     DropSettledCopy {
+        /// The inode of the chunk.
         ino: u64,
+        /// The chunk's index.
         index: u64,
     },
     /// Make the pending records of `ino` exactly its hot chunks, at their versions.
     SyncPending {
+        /// The inode whose pending records are rewritten.
         ino: u64,
     },
     /// Set `stored` to the sum of the inode's frame lengths.
     RecomputeStored {
+        /// The inode whose `stored` is recomputed.
         ino: u64,
     },
+    /// Set the link count of `ino` to `nlink`: what its names (and for a directory, its
+    /// subdirectories) give, or 0 for an orphan that has no name.
     SetNlink {
+        /// The inode to fix.
         ino: u64,
+        /// The link count to set.
         nlink: u32,
     },
+    /// Set a directory's `parent` field to the directory whose entry names it (the root's
+    /// to the root itself).
     SetParent {
+        /// The directory to fix.
         ino: u64,
+        /// The directory that holds its entry (the root, for the root).
         parent: u64,
     },
+    /// Raise an inode's `data_ver` to its highest chunk version, so the next write takes
+    /// a version above every stored one.
     RaiseDataVer {
+        /// The inode to fix.
         ino: u64,
+        /// The highest chunk version stored for it.
         data_ver: u64,
     },
     /// Remove the orphan mark of a named inode (the next mount would delete it).
     ClearOrphan {
+        /// The inode named in a directory.
         ino: u64,
     },
     /// Mark an inode without names, links or handles as orphan: the next mount deletes
     /// it, as POSIX says it already is.
     MarkOrphan {
+        /// The inode to mark.
         ino: u64,
     },
     /// Remove a directory entry whose inode does not exist.
     DeleteDirent {
+        /// The directory holding the entry.
         parent: u64,
+        /// The entry's name.
         name: Vec<u8>,
     },
     /// Rewrite a directory entry with its inode's kind.
     FixDirentKind {
+        /// The directory holding the entry.
         parent: u64,
+        /// The entry's name.
         name: Vec<u8>,
+        /// The inode the entry names.
         child: u64,
+        /// The inode's actual kind, which the entry will record.
         kind: Kind,
     },
 }
@@ -230,18 +267,25 @@ pub enum Repair {
 /// One finding of [`Store::check`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// What the problem is about.
     pub kind: ProblemKind,
+    /// How bad it is.
     pub severity: Severity,
+    /// The inode concerned, if any.
     pub ino: Option<u64>,
+    /// The chunk index concerned, if any.
     pub chunk: Option<u64>,
     /// A path of the inode, when the root reaches it.
     pub path: Option<String>,
     /// What is wrong, what it means, and what to do when it is not repairable.
     pub message: String,
+    /// The provably safe fix, when there is one; `None` leaves it to the user.
     pub repair: Option<Repair>,
 }
 
 impl Problem {
+    /// An error-severity problem with no chunk, path or repair (the path is filled in
+    /// when the report is finished).
     pub fn error(kind: ProblemKind, ino: Option<u64>, message: impl Into<String>) -> Problem {
         Problem {
             kind,
@@ -254,6 +298,7 @@ impl Problem {
         }
     }
 
+    /// An info-severity note: normal state worth knowing, which leaves the store clean.
     pub fn info(kind: ProblemKind, ino: Option<u64>, message: impl Into<String>) -> Problem {
         Problem {
             severity: Severity::Info,
@@ -271,6 +316,7 @@ impl Problem {
         self
     }
 
+    /// Whether [`Store::repair`] can fix it.
     pub fn repairable(&self) -> bool {
         self.repair.is_some()
     }
@@ -300,26 +346,40 @@ impl fmt::Display for Problem {
 /// What a check looked at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CheckCounts {
+    /// Inode records found (damaged ones included).
     pub inodes: u64,
+    /// Directory inodes among them.
     pub dirs: u64,
+    /// Regular file inodes among them (and those with an unknown type, served as files).
     pub files: u64,
+    /// Directory entries.
     pub dirents: u64,
+    /// Orphan marks (inodes unlinked while open, or being deleted).
     pub orphans: u64,
+    /// Extended attribute records.
     pub xattrs: u64,
+    /// Hot chunk records.
     pub hot_chunks: u64,
+    /// Chunks held in extents (settled).
     pub settled_chunks: u64,
+    /// Extent records.
     pub extents: u64,
+    /// Pending records (chunks waiting for the compactor).
     pub pending: u64,
-    /// Bytes of frames (hot and settled) of existing inodes, and of the plaintext their
-    /// headers promise. (Chunk and record counts include the data of deleted inodes.)
+    /// Bytes of frames (hot and settled) of existing inodes. (Chunk and record counts
+    /// include the data of deleted inodes.)
     pub frame_bytes: u64,
+    /// Plaintext bytes those frames' headers promise.
     pub plain_bytes: u64,
+    /// LLM-coded frames of existing inodes.
     pub llm_frames: u64,
-    /// Frames decoded and found intact by `verify`, and their plaintext bytes.
+    /// Frames decoded and found intact by `verify`.
     pub verified_frames: u64,
+    /// Plaintext bytes of the frames `verify` found intact.
     pub verified_bytes: u64,
     /// LLM frames `verify` could not decode for want of a model.
     pub unverified_frames: u64,
+    /// Plaintext bytes of the LLM frames `verify` could not decode.
     pub unverified_bytes: u64,
 }
 
@@ -348,12 +408,19 @@ impl CheckCounts {
     }
 }
 
+/// What [`Store::check`] found: the store's settings, what it looked at and every
+/// problem, in the order found.
 #[derive(Clone, Debug)]
 pub struct CheckReport {
+    /// The store's chunk size in bytes.
     pub chunk_size: u64,
+    /// The llmfs release that created the store, as its superblock says.
     pub created_by: String,
+    /// Whether frames were decoded and their CRCs checked ([`CheckOptions::verify`]).
     pub verified: bool,
+    /// What the check looked at.
     pub counts: CheckCounts,
+    /// Every problem found, each with its path when the root reaches it.
     pub problems: Vec<Problem>,
 }
 
@@ -363,6 +430,7 @@ impl CheckReport {
         self.problems.iter().all(|p| p.severity == Severity::Info)
     }
 
+    /// Problems of `severity`.
     pub fn count(&self, severity: Severity) -> usize {
         self.problems
             .iter()
@@ -370,6 +438,7 @@ impl CheckReport {
             .count()
     }
 
+    /// Problems that [`Store::repair`] can fix.
     pub fn repairable(&self) -> usize {
         self.problems.iter().filter(|p| p.repairable()).count()
     }
@@ -386,10 +455,14 @@ pub enum CheckPhase {
     Verify,
 }
 
+/// How far a check is, handed to its progress callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckProgress {
+    /// The pass running.
     pub phase: CheckPhase,
+    /// Records, inodes or plaintext bytes done, as [`CheckPhase`] says for each phase.
     pub done: u64,
+    /// The total to do, in the same unit; 0 when unknown (the namespace pass).
     pub total: u64,
 }
 

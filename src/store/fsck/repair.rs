@@ -15,10 +15,12 @@ const NAMES_PER_COMMIT: usize = 512;
 /// Records of a nonexistent inode's data deleted per commit (as the reaper does).
 const RECORDS_PER_COMMIT: usize = 4096;
 
+/// What [`Store::repair`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RepairSummary {
     /// Problems whose repair was applied.
     pub repaired: usize,
+    /// Store transactions committed to apply them.
     pub commits: u64,
 }
 

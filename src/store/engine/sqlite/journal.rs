@@ -38,6 +38,8 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// The file in the store directory that records the stamp of the last durable commit
+/// known to be on disk (layout above).
 pub const SYNCED_FILE: &str = "llmfs.synced";
 const MAGIC: &[u8; 8] = b"LLMFSYNC";
 const LEN: usize = 20;
@@ -293,6 +295,7 @@ pub fn repair(dir: &Path) -> Result<Repaired, EngineError> {
 /// Why the journal check refused a store, and what the operator can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalDamage {
+    /// The store directory.
     pub dir: PathBuf,
     /// What was found, one sentence each.
     pub findings: Vec<String>,

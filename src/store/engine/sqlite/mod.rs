@@ -67,8 +67,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The store's database file, inside the store directory.
 pub const DB_FILE: &str = "llmfs.db";
+/// The file in the store directory that a process holding the store keeps `flock`ed
+/// (exclusive, non-blocking: a second opener gets [`EngineError::InUse`]).
 pub const LOCK_FILE: &str = "llmfs.lock";
+/// The database being created: a new store is built under this name and renamed to
+/// [`DB_FILE`] once complete, so a crash leaves no half-made store (a stale one is
+/// removed by the next create).
 pub const CREATING: &str = "llmfs.creating.db";
 
 /// 8 KiB pages: a hot chunk's 1.5 KB zstd frame packs 5 to a page (92% full) where a
@@ -160,6 +166,8 @@ fn schema() -> &'static str {
 /// sync when nothing else changed ([`journal`] says what else it is for).
 const SYNC_POINT: &[u8] = b"\xffsync";
 
+/// The product [`Engine`]: one SQLite database behind a mutex, with the store directory
+/// locked and its WAL guarded by the durable-commit stamp ([`journal`]).
 pub struct SqliteEngine {
     dir: PathBuf,
     db: PathBuf,
