@@ -37,6 +37,8 @@ use crate::store::records::{Kind, Time};
 use crate::store::Txn;
 use std::sync::atomic::Ordering;
 
+/// Bytes of plaintext per chunk of a new store unless `chunk_size=` says otherwise
+/// (the measurements above).
 pub const DEFAULT_CHUNK_SIZE: u32 = 4096;
 
 /// Largest file size: chunk indexes and offsets stay far from overflow.
@@ -46,11 +48,17 @@ const MAX_FILE_SIZE: u64 = 1 << 50;
 #[derive(Clone, Copy, Debug)]
 pub enum Fallocate {
     /// Make sure the range is allocated (sizes grow unless `keep_size`).
-    Allocate { keep_size: bool },
+    Allocate {
+        /// FALLOC_FL_KEEP_SIZE: the file's size does not change.
+        keep_size: bool,
+    },
     /// Zero the range, freeing what it stored.
     PunchHole,
     /// Zero the range (sizes grow unless `keep_size`).
-    ZeroRange { keep_size: bool },
+    ZeroRange {
+        /// FALLOC_FL_KEEP_SIZE: the file's size does not change.
+        keep_size: bool,
+    },
 }
 
 /// A node as it was before an operation that changes it in memory and then commits
@@ -142,6 +150,10 @@ impl Core {
         self.persist(ino, &mut g)
     }
 
+    /// Up to `size` bytes of `ino` from `offset` (fewer at the end of the file): dirty
+    /// chunks from memory, the rest through the chunk cache; chunks the model must
+    /// decode are decoded without the file's lock, on every lane at once for a large
+    /// read, and kept only if still current.
     pub fn read(&self, ino: u64, offset: u64, size: u32, wait: Wait) -> FsResult<Vec<u8>> {
         let n = self.node(ino)?;
         let cs = self.chunk_size();
@@ -422,6 +434,7 @@ impl Core {
         self.persist_with(ino, g, t)
     }
 
+    /// fallocate(2) on `length` bytes from `offset`, as `how` says, in one commit.
     pub fn fallocate(
         &self,
         ino: u64,

@@ -48,33 +48,48 @@ pub const ROOT_INO: u64 = 1;
 /// Inode numbers are reserved this many at a time (one small commit per block).
 const INO_BLOCK: u64 = 1024;
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The device holding the store is full (or below the reserve kept for deletes);
+    /// the commit was rolled back and the store stays usable.
     #[error("no space left on the device that holds the store")]
     NoSpace,
     #[error("the store is in use by another process (is it mounted already?)")]
+    /// Another process holds the store's lock.
     InUse,
     #[error(transparent)]
+    /// The database engine failed (I/O, SQLite); the text says how.
     Engine(EngineError),
     #[error("the store is damaged: {0}")]
+    /// A record or the database is damaged; the text names what and where.
     Corrupt(String),
     #[error(
         "store format version {0} is not supported (this build reads versions {OLDEST_FORMAT} to \
          {FORMAT_VERSION}); use the llmfs release that wrote it"
     )]
+    /// The superblock names a format this build does not read.
     UnsupportedVersion(u32),
     #[error(
         "{0} holds a store of format version 1, written by llmfs 0.1.0 on sled; this release \
          reads format {FORMAT_VERSION} only: mount it with llmfs 0.1.0 and copy its files into a \
          new store"
     )]
+    /// The directory holds a format 1 store of llmfs 0.1.0 (sled).
     SledStore(PathBuf),
     #[error(
         "{path} is not an llmfs store: it holds {found}. A store is created only in an empty or \
          missing directory"
     )]
-    NotAStore { path: PathBuf, found: String },
+    /// The directory holds files that are not a store, so none is created there.
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// The first few names found in it.
+        found: String,
+    },
     #[error("{0} holds no llmfs store")]
+    /// The directory holds no store and none was to be created.
     Missing(PathBuf),
 }
 
@@ -101,13 +116,16 @@ pub struct OpenOptions {
 /// Options that only matter when a store is created.
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
+    /// Bytes of plaintext per chunk (512 B to 16 MiB), fixed for the store's life.
     pub chunk_size: u32,
 }
 
 /// A stored chunk and where it lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredChunk {
+    /// The chunk's content version (see [`records::Inode::data_ver`]).
     pub ver: u64,
+    /// The chunk's frame, as stored ([`crate::frame`]).
     pub frame: Vec<u8>,
     /// In the `chunk` table (written since last settled) rather than in an extent.
     pub hot: bool,
@@ -116,9 +134,13 @@ pub struct StoredChunk {
 /// A stored chunk without its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkInfo {
+    /// The chunk's index in its file (offset / chunk size).
     pub index: u64,
+    /// The chunk's content version.
     pub ver: u64,
+    /// Bytes of its frame.
     pub frame_len: usize,
+    /// In the `chunk` table (written since last settled) rather than in an extent.
     pub hot: bool,
     /// The frame's codec (`None` when its header is damaged).
     pub codec: Option<crate::frame::Codec>,
@@ -127,12 +149,20 @@ pub struct ChunkInfo {
 /// A chunk waiting for the compactor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingChunk {
+    /// The file.
     pub ino: u64,
+    /// The chunk's index in the file.
     pub index: u64,
+    /// The version that was queued: the compactor's result is dropped if the chunk
+    /// has moved on.
     pub ver: u64,
+    /// When that version was written (seconds since the epoch): the compactor waits
+    /// until it is cold.
     pub written: i64,
 }
 
+/// An open store: typed reads and transactions over one database, the inode numbers
+/// it hands out, and counters every commit keeps (chunks pending, writes in flight).
 pub struct Store {
     engine: Sealed,
     superblock: Superblock,
@@ -184,10 +214,12 @@ impl Store {
         *self.engine.mode() != seal::Mode::Strict
     }
 
+    /// The store's superblock: format version, chunk size, the release that created it.
     pub fn superblock(&self) -> &Superblock {
         &self.superblock
     }
 
+    /// Bytes of plaintext per chunk, fixed when the store was created.
     pub fn chunk_size(&self) -> u64 {
         u64::from(self.superblock.chunk_size)
     }
@@ -260,10 +292,12 @@ impl Store {
         self.engine.room()
     }
 
+    /// The database's bytes: file, WAL, free pages, pages in use.
     pub fn space(&self) -> Result<engine::EngineSpace, StoreError> {
         Ok(self.engine.space()?)
     }
 
+    /// The `meta` record `key`, if written (as stored, its seal checked).
     pub fn meta(&self, key: MetaKey) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.engine.get(Table::Meta, key.key())?)
     }
@@ -277,7 +311,10 @@ impl Store {
 /// Records of the `meta` table a caller may read.
 #[derive(Clone, Copy, Debug)]
 pub enum MetaKey {
+    /// The codec profile the store's LLM frames are coded under, pinned by the first.
     Profile,
+    /// A frame of a known text coded under that profile, decoded at mount to check
+    /// that the model still decodes what it coded.
     Canary,
 }
 

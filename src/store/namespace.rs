@@ -6,6 +6,7 @@ use super::records::{decode_dirent, Inode, Kind};
 use super::{keys, Store, StoreError, ROOT_INO};
 
 impl Store {
+    /// The record of inode `ino`, `None` if there is none.
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>, StoreError> {
         match self.engine.get(Table::Inode, &keys::ino(ino))? {
             Some(b) => Ok(Some(Inode::decode(&b)?)),
@@ -13,6 +14,7 @@ impl Store {
         }
     }
 
+    /// The entry `name` in directory `parent`: the child's inode number and kind.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<(u64, Kind)>, StoreError> {
         match self.engine.get(Table::Dirent, &keys::named(parent, name))? {
             Some(v) => Ok(Some(decode_dirent(&v)?)),
@@ -20,6 +22,7 @@ impl Store {
         }
     }
 
+    /// Whether directory `dir` has no entries (a scan that stops at the first).
     pub fn dir_is_empty(&self, dir: u64) -> Result<bool, StoreError> {
         let mut empty = true;
         let from = keys::ino(dir);
@@ -66,10 +69,12 @@ impl Store {
         }
     }
 
+    /// The value of extended attribute `name` of `ino`.
     pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.engine.get(Table::Xattr, &keys::named(ino, name))?)
     }
 
+    /// The names of `ino`'s extended attributes, in byte order.
     pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>, StoreError> {
         let from = keys::ino(ino);
         let to = keys::prefix_end(&from);
