@@ -22,10 +22,12 @@ use super::cache::{Cached, ReadTally};
 use super::{live, Core, FsError, FsResult, Node, NodeRef};
 use crate::frame::{self, Codec};
 use crate::store::records::{Inode, Time};
-use crate::store::Txn;
+use crate::store::{StoredChunk, Txn};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Whether a call may wait for the language model to decode a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,12 +151,29 @@ impl Core {
     }
 
     /// Loads chunk `idx` from the store and decodes it, without any lock.
+    /// A worker that takes over a request a FUSE thread could not finish without the
+    /// model gets the frame that thread fetched ([`Handoff`]): a cold read fetches it
+    /// once.
     pub(super) fn load_chunk(&self, ino: u64, idx: u64, wait: Wait) -> FsResult<Loaded> {
-        let Some(c) = self.store.chunk(ino, idx)? else {
-            return Ok(None);
+        let handed = match wait {
+            Wait::NoModel => None,
+            _ => self.handoff.take(ino, idx),
+        };
+        let c = match handed {
+            Some(c) => c,
+            None => match self.store.chunk(ino, idx)? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
         };
         let costly = frame::needs_model(&c.frame);
-        let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, wait)?;
+        let plain = match self.decode_chunk(ino, idx, c.ver, &c.frame, wait) {
+            Err(FsError::WouldBlock) => {
+                self.handoff.put(ino, idx, c);
+                return Err(FsError::WouldBlock);
+            }
+            r => r?,
+        };
         Ok(Some(LoadedChunk {
             ver: c.ver,
             plain: Arc::new(plain),
@@ -344,6 +363,7 @@ impl Core {
         let wrote_chunks = !written.0.is_empty();
         let mut dirty = std::mem::take(&mut g.dirty);
         for (idx, ver, len) in written.0 {
+            self.handoff.forget(ino, idx);
             match dirty.remove(&idx) {
                 Some(mut buf) if len > 0 => {
                     buf.truncate(len);
@@ -360,6 +380,50 @@ impl Core {
         g.dirty_bytes = 0;
         if wrote_chunks {
             self.chunks_written();
+        }
+    }
+}
+
+/// Frames a FUSE request thread fetched but could not decode without the model, for the
+/// worker that takes the request over, so that a cold read fetches each frame from the
+/// store once. Entries live a few seconds and the map is bounded; one that went stale
+/// costs a decode, never a wrong read: what it decodes to is kept only if the store
+/// still holds its version.
+#[derive(Default)]
+pub(super) struct Handoff(Mutex<HashMap<(u64, u64), (Instant, StoredChunk)>>);
+
+impl Handoff {
+    /// How long an entry waits for the worker that takes its request over.
+    const TTL: Duration = Duration::from_secs(10);
+    /// Bound on entries (LLM frames of a few hundred bytes each).
+    const MAX: usize = 256;
+
+    fn put(&self, ino: u64, idx: u64, c: StoredChunk) {
+        let mut m = self.0.lock();
+        if m.len() >= Self::MAX {
+            m.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+        }
+        m.insert((ino, idx), (Instant::now(), c));
+    }
+
+    fn take(&self, ino: u64, idx: u64) -> Option<StoredChunk> {
+        let mut m = self.0.lock();
+        if m.is_empty() {
+            return None;
+        }
+        m.remove(&(ino, idx))
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, c)| c)
+    }
+
+    /// Drops the entry of a chunk just written: its frame is not the current one.
+    fn forget(&self, ino: u64, idx: u64) {
+        let mut m = self.0.lock();
+        if !m.is_empty() {
+            m.remove(&(ino, idx));
         }
     }
 }

@@ -486,3 +486,37 @@ fn live_statistics_count_cold_reads_cache_hits_and_the_models_bytes() {
     assert_eq!(num(&m, "cache_misses"), chunks);
     assert_eq!(num(&m, "cold_reads"), llm);
 }
+
+#[test]
+fn a_cold_read_handed_to_a_worker_fetches_its_frame_once() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"fake-1");
+    let ino = file(&core, "f", &text(4096, 7));
+    compact_all(&core);
+    core.shutdown().unwrap();
+    drop(core);
+    let core = core_on(&engine, Duration::ZERO, b"fake-1");
+    let before = engine.frame_reads();
+    // The FUSE thread: fetches the frame, learns it needs the model, hands it over.
+    assert!(matches!(
+        core.read(ino, 0, 4096, Wait::NoModel),
+        Err(FsError::WouldBlock)
+    ));
+    let fuse_thread = engine.frame_reads() - before;
+    // The worker: decodes the frame it was handed, then checks its version once.
+    assert_eq!(core.read(ino, 0, 4096, Wait::Model).unwrap(), text(4096, 7));
+    let worker = engine.frame_reads() - before - fuse_thread;
+    assert_eq!(fuse_thread, 1, "one settled chunk: one extent read");
+    assert_eq!(
+        worker, 1,
+        "the version check only (the frame was handed over)"
+    );
+    // Without a hand-off (a worker's first try), the frame is fetched by the worker.
+    let core2 = core_on(&engine, Duration::ZERO, b"fake-1");
+    let before = engine.frame_reads();
+    assert_eq!(
+        core2.read(ino, 0, 4096, Wait::Model).unwrap(),
+        text(4096, 7)
+    );
+    assert_eq!(engine.frame_reads() - before, 2, "fetch and version check");
+}

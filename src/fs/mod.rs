@@ -177,6 +177,8 @@ pub struct Core {
     codecs_cache: xattr::CodecsCache,
     /// (inode, kind of error) of unreadable chunks already logged.
     logged_errors: Mutex<std::collections::HashSet<(u64, String)>>,
+    /// Frames fetched by a FUSE thread for the worker that decodes them ([`chunk::Handoff`]).
+    handoff: chunk::Handoff,
 }
 
 impl Core {
@@ -223,6 +225,7 @@ impl Core {
             counters: report::Counters::default(),
             codecs_cache: xattr::CodecsCache::default(),
             logged_errors: Mutex::new(std::collections::HashSet::new()),
+            handoff: chunk::Handoff::default(),
         };
         let orphans = if core.cfg.read_only {
             Vec::new()

@@ -38,12 +38,27 @@ struct Faults {
 pub struct MemoryEngine {
     state: Mutex<State>,
     faults: Mutex<Faults>,
+    /// Values read from the chunk and extent tables (the rows that hold frames).
+    frame_reads: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryEngine {
     /// An empty engine with no faults set.
     pub fn new() -> Arc<MemoryEngine> {
         Arc::new(MemoryEngine::default())
+    }
+
+    /// Values read so far from the tables that hold frames (chunk and extent) by point
+    /// reads and floors: what a test counts to see how often a path fetches frames.
+    pub fn frame_reads(&self) -> u64 {
+        self.frame_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_frame_read(&self, table: Table, found: bool) {
+        if found && matches!(table, Table::Chunk | Table::Extent) {
+            self.frame_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Commits made so far (successful or not).
@@ -117,7 +132,9 @@ fn apply(tables: &mut Tables, op: &RawOp) {
 
 impl Engine for MemoryEngine {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.state.lock().live.get(&(table, key.to_vec())).cloned())
+        let v = self.state.lock().live.get(&(table, key.to_vec())).cloned();
+        self.count_frame_read(table, v.is_some());
+        Ok(v)
     }
 
     fn scan(
@@ -162,11 +179,15 @@ impl Engine for MemoryEngine {
         if low > high {
             return Ok(None);
         }
-        let s = self.state.lock();
-        Ok(s.live
+        let found = self
+            .state
+            .lock()
+            .live
             .range((table, low.to_vec())..=(table, high.to_vec()))
             .next_back()
-            .map(|((_, k), v)| (k.clone(), v.clone())))
+            .map(|((_, k), v)| (k.clone(), v.clone()));
+        self.count_frame_read(table, found.is_some());
+        Ok(found)
     }
 
     fn commit(&self, ops: &[RawOp], durable: bool) -> Result<(), EngineError> {
