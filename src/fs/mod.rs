@@ -7,7 +7,14 @@
 //! serialized by `ns`: they are short store commits, and holding `ns` makes their
 //! check-then-update steps atomic. A namespace operation may hold several node locks;
 //! every other operation holds at most one, so there is no lock cycle. Slow chunk
-//! decodes run without any lock (see [`data`]).
+//! decodes run without any lock (see [`chunk`]).
+//!
+//! The rooms: [`dir`], [`rename`], [`attr`] and [`xattr`] (the namespace and metadata),
+//! [`file`](mod@file) (the POSIX file operations) over [`chunk`] (a chunk's life: getting its
+//! plaintext through the cache and version checks, edits, framing for a commit,
+//! swapping in a compacted frame), [`compact`] (which chunks go to the model, when),
+//! [`policy`] (`user.llmfs.compress`), [`report`] and [`prometheus`] (live figures),
+//! and [`fuse`], the adapter to fuser.
 
 pub mod attr;
 mod cache;

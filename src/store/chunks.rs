@@ -153,7 +153,7 @@ impl Store {
     /// is still at version `ver`) with `frame`, into an extent, with `file.stored` moved
     /// by the difference. Returns (bytes added, bytes freed), for a copy of the record
     /// held elsewhere (the filesystem's in-memory one) to follow with
-    /// [`Inode::shift_stored`].
+    /// `Inode::shift_stored`.
     pub fn settle_file_chunk(
         &self,
         txn: &mut Txn,
