@@ -10,6 +10,7 @@
 //! decodes run without any lock (see [`data`]).
 
 pub mod attr;
+pub mod background;
 mod cache;
 pub mod compact;
 #[cfg(test)]
