@@ -30,6 +30,12 @@ pub const NEXT_INO: &[u8] = b"next_ino";
 pub const PROFILE: &[u8] = b"profile";
 pub const CANARY: &[u8] = b"canary";
 
+/// The value of the [`NEXT_INO`] meta record: the first inode number not handed out nor
+/// reserved, big endian (read back with [`u64_at`]).
+pub(crate) fn next_ino_value(next: u64) -> Vec<u8> {
+    next.to_be_bytes().to_vec()
+}
+
 /// Reads the big-endian u64 at `pos` of a key, if the key is long enough.
 pub fn u64_at(key: &[u8], pos: usize) -> Option<u64> {
     key.get(pos..pos + 8)

@@ -51,6 +51,17 @@ fn encode(stamp: u64) -> [u8; LEN] {
     b
 }
 
+/// The stamp as the database holds it (the value of its `SYNC_POINT` record): 8 bytes,
+/// big endian.
+pub(super) fn stamp_value(stamp: u64) -> [u8; 8] {
+    stamp.to_be_bytes()
+}
+
+/// The stamp in a `SYNC_POINT` value ([`stamp_value`]); `None` unless it is 8 bytes.
+pub(super) fn stamp_of(value: &[u8]) -> Option<u64> {
+    value.try_into().ok().map(u64::from_be_bytes)
+}
+
 /// The stamp in `llmfs.synced`: `Ok(None)` when the file is missing, `Err(why)` when it is
 /// unreadable or damaged (no evidence either way).
 pub fn read_synced(dir: &Path) -> Result<Option<u64>, String> {
