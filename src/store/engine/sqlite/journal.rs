@@ -30,6 +30,9 @@
 //! A torn or damaged file is no evidence either way (logged); a missing one (a store
 //! older than this file, or a copy without it) is created at the next read-write open.
 
+// Defines an on-disk layout (`llmfs.synced` and the durable-commit stamp); see clippy.toml.
+#![allow(clippy::disallowed_methods)]
+
 use super::super::EngineError;
 use super::wal;
 use super::DB_FILE;
