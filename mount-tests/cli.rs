@@ -346,6 +346,8 @@ fn fsck_passes_what_the_daemon_wrote_and_names_planted_damage() {
 /// claims more cells than fit) is found by fsck's database check and reported as
 /// damage (exit 1), naming the file as damaged, not taken for a clean store.
 #[test]
+// Reads the page size from SQLite's file header, as its layout says.
+#[allow(clippy::disallowed_methods)]
 fn fsck_finds_a_damaged_database_page() {
     let mut m = Mount::new();
     for i in 0..200 {

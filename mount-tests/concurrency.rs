@@ -1,5 +1,8 @@
 //! Several threads on one file, and names changing under open files.
 
+// Defines a layout: the test's blocks start with a little-endian header of their own.
+#![allow(clippy::disallowed_methods)]
+
 use crate::harness::{pseudo_random, Mount};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};

@@ -210,6 +210,8 @@ fn varint(b: &[u8], pos: &mut usize) -> u64 {
 }
 
 /// The first byte of the key in a leaf page's first cell: the store table's tag.
+// Reads SQLite's page layout.
+#[allow(clippy::disallowed_methods)]
 fn first_key_tag(page: &[u8], kind: u8) -> u8 {
     let mut pos = usize::from(u16::from_be_bytes([page[8], page[9]]));
     varint(page, &mut pos); // payload size

@@ -480,6 +480,8 @@ pub fn sh(cmd: &str) -> String {
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+// The same bytes on every machine: the generator's words, little endian.
+#[allow(clippy::disallowed_methods)]
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);

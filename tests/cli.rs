@@ -712,6 +712,8 @@ fn output_to_a_directory_fails_cleanly() {
 }
 
 #[test]
+// Writes a container and its frames byte for byte, as their layouts say.
+#[allow(clippy::disallowed_methods)]
 fn decompress_streams_in_bounded_memory() {
     // A legitimate file of 1 GiB of zeros in 16 MiB segments takes a few KB; the header
     // claims its length. Under a 512 MiB address-space limit, decoding it must still

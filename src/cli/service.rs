@@ -5,13 +5,14 @@
 //! lanes, `STOPPING=1` on the way out. Without `NOTIFY_SOCKET` nothing is sent and no
 //! thread runs.
 
+use llmfs::fs::background::{Loop, Round};
 use llmfs::fs::Core;
 use sd_notify::NotifyState;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often `STATUS=` is refreshed (the watchdog, when shorter, sets the pace).
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -49,10 +50,27 @@ pub fn start(core: Arc<Core>, mountpoint: PathBuf) -> std::io::Result<Option<Not
         return Ok(None);
     }
     let watchdog = sd_notify::watchdog_enabled();
+    let every = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
     let (stop, stopped) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("llmfs-notify".into())
-        .spawn(move || run(&core, &mountpoint, watchdog, &stopped))?;
+    let mut ready = false;
+    // The first probe at once, then every 100 ms until the mount answers.
+    Loop::new("llmfs-notify", every)
+        .first_in(Duration::ZERO)
+        .spawn(stopped, move |round| {
+            if ready {
+                feed(&core, &mountpoint, watchdog, round);
+            } else if let Some(first) = ready_yet(&mountpoint) {
+                ready = true;
+                let status = format!("mounted; {}", status_line(&first));
+                if let Err(e) =
+                    sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)])
+                {
+                    log::warn!("telling the service manager that the mount is ready failed: {e}");
+                }
+            } else {
+                round.again_in(Duration::from_millis(100));
+            }
+        })?;
     Ok(Some(Notifier { stop }))
 }
 
@@ -103,61 +121,43 @@ pub fn status_line(m: &Map<String, Value>) -> String {
     s
 }
 
-fn run(
+/// READY=1 only once the mount answers: the first request blocks until the session
+/// serves, and fails only if the mount went away.
+fn ready_yet(mountpoint: &std::path::Path) -> Option<Map<String, Value>> {
+    probe(mountpoint)
+        .map_err(|e| log::debug!("not ready yet: {e}"))
+        .ok()
+}
+
+/// A round once ready: the status, and the watchdog fed while the mount and the model
+/// are healthy.
+fn feed(
     core: &Core,
     mountpoint: &std::path::Path,
     watchdog: Option<Duration>,
-    stopped: &mpsc::Receiver<()>,
+    round: &mut Round<'_>,
 ) {
-    let every = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
-    // READY=1 only once the mount answers. The first request blocks until the session
-    // serves, and fails only if the mount went away.
-    let first = loop {
-        match probe(mountpoint) {
-            Ok(m) => break m,
-            Err(e) => {
-                log::debug!("not ready yet: {e}");
-                if stopped.recv_timeout(Duration::from_millis(100)).is_ok() {
-                    return;
-                }
+    let health = probe(mountpoint).and_then(|m| {
+        core.model().map_or(Ok(()), |p| p.health())?;
+        Ok(m)
+    });
+    let logged = health
+        .as_ref()
+        .map_err(|why| format!("{why}; not feeding the watchdog"));
+    round.check("health check", &logged);
+    match health {
+        Ok(m) => {
+            let status = format!("mounted; {}", status_line(&m));
+            let mut states = vec![NotifyState::Status(&status)];
+            if watchdog.is_some() {
+                states.push(NotifyState::Watchdog);
             }
+            let _ = sd_notify::notify(&states);
         }
-    };
-    let status = format!("mounted; {}", status_line(&first));
-    if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
-        log::warn!("telling the service manager that the mount is ready failed: {e}");
-    }
-    let mut unhealthy_since: Option<Instant> = None;
-    loop {
-        match stopped.recv_timeout(every) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-        let health = probe(mountpoint).and_then(|m| {
-            core.model().map_or(Ok(()), |p| p.health())?;
-            Ok(m)
-        });
-        match health {
-            Ok(m) => {
-                if unhealthy_since.take().is_some() {
-                    log::info!("healthy again");
-                }
-                let status = format!("mounted; {}", status_line(&m));
-                let mut states = vec![NotifyState::Status(&status)];
-                if watchdog.is_some() {
-                    states.push(NotifyState::Watchdog);
-                }
-                let _ = sd_notify::notify(&states);
-            }
-            Err(why) => {
-                // No WATCHDOG=1: the service manager restarts the daemon when this lasts.
-                if unhealthy_since.is_none() {
-                    log::error!("unhealthy, not feeding the watchdog: {why}");
-                    unhealthy_since = Some(Instant::now());
-                }
-                let status = format!("unhealthy: {why}");
-                let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
-            }
+        Err(why) => {
+            // No WATCHDOG=1: the service manager restarts the daemon when this lasts.
+            let status = format!("unhealthy: {why}");
+            let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
         }
     }
 }

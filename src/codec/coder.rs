@@ -12,6 +12,9 @@
 //!   endian and trailing zero bytes are dropped: the decoder reads missing words as zero,
 //!   so padding them back is exact and saves up to a word per segment.
 
+// Defines an on-disk layout (an LLM frame's payload: the coder's words); see clippy.toml.
+#![allow(clippy::disallowed_methods)]
+
 use constriction::stream::model::{DecoderModel, EncoderModel, EntropyModel};
 use constriction::stream::queue::{DefaultRangeDecoder, DefaultRangeEncoder, EncoderSituation};
 use constriction::stream::{Decode, Encode};

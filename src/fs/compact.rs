@@ -19,6 +19,7 @@
 //! costs no ratio that matters, and `cold_after=0` or `sync_llm` are there for who wants
 //! the model's ratio at once.
 
+use super::background;
 use super::cache::Cached;
 use super::{Core, FsError, FsResult};
 use crate::frame;
@@ -132,34 +133,78 @@ impl Core {
                     .spawn(move || core.compact_worker(&rx))?,
             );
         }
-        let core = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("llmfs-compactor".into())
-            .spawn(move || {
-                core.run_compactor(&tx);
-                drop(tx);
+        let (core, waker) = (Arc::clone(self), Arc::clone(self));
+        let mut cursor = (0u64, 0u64);
+        let mut last_log = Instant::now();
+        let mut logged = CompactStats::default();
+        // The first pass at once; later ones when woken (chunks written) or when the
+        // next chunk turns cold, as the pass says.
+        background::Loop::new("llmfs-compactor", Duration::from_secs(60))
+            .first_in(Duration::ZERO)
+            .finally(move || {
+                // The body and its sender are gone: the workers see the channel close.
                 for h in handles {
                     if h.join().is_err() {
                         log::error!("a compaction worker panicked");
                     }
                 }
             })
+            .spawn(
+                move |sleep: Duration| {
+                    let mut woken = waker.compactor.wake.lock();
+                    if !*woken && !sleep.is_zero() && !waker.stopping() {
+                        waker.compactor.cond.wait_for(&mut woken, sleep);
+                    }
+                    *woken = false;
+                    drop(woken);
+                    waker.stopping()
+                },
+                move |round| {
+                    let pass = core.pass_with(&mut cursor, &mut |p| core.hand_out(&tx, p));
+                    let retry = pass
+                        .as_ref()
+                        .map_err(|e| format!("{e}; trying again in a minute"));
+                    round.check("compaction", &retry);
+                    // On an error, the loop's interval: a minute.
+                    if let Ok(next) = pass {
+                        round.again_in(next);
+                    }
+                    if core.compactor.failed.swap(false, Ordering::Relaxed) {
+                        round.again_in(Duration::from_secs(60));
+                    }
+                    if last_log.elapsed() >= Duration::from_secs(60) {
+                        let st = core.compact_stats();
+                        if st.chunks_llm + st.chunks_kept > logged.chunks_llm + logged.chunks_kept {
+                            log_progress(&logged, &st, core.store.count_pending());
+                            logged = st;
+                        }
+                        last_log = Instant::now();
+                    }
+                },
+            )
     }
 
     /// A worker: codes the chunks it is handed until the channel closes.
     fn compact_worker(&self, rx: &Mutex<std::sync::mpsc::Receiver<PendingChunk>>) {
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("llmfs-compact")
+            .to_string();
+        let mut errors = background::Streaks::new(name);
         loop {
             let next = rx.lock().recv();
             let Ok(p) = next else {
                 return;
             };
-            match self.compact_chunk(&p, false) {
+            let r = self.compact_chunk(&p, false);
+            let retry = r
+                .as_ref()
+                .map_err(|e| format!("{e}; trying again in a minute"));
+            errors.check("compaction", &retry);
+            match r {
                 Ok(Outcome::Cancelled) => self.compactor.backoff.store(true, Ordering::Relaxed),
                 Ok(_) => {}
-                Err(e) => {
-                    log::error!("compaction failed: {e}; trying again in a minute");
-                    self.compactor.failed.store(true, Ordering::Relaxed);
-                }
+                Err(_) => self.compactor.failed.store(true, Ordering::Relaxed),
             }
             self.compactor.in_flight.lock().remove(&(p.ino, p.index));
         }
@@ -192,44 +237,6 @@ impl Core {
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
                     return Err(FsError::Io("the compaction workers stopped".into()))
                 }
-            }
-        }
-    }
-
-    fn run_compactor(&self, tx: &std::sync::mpsc::SyncSender<PendingChunk>) {
-        let mut cursor = (0u64, 0u64);
-        // When to look again although nothing woke us: the next chunk turning cold.
-        let mut sleep = Duration::ZERO;
-        let mut last_log = Instant::now();
-        let mut logged = CompactStats::default();
-        loop {
-            {
-                let mut woken = self.compactor.wake.lock();
-                if !*woken && !sleep.is_zero() && !self.stopping() {
-                    self.compactor.cond.wait_for(&mut woken, sleep);
-                }
-                *woken = false;
-            }
-            if self.stopping() {
-                return;
-            }
-            match self.pass_with(&mut cursor, &mut |p| self.hand_out(tx, p)) {
-                Ok(next) => sleep = next,
-                Err(e) => {
-                    log::error!("compaction failed: {e}; trying again in a minute");
-                    sleep = Duration::from_secs(60);
-                }
-            }
-            if self.compactor.failed.swap(false, Ordering::Relaxed) {
-                sleep = Duration::from_secs(60);
-            }
-            if last_log.elapsed() >= Duration::from_secs(60) {
-                let st = self.compact_stats();
-                if st.chunks_llm + st.chunks_kept > logged.chunks_llm + logged.chunks_kept {
-                    log_progress(&logged, &st, self.store.count_pending());
-                    logged = st;
-                }
-                last_log = Instant::now();
             }
         }
     }

@@ -17,6 +17,7 @@
 //! and [`fuse`], the adapter to fuser.
 
 pub mod attr;
+pub mod background;
 mod cache;
 pub mod chunk;
 pub mod compact;
@@ -418,36 +419,20 @@ impl Core {
     /// chunks of big deleted files are removed (woken at once by the deletion), what was
     /// committed is made durable, and an idle filesystem gives free space back.
     pub fn spawn_flusher(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let core = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("llmfs-flusher".into())
-            .spawn(move || loop {
-                {
-                    let mut stop = core.shutdown.0.lock();
-                    if !*stop {
-                        core.shutdown.1.wait_for(&mut stop, core.cfg.flush_interval);
-                    }
-                    if *stop {
-                        return;
-                    }
-                }
-                if let Err(e) = core.persist_all(false) {
-                    log::error!("background flush failed: {e}");
-                }
+        let (core, waker) = (Arc::clone(self), Arc::clone(self));
+        background::Loop::new("llmfs-flusher", self.cfg.flush_interval).spawn(
+            move |d| background::wait_flag(&waker.shutdown, d),
+            move |round| {
+                round.check("background flush", &core.persist_all(false));
                 if !core.cfg.read_only {
-                    if let Err(e) = core.reap_orphans() {
-                        log::error!("deleting unlinked files failed: {e}");
-                    }
+                    round.check("deleting unlinked files", &core.reap_orphans());
                     // Commits are cheap and not durable: a crash of the machine loses
                     // at most this interval of what was not fsync'd.
-                    if let Err(e) = core.store.sync() {
-                        log::error!("making the store durable failed: {e}");
-                    }
-                    if let Err(e) = core.reclaim_when_idle() {
-                        log::error!("giving free space back failed: {e}");
-                    }
+                    round.check("making the store durable", &core.store.sync());
+                    round.check("giving free space back", &core.reclaim_when_idle());
                 }
-            })
+            },
+        )
     }
 
     /// Wakes the background threads (the flusher also reaps orphans).
@@ -467,19 +452,10 @@ impl Core {
         self: &Arc<Self>,
         limit: Duration,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let core = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("llmfs-watchdog".into())
-            .spawn(move || loop {
-                {
-                    let mut stop = core.shutdown.0.lock();
-                    if !*stop {
-                        core.shutdown.1.wait_for(&mut stop, Duration::from_secs(5));
-                    }
-                    if *stop {
-                        return;
-                    }
-                }
+        let (core, waker) = (Arc::clone(self), Arc::clone(self));
+        background::Loop::new("llmfs-watchdog", Duration::from_secs(5)).spawn(
+            move |d| background::wait_flag(&waker.shutdown, d),
+            move |_| {
                 let stall = core.store.write_stall();
                 if stall > limit {
                     log::error!(
@@ -491,7 +467,8 @@ impl Core {
                     );
                     std::process::abort();
                 }
-            })
+            },
+        )
     }
 
     /// Decodes an LLM frame with the model for `who` (blocking: seconds on a CPU).

@@ -25,6 +25,9 @@
 //! Inode numbers are never reused within a store (see `next_ino`), so a stale cache
 //! entry keyed by inode can never alias a new file.
 
+// Defines an on-disk layout (the store's key layouts); see clippy.toml.
+#![allow(clippy::disallowed_methods)]
+
 /// `meta` key of the [`Superblock`](super::records::Superblock).
 pub const SUPERBLOCK: &[u8] = b"super";
 /// `meta` key of the next inode number to hand out (a big-endian u64; numbers below it
@@ -36,6 +39,12 @@ pub const PROFILE: &[u8] = b"profile";
 /// `meta` key of the canary: a small LLM frame coded at pin time and decoded by every
 /// mount to check that the model still reproduces the code.
 pub const CANARY: &[u8] = b"canary";
+
+/// The value of the [`NEXT_INO`] meta record: the first inode number not handed out nor
+/// reserved, big endian (read back with [`u64_at`]).
+pub(crate) fn next_ino_value(next: u64) -> Vec<u8> {
+    next.to_be_bytes().to_vec()
+}
 
 /// Reads the big-endian u64 at `pos` of a key, if the key is long enough.
 pub fn u64_at(key: &[u8], pos: usize) -> Option<u64> {

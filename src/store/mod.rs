@@ -235,7 +235,7 @@ impl Store {
             t.put(
                 Table::Meta,
                 keys::NEXT_INO.to_vec(),
-                reserved.to_be_bytes().to_vec(),
+                keys::next_ino_value(reserved),
             );
             self.commit(t)?;
             g.1 = reserved;

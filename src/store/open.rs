@@ -148,7 +148,7 @@ impl Store {
         t.put(
             Table::Meta,
             keys::NEXT_INO.to_vec(),
-            (ROOT_INO + 1).to_be_bytes().to_vec(),
+            keys::next_ino_value(ROOT_INO + 1),
         );
         t.put_inode(ROOT_INO, &root);
         engine.commit(&seal::seal_ops(&t.into_ops()), true)?;

@@ -6,6 +6,9 @@
 //! read as the store's format says. Every value is sealed with a CRC-32 around it
 //! ([`super::seal`]), so a record damaged on disk is an error, never a wrong value.
 
+// Defines an on-disk layout (the store's record layouts); see clippy.toml.
+#![allow(clippy::disallowed_methods)]
+
 use super::StoreError;
 use crate::frame::varint;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -166,7 +166,7 @@ pub fn salvage(
     t.put(
         Table::Meta,
         keys::NEXT_INO.to_vec(),
-        (max_ino + 1 + super::INO_BLOCK).to_be_bytes().to_vec(),
+        keys::next_ino_value(max_ino + 1 + super::INO_BLOCK),
     );
     store.commit(t)?;
     drop(store);

@@ -30,6 +30,9 @@
 //! send a lookup to the wrong leaf, where the record is not found; `llmfs fsck` finds that
 //! damage with SQLite's `integrity_check`.
 
+// Defines an on-disk layout (the seal appended to every record); see clippy.toml.
+#![allow(clippy::disallowed_methods)]
+
 use super::engine::{Engine, EngineError, EngineSpace, Entry, RawOp, Table};
 use super::keys;
 use std::sync::Arc;

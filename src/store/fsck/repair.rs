@@ -290,7 +290,7 @@ impl Store {
             t.put(
                 Table::Meta,
                 keys::NEXT_INO.to_vec(),
-                target.to_be_bytes().to_vec(),
+                keys::next_ino_value(target),
             );
         }
         g.0 = g.0.max(to);

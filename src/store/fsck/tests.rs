@@ -403,7 +403,7 @@ fn namespace_damage_is_found_and_derived_fields_repaired() {
         t.put(
             Table::Meta,
             keys::NEXT_INO.to_vec(),
-            3u64.to_be_bytes().to_vec(),
+            keys::next_ino_value(3),
         );
     });
     let r = fx.check();

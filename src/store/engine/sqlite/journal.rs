@@ -30,6 +30,9 @@
 //! A torn or damaged file is no evidence either way (logged); a missing one (a store
 //! older than this file, or a copy without it) is created at the next read-write open.
 
+// Defines an on-disk layout (`llmfs.synced` and the durable-commit stamp); see clippy.toml.
+#![allow(clippy::disallowed_methods)]
+
 use super::super::EngineError;
 use super::wal;
 use super::DB_FILE;
@@ -51,6 +54,17 @@ fn encode(stamp: u64) -> [u8; LEN] {
     let crc = crc32fast::hash(&b[..16]);
     b[16..].copy_from_slice(&crc.to_be_bytes());
     b
+}
+
+/// The stamp as the database holds it (the value of its `SYNC_POINT` record): 8 bytes,
+/// big endian.
+pub(super) fn stamp_value(stamp: u64) -> [u8; 8] {
+    stamp.to_be_bytes()
+}
+
+/// The stamp in a `SYNC_POINT` value ([`stamp_value`]); `None` unless it is 8 bytes.
+pub(super) fn stamp_of(value: &[u8]) -> Option<u64> {
+    value.try_into().ok().map(u64::from_be_bytes)
 }
 
 /// The stamp in `llmfs.synced`: `Ok(None)` when the file is missing, `Err(why)` when it is

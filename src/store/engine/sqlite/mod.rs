@@ -191,14 +191,13 @@ fn read_stamp(c: &Connection) -> rusqlite::Result<u64> {
             r.get(0)
         })
         .optional()?;
-    Ok(v.and_then(|v| v.try_into().ok())
-        .map_or(0, u64::from_be_bytes))
+    Ok(v.and_then(|v| journal::stamp_of(&v)).unwrap_or(0))
 }
 
 fn put_stamp(tx: &rusqlite::Transaction<'_>, stamp: u64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO records(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-        params![SYNC_POINT, stamp.to_be_bytes().as_slice()],
+        params![SYNC_POINT, journal::stamp_value(stamp).as_slice()],
     )
     .map(|_| ())
 }

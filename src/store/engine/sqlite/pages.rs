@@ -75,6 +75,9 @@
 //! of (N − 12)/2 bytes, N ≥ 13 odd a TEXT of (N − 13)/2 bytes. Varints are 1–9 bytes,
 //! 7 bits per byte with the high bit set on all but the last, the 9th byte giving 8 bits.
 
+// Defines an on-disk layout (SQLite's page format, read without SQLite); see clippy.toml.
+#![allow(clippy::disallowed_methods)]
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 

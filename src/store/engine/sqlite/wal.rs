@@ -59,6 +59,9 @@
 //! and does not truncate the file, so frames of an older generation may follow the
 //! current generation's frames. They carry other salts and are never damage.
 
+// Defines an on-disk layout (SQLite's WAL format, read without SQLite); see clippy.toml.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 
 /// Length of the WAL header.
