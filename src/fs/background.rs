@@ -80,6 +80,7 @@ impl Streaks {
 /// when woken) and says whether the loop must stop. Closures are signals (one over a
 /// stop flag calls [`wait_flag`]), and so is the receiving end of a stop channel.
 pub trait Signal {
+    /// Waits at most `d` (less when woken); true when the loop must stop.
     fn wait(&mut self, d: Duration) -> bool;
 }
 
@@ -135,6 +136,8 @@ pub struct Loop {
 }
 
 impl Loop {
+    /// A loop for thread `name` that runs its round every `every` (unless a round asks
+    /// for another wait); nothing runs until it is started.
     pub fn new(name: impl Into<String>, every: Duration) -> Loop {
         Loop {
             name: name.into(),

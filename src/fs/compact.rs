@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a chunk stays unwritten before the compactor gives it to the model
+/// (`cold_after=` overrides it): a log being appended to is not coded chunk by chunk.
 pub const DEFAULT_COLD_AFTER: Duration = Duration::from_secs(300);
 
 /// A small English text coded when a store is pinned to a model profile, and decoded
@@ -41,6 +43,7 @@ short example, and listed the main points again.\n";
 /// Pending records read per turn.
 const BATCH: usize = 256;
 
+/// The compactor's shared state: its wake-up, counters and the chunks in flight.
 #[derive(Default)]
 pub struct CompactorState {
     /// Set to make the compactor look at the pending chunks again now.
@@ -64,11 +67,16 @@ pub struct CompactorState {
 /// Compaction counters for live statistics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CompactStats {
+    /// Chunks settled with an LLM frame.
     pub chunks_llm: u64,
+    /// Chunks the model did not shrink (or whose decode did not verify), settled with
+    /// their fast frame.
     pub chunks_kept: u64,
     /// Plaintext bytes of the chunks coded, and the frame bytes before and after.
     pub plain_bytes: u64,
+    /// Frame bytes of those chunks before they were coded.
     pub bytes_before: u64,
+    /// Frame bytes of those chunks as settled.
     pub bytes_after: u64,
     /// Wall time during which chunks were being coded (encode and verify, on any lane),
     /// for throughput.
@@ -80,6 +88,7 @@ pub struct CompactStats {
     pub chunks_skipped: u64,
     /// Plaintext and frame bytes of the chunks that were LLM-coded (the model's ratio).
     pub llm_plain_bytes: u64,
+    /// Frame bytes of the chunks that were LLM-coded.
     pub llm_frame_bytes: u64,
 }
 
@@ -107,6 +116,7 @@ impl Core {
         }
     }
 
+    /// The compaction counters since mount, with the time spent coding so far.
     pub fn compact_stats(&self) -> CompactStats {
         // Lock order: `active`, then `stats` (as in `active`).
         let a = self.compactor.active.lock();

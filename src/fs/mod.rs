@@ -99,17 +99,21 @@ impl Default for CoreConfig {
 /// An inode and its number, what lookups and attribute calls return.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The inode number.
     pub ino: u64,
+    /// Its record as the filesystem sees it now (unsaved changes included).
     pub inode: Inode,
 }
 
 /// The in-memory state of an inode in use.
 pub struct Node {
+    /// The record, with changes not yet persisted (see `meta_dirty`).
     pub inode: Inode,
     /// Open file handles (the data of an unlinked file lives until this is 0).
     pub open: u32,
     /// Dirty chunks by index: `chunk_size` bytes, or empty for "all zeros".
     pub dirty: BTreeMap<u64, Vec<u8>>,
+    /// Bytes held by `dirty` (counted against the file's and the daemon's dirty limits).
     pub dirty_bytes: usize,
     /// The record changed and is not persisted yet.
     pub meta_dirty: bool,
@@ -154,6 +158,9 @@ type NodeRef = Arc<Mutex<Node>>;
 /// Nodes beyond this many are dropped from memory when idle.
 const NODE_TRIM: usize = 4096;
 
+/// The filesystem core: a store, the in-memory nodes of inodes in use, the chunk cache,
+/// the model tier once attached, and the background threads (flusher, compactor). Its
+/// methods are the POSIX operations in inode numbers; [`fuse`] calls them.
 pub struct Core {
     store: Store,
     cfg: CoreConfig,
@@ -272,14 +279,17 @@ impl Core {
         self.tier.get()
     }
 
+    /// The settings the core was built with.
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
     }
 
+    /// The store under the filesystem.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// Bytes of plaintext per chunk (the store's).
     pub fn chunk_size(&self) -> u64 {
         self.store.chunk_size()
     }
@@ -338,6 +348,8 @@ impl Core {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The entry of `ino`: the in-memory record if the inode is in use, else the stored
+    /// one.
     pub fn getattr(&self, ino: u64) -> FsResult<Entry> {
         let existing = self.nodes.lock().get(&ino).cloned();
         let inode = match existing {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 /// How many lanes, and their threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
+    /// Lanes: independent llama.cpp contexts, each coding one chunk at a time.
     pub lanes: usize,
     /// llama.cpp threads of each lane's context.
     pub threads_per_lane: u32,
@@ -48,19 +49,30 @@ impl PoolConfig {
 /// Counters of the pool, for live statistics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PoolStats {
+    /// Lanes running.
     pub lanes: usize,
+    /// Frames decoded (reads and prefetches).
     pub decodes: u64,
+    /// Time spent decoding, summed over lanes.
     pub decode_time: Duration,
+    /// The longest single decode.
     pub decode_max: Duration,
     /// Plaintext bytes the decodes gave (prefetches included), for throughput.
     pub decoded_plain_bytes: u64,
     /// Decodes that ran on the wide context.
     pub wide_decodes: u64,
+    /// Chunks encoded (each with its verifying decode).
     pub encodes: u64,
+    /// Time spent encoding and verifying, summed over lanes.
     pub encode_time: Duration,
+    /// Plaintext bytes encoded.
     pub encoded_plain_bytes: u64,
+    /// Jobs stopped before they finished (an encode preempted by a read, a prefetch
+    /// nobody waits for any more, a shutdown).
     pub cancelled: u64,
+    /// Encodes whose decode did not give back the plaintext (the fast frame was kept).
     pub verify_failures: u64,
+    /// Prefetches decoded and kept for a reader who had not asked yet.
     pub prefetches: u64,
     /// Reads served from a prefetched chunk.
     pub prefetch_hits: u64,
@@ -72,6 +84,7 @@ pub struct PoolStats {
 pub struct Ticket<T>(mpsc::Receiver<Result<T, TierError>>);
 
 impl<T> Ticket<T> {
+    /// Waits for the job's result ([`TierError::Stopped`] if the pool went away).
     pub fn wait(self) -> Result<T, TierError> {
         self.0.recv().unwrap_or(Err(TierError::Stopped))
     }
@@ -344,6 +357,7 @@ impl Pool {
         &self.profile
     }
 
+    /// The lanes and threads the pool runs.
     pub fn config(&self) -> PoolConfig {
         self.config
     }
@@ -531,6 +545,7 @@ impl Pool {
         Ok(())
     }
 
+    /// The pool's counters since it started.
     pub fn stats(&self) -> PoolStats {
         *self.shared.stats.lock()
     }
