@@ -152,10 +152,13 @@ impl Core {
 
     /// Loads chunk `idx` from the store and decodes it, without any lock.
     /// A worker that takes over a request a FUSE thread could not finish without the
-    /// model gets the frame that thread fetched ([`Handoff`]): a cold read fetches it
-    /// once.
+    /// model gets the frame that thread fetched ([`Handoff`]), and an attempt without the
+    /// model on a chunk held for such a worker fetches nothing: a cold read, or an edit
+    /// of a cold chunk, fetches its frame once.
     pub(super) fn load_chunk(&self, ino: u64, idx: u64, wait: Wait) -> FsResult<Loaded> {
         let handed = match wait {
+            // Known to need the model, and held for the worker: nothing to fetch.
+            Wait::NoModel if self.handoff.holds(ino, idx) => return Err(FsError::WouldBlock),
             Wait::NoModel => None,
             _ => self.handoff.take(ino, idx),
         };
@@ -417,6 +420,14 @@ impl Handoff {
         m.remove(&(ino, idx))
             .filter(|(at, _)| at.elapsed() < Self::TTL)
             .map(|(_, c)| c)
+    }
+
+    /// Whether a fresh entry for the chunk is held (it needed the model when fetched).
+    fn holds(&self, ino: u64, idx: u64) -> bool {
+        let m = self.0.lock();
+        !m.is_empty()
+            && m.get(&(ino, idx))
+                .is_some_and(|(at, _)| at.elapsed() < Self::TTL)
     }
 
     /// Drops the entry of a chunk just written: its frame is not the current one.

@@ -520,3 +520,32 @@ fn a_cold_read_handed_to_a_worker_fetches_its_frame_once() {
     );
     assert_eq!(engine.frame_reads() - before, 2, "fetch and version check");
 }
+
+#[test]
+fn an_edit_of_a_cold_chunk_handed_to_a_worker_fetches_its_frame_once() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"fake-1");
+    let ino = file(&core, "f", &text(4096, 3));
+    compact_all(&core);
+    core.shutdown().unwrap();
+    drop(core);
+    let core = core_on(&engine, Duration::ZERO, b"fake-1");
+    let before = engine.frame_reads();
+    // A write into the middle of the LLM chunk needs its plaintext: the FUSE thread
+    // fetches the frame and hands the request over.
+    assert!(matches!(
+        core.write(ino, 100, b"EDIT", false, Wait::NoModel),
+        Err(FsError::WouldBlock)
+    ));
+    assert_eq!(engine.frame_reads() - before, 1);
+    // The worker's first, model-less try fetches nothing; the decode uses the frame
+    // handed over; the version check reads once.
+    assert_eq!(
+        core.write(ino, 100, b"EDIT", false, Wait::Model).unwrap(),
+        4
+    );
+    assert_eq!(engine.frame_reads() - before, 2);
+    let mut want = text(4096, 3);
+    want[100..104].copy_from_slice(b"EDIT");
+    assert_eq!(read_all(&core, ino), want);
+}
