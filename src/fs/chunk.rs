@@ -325,6 +325,52 @@ impl Core {
             .ok_or_else(|| FsError::Io("dirty chunk vanished".into()))
     }
 
+    /// Swaps hot chunk `index` of `ino` for `frame` (into an extent) if the store still
+    /// holds it hot at version `ver`, the one `frame` was made from: under the file's lock, in one
+    /// commit with the file's stored bytes and what `with` adds. The in-memory record,
+    /// which may carry unsaved changes, moves by the same bytes; a cached plaintext of
+    /// that version is kept with the costly chunks when `frame` needs the model. Returns
+    /// false (and drops `frame`) when the chunk changed meanwhile or the file is gone.
+    pub(super) fn swap_if_current(
+        &self,
+        ino: u64,
+        index: u64,
+        ver: u64,
+        frame: Vec<u8>,
+        with: impl FnOnce(&mut Txn) -> FsResult<()>,
+    ) -> FsResult<bool> {
+        let n = match self.node(ino) {
+            Ok(n) => n,
+            Err(FsError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut g = n.lock();
+        if g.deleted {
+            return Ok(false);
+        }
+        match self.store.chunk(ino, index)? {
+            Some(c) if c.hot && c.ver == ver => {}
+            _ => return Ok(false),
+        }
+        let costly = frame::needs_model(&frame);
+        let mut t = Txn::new();
+        with(&mut t)?;
+        let mut record = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
+        let (added, freed) =
+            self.store
+                .settle_file_chunk(&mut t, ino, &mut record, index, ver, frame)?;
+        t.put_inode(ino, &record);
+        self.store.commit(t)?;
+        g.inode.shift_stored(added, freed);
+        if costly {
+            // Getting it again now costs the model: keep it with the costly chunks.
+            if let Some(c) = self.cache.get(ino, index).filter(|c| c.ver == ver) {
+                self.cache.put(ino, index, Cached { ..c }, true);
+            }
+        }
+        Ok(true)
+    }
+
     /// Adds `g`'s dirty chunks to `t` as frames (stored raw when `raw`, the policy
     /// `none`; else the fast tier's), with `file`, the record to commit with them, moved
     /// along by the store; a chunk that is all zeros is dropped (sparse files). Changes

@@ -20,10 +20,9 @@
 //! the model's ratio at once.
 
 use super::background;
-use super::cache::Cached;
 use super::{Core, FsError, FsResult};
 use crate::frame;
-use crate::store::{PendingChunk, Txn};
+use crate::store::PendingChunk;
 use crate::tier::{Coded, Encoded, TierError};
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -426,48 +425,24 @@ impl Core {
         }
     }
 
-    /// Swaps chunk `p` (if it is still hot at version `p.ver`) for `frame` in an extent,
-    /// under the file's lock, with the file's stored bytes; the first LLM frame of a
-    /// store pins the codec profile in the same transaction. Returns false when the chunk
-    /// changed meanwhile (the result is dropped).
+    /// Settles chunk `p` with `frame` if it is still the version that was coded
+    /// ([`Core::swap_if_current`]); the first LLM frame of a store pins the codec profile
+    /// in the same transaction. Returns false when the chunk changed meanwhile.
     fn settle(&self, p: &PendingChunk, frame: Vec<u8>, llm: bool) -> FsResult<bool> {
-        let n = match self.node(p.ino) {
-            Ok(n) => n,
-            Err(FsError::NotFound) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let mut g = n.lock();
-        if g.deleted {
-            return Ok(false);
-        }
-        match self.store.chunk(p.ino, p.index)? {
-            Some(c) if c.hot && c.ver == p.ver => {}
-            _ => return Ok(false),
-        }
+        // Settles that may pin the profile go one at a time.
         let _pin = llm.then(|| self.compactor.pin.lock());
-        let mut t = Txn::new();
-        if llm && self.store.meta(crate::store::MetaKey::Profile)?.is_none() {
-            let (profile, canary) = self.make_canary()?;
-            self.store.pin_profile(&mut t, &profile, &canary);
-            log::info!("pinned the store to the model's codec profile (first LLM frame)");
-        }
-        // The stored record gets its new byte count; the in-memory one, which may carry
-        // unpersisted changes, moves by the same amount.
-        let mut record = self.store.inode(p.ino)?.ok_or(FsError::NotFound)?;
-        let (added, freed) =
-            self.store
-                .settle_file_chunk(&mut t, p.ino, &mut record, p.index, p.ver, frame)?;
-        t.put_inode(p.ino, &record);
-        self.store.commit(t)?;
-        g.inode.shift_stored(added, freed);
-        if llm {
-            self.compactor.settled.fetch_add(1, Ordering::Relaxed);
-            // Getting it again now costs the model: keep it with the costly chunks.
-            if let Some(c) = self.cache.get(p.ino, p.index).filter(|c| c.ver == p.ver) {
-                self.cache.put(p.ino, p.index, Cached { ..c }, true);
+        let swapped = self.swap_if_current(p.ino, p.index, p.ver, frame, |t| {
+            if llm && self.store.meta(crate::store::MetaKey::Profile)?.is_none() {
+                let (profile, canary) = self.make_canary()?;
+                self.store.pin_profile(t, &profile, &canary);
+                log::info!("pinned the store to the model's codec profile (first LLM frame)");
             }
+            Ok(())
+        })?;
+        if swapped && llm {
+            self.compactor.settled.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(true)
+        Ok(swapped)
     }
 
     /// The profile to pin and the canary frame coded under it.
