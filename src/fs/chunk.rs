@@ -67,8 +67,14 @@ pub(super) type Loaded = Option<LoadedChunk>;
 /// lock again, if they are still current.
 pub(super) type Preloaded = HashMap<u64, Loaded>;
 
-/// Rounds of decode-then-check a read tries before it decodes fast chunks under the lock.
-pub(super) const READ_ROUNDS: usize = 8;
+/// A chunk fetched for a read: its plaintext (decoded at once, cached), or its frame
+/// when decoding it needs the model.
+pub(super) enum Fetched {
+    /// Decoded without the model.
+    Plain(Arc<Vec<u8>>),
+    /// An LLM frame, to decode without the file's lock.
+    NeedsModel(StoredChunk),
+}
 
 impl Core {
     /// The current plaintext of a chunk that is not dirty, if it is at hand under the
@@ -151,6 +157,91 @@ impl Core {
     }
 
     /// Loads chunk `idx` from the store and decodes it, without any lock.
+    /// Chunks `indexes` (ascending, not dirty, not cached) of `ino` from the store in one
+    /// scan, for a caller holding the file's lock: fast ones are decoded (and cached) at
+    /// once, model ones come back as frames (those a FUSE thread handed over are not
+    /// fetched again). Holes are left out; the order is not kept.
+    pub(super) fn fetch_chunks(&self, ino: u64, indexes: &[u64]) -> FsResult<Vec<(u64, Fetched)>> {
+        let mut out = Vec::with_capacity(indexes.len());
+        // Frames a FUSE thread fetched for the worker that now asks.
+        let indexes: Vec<u64> = indexes
+            .iter()
+            .copied()
+            .filter(|&idx| match self.handoff.take(ino, idx) {
+                Some(c) => {
+                    out.push((idx, Fetched::NeedsModel(c)));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        let (Some(&lo), Some(&hi)) = (indexes.first(), indexes.last()) else {
+            return Ok(out);
+        };
+        let mut wanted = indexes.iter().copied().peekable();
+        for (idx, c) in self.store.frames_in(ino, lo, hi + 1)? {
+            // The range may hold chunks the caller has at hand already.
+            while wanted.next_if(|&w| w < idx).is_some() {}
+            if wanted.next_if_eq(&idx).is_none() {
+                continue;
+            }
+            if frame::needs_model(&c.frame) {
+                out.push((idx, Fetched::NeedsModel(c)));
+                continue;
+            }
+            let plain = Arc::new(self.decode_chunk(ino, idx, c.ver, &c.frame, Wait::NoModel)?);
+            let entry = Cached {
+                ver: c.ver,
+                plain: Arc::clone(&plain),
+            };
+            self.cache.put(ino, idx, entry, false);
+            out.push((idx, Fetched::Plain(plain)));
+        }
+        Ok(out)
+    }
+
+    /// Decodes a chunk fetched from the store (with the model if it needs it), without
+    /// any lock.
+    pub(super) fn decode_stored(
+        &self,
+        ino: u64,
+        idx: u64,
+        c: &StoredChunk,
+        wait: Wait,
+    ) -> FsResult<LoadedChunk> {
+        let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, wait)?;
+        Ok(LoadedChunk {
+            ver: c.ver,
+            plain: Arc::new(plain),
+            costly: frame::needs_model(&c.frame),
+        })
+    }
+
+    /// Hands the frames of chunks that need the model to the worker that takes the
+    /// request over ([`Handoff`]).
+    pub(super) fn hand_over(&self, ino: u64, chunks: Vec<(u64, StoredChunk)>) {
+        for (idx, c) in chunks {
+            self.handoff.put(ino, idx, c);
+        }
+    }
+
+    /// Queues `chunks` (LLM frames at hand) as prefetches, unless queued already.
+    pub(super) fn prefetch_frames<'a>(
+        &self,
+        ino: u64,
+        chunks: impl Iterator<Item = &'a (u64, StoredChunk)>,
+    ) {
+        let Some(tier) = self.tier.get() else {
+            return;
+        };
+        for (idx, c) in chunks {
+            let key = (ino, *idx, c.ver);
+            if !tier.has(&key) {
+                tier.prefetch(key, c.frame.clone());
+            }
+        }
+    }
+
     /// A worker that takes over a request a FUSE thread could not finish without the
     /// model gets the frame that thread fetched ([`Handoff`]), and an attempt without the
     /// model on a chunk held for such a worker fetches nothing: a cold read, or an edit

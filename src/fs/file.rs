@@ -29,7 +29,7 @@
 //! anyway: 4 KiB.
 
 use super::cache::ReadTally;
-use super::chunk::{Preloaded, Wait, READ_ROUNDS};
+use super::chunk::{Fetched, Preloaded, Wait};
 use super::perm::{self, R, W};
 use super::policy::Policy;
 use super::{live, Caller, Core, FsError, FsResult, Node};
@@ -151,14 +151,17 @@ impl Core {
     }
 
     /// Up to `size` bytes of `ino` from `offset` (fewer at the end of the file): dirty
-    /// chunks from memory, the rest through the chunk cache; chunks the model must
-    /// decode are decoded without the file's lock, on every lane at once for a large
-    /// read, and kept only if still current.
+    /// chunks from memory, cached ones from the cache, and the rest from the store in one
+    /// scan under the file's lock (nothing of the file changes meanwhile), where fast
+    /// chunks are decoded at once (microseconds each). Chunks the model must decode are
+    /// decoded without the lock, on every lane at once for a large read, and kept only
+    /// if still current; with [`Wait::NoModel`] they make the read
+    /// [`FsError::WouldBlock`], their frames handed to the worker that takes it over.
     pub fn read(&self, ino: u64, offset: u64, size: u32, wait: Wait) -> FsResult<Vec<u8>> {
         let n = self.node(ino)?;
         let cs = self.chunk_size();
         let mut loaded = Preloaded::new();
-        for round in 0.. {
+        loop {
             let missing = {
                 let mut tally = ReadTally::default(); // this round's; counted if it is the last
                 let mut g = live(&n)?;
@@ -167,7 +170,7 @@ impl Core {
                     return Ok(Vec::new());
                 }
                 let mut out = vec![0u8; (end - offset) as usize];
-                let mut missing = Vec::new();
+                let mut fetch = Vec::new();
                 for idx in offset / cs..end.div_ceil(cs) {
                     if let Some(buf) = g.dirty.get(&idx) {
                         copy_out(&mut out, offset, idx, cs, buf);
@@ -176,21 +179,15 @@ impl Core {
                     match self.settled_now(ino, idx, &mut loaded, &mut tally)? {
                         Some(Some(plain)) => copy_out(&mut out, offset, idx, cs, &plain),
                         Some(None) => {}
-                        None if round >= READ_ROUNDS => {
-                            // The file keeps changing under us: decode fast chunks under
-                            // its lock (microseconds); only model chunks go round again.
-                            match self.load_chunk(ino, idx, Wait::NoModel) {
-                                Ok(l) => {
-                                    tally.misses += 1;
-                                    if let Some(l) = &l {
-                                        copy_out(&mut out, offset, idx, cs, &l.plain);
-                                    }
-                                }
-                                Err(FsError::WouldBlock) => missing.push(idx),
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        None => missing.push(idx),
+                        None => fetch.push(idx),
+                    }
+                }
+                let mut missing = Vec::new();
+                for (idx, got) in self.fetch_chunks(ino, &fetch)? {
+                    tally.misses += 1;
+                    match got {
+                        Fetched::Plain(plain) => copy_out(&mut out, offset, idx, cs, &plain),
+                        Fetched::NeedsModel(c) => missing.push((idx, c)),
                     }
                 }
                 if missing.is_empty() {
@@ -200,18 +197,22 @@ impl Core {
                 }
                 missing
             };
+            if wait == Wait::NoModel {
+                self.hand_over(ino, missing);
+                return Err(FsError::WouldBlock);
+            }
             let lanes = self.tier.get().map_or(1, |t| t.config().lanes);
-            for (k, &idx) in missing.iter().enumerate() {
+            for k in 0..missing.len() {
                 // The next ones are decoded meanwhile on the other lanes: a large read
                 // of an archived file runs at the pool's speed.
-                if wait != Wait::NoModel && lanes > 1 {
-                    self.prefetch_chunks(ino, missing[k + 1..].iter().take(lanes - 1).copied());
+                if lanes > 1 {
+                    self.prefetch_frames(ino, missing[k + 1..].iter().take(lanes - 1));
                 }
-                let l = self.load_chunk(ino, idx, wait)?;
-                loaded.insert(idx, l);
+                let (idx, c) = &missing[k];
+                let l = self.decode_stored(ino, *idx, c, wait)?;
+                loaded.insert(*idx, Some(l));
             }
         }
-        unreachable!("the read loop returns")
     }
 
     /// relatime: atime moves when it is older than mtime/ctime or a day old; it is

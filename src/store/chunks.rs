@@ -80,9 +80,14 @@ impl Store {
         if from >= to {
             return Ok(out);
         }
-        if let Some((first, v)) = self.extent_floor(txn, ino, from)? {
+        // The extent starting before `from` that may reach into the range (one starting
+        // at `from` is the scan's: it is not read twice).
+        if let Some((first, v)) = from
+            .checked_sub(1)
+            .map_or(Ok(None), |below| self.extent_floor(txn, ino, below))?
+        {
             let e = Extent::decode(&v)?;
-            if first < from && e.last().is_some_and(|l| l >= from) {
+            if e.last().is_some_and(|l| l >= from) {
                 out.push((first, e));
             }
         }
@@ -184,8 +189,50 @@ impl Store {
         to: u64,
     ) -> Result<Vec<ChunkInfo>, StoreError> {
         let mut out = Vec::new();
+        self.visit_chunks_in(txn, ino, from, to, &mut |index, ver, frame, hot| {
+            out.push(ChunkInfo {
+                index,
+                ver,
+                frame_len: frame.len(),
+                hot,
+                codec: crate::frame::codec_of(frame),
+            })
+        })?;
+        out.sort_by_key(|c| c.index);
+        Ok(out)
+    }
+
+    /// Every stored chunk of `ino` with `from <= index < to`, with its frame, in index
+    /// order: one scan of each table for a whole range (a read of many chunks costs two
+    /// queries, not two per chunk).
+    pub fn frames_in(
+        &self,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, StoredChunk)>, StoreError> {
+        let mut out = Vec::new();
+        self.visit_chunks_in(None, ino, from, to, &mut |index, ver, frame, hot| {
+            let frame = frame.to_vec();
+            out.push((index, StoredChunk { ver, frame, hot }))
+        })?;
+        out.sort_by_key(|(index, _)| *index);
+        Ok(out)
+    }
+
+    /// Calls `visit(index, version, frame, hot)` for every stored chunk of `ino` in
+    /// `[from, to)` as `txn` would leave them: the hot ones in index order, then the
+    /// settled ones in index order.
+    fn visit_chunks_in(
+        &self,
+        txn: Option<&Txn>,
+        ino: u64,
+        from: u64,
+        to: u64,
+        visit: &mut ChunkVisitor,
+    ) -> Result<(), StoreError> {
         if from >= to {
-            return Ok(out);
+            return Ok(());
         }
         let mut bad = None;
         self.scan(
@@ -195,13 +242,7 @@ impl Store {
             Some(&keys::chunk(ino, to)),
             &mut |k, v| {
                 match (keys::chunk_of(k), HotChunk::decode(v)) {
-                    (Some((_, index)), Ok(h)) => out.push(ChunkInfo {
-                        index,
-                        ver: h.ver,
-                        frame_len: h.frame.len(),
-                        hot: true,
-                        codec: crate::frame::codec_of(&h.frame),
-                    }),
+                    (Some((_, index)), Ok(h)) => visit(index, h.ver, &h.frame, true),
                     (_, Err(e)) => bad = Some(e),
                     (None, _) => bad = Some(StoreError::Corrupt("chunk key malformed".into())),
                 }
@@ -213,17 +254,10 @@ impl Store {
         }
         for (_, e) in self.extents_overlapping(txn, ino, from, to)? {
             for c in e.chunks().iter().filter(|c| (from..to).contains(&c.index)) {
-                out.push(ChunkInfo {
-                    index: c.index,
-                    ver: c.ver,
-                    frame_len: c.frame.len(),
-                    hot: false,
-                    codec: crate::frame::codec_of(&c.frame),
-                });
+                visit(c.index, c.ver, &c.frame, false);
             }
         }
-        out.sort_by_key(|c| c.index);
-        Ok(out)
+        Ok(())
     }
 
     /// Adds to `txn` the removal of every chunk of `ino` in `[from, to)`, hot or settled;
@@ -497,3 +531,6 @@ impl Store {
         Ok(n)
     }
 }
+
+/// What [`Store::visit_chunks_in`] calls per chunk: (index, version, frame, hot).
+type ChunkVisitor<'a> = dyn FnMut(u64, u64, &[u8], bool) + 'a;

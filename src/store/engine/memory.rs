@@ -49,7 +49,8 @@ impl MemoryEngine {
     }
 
     /// Values read so far from the tables that hold frames (chunk and extent) by point
-    /// reads and floors: what a test counts to see how often a path fetches frames.
+    /// reads, floors and scans (each row a scan visits): what a test counts to see how
+    /// often a path fetches frames.
     pub fn frame_reads(&self) -> u64 {
         self.frame_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -164,6 +165,7 @@ impl Engine for MemoryEngine {
             };
             let full = items.len() == super::SCAN_BATCH;
             for (k, v) in &items {
+                self.count_frame_read(table, true);
                 if !visit(k, v) {
                     return Ok(());
                 }
