@@ -183,13 +183,35 @@ fn filled_store() -> (Mount, Vec<(String, Vec<u8>)>) {
     (m, files)
 }
 
-/// Pages of the database file whose b-tree page type is `kind` (0x0a index leaf: the
-/// records table; 0x0d table leaf: frames), with the table tag of their first cell's key.
+/// Pages of the database file in use whose b-tree page type is `kind` (0x0a index leaf:
+/// the records table; 0x0d table leaf: frames), with the table tag of their first cell's
+/// key. Pages on the free list are left out: they keep what they held before they were
+/// freed, and zeroing one damages nothing.
 fn pages_of_kind(db: &[u8], kind: u8) -> Vec<(usize, u8)> {
+    let free = free_pages(db);
     (2..=db.len() / 8192)
-        .filter(|p| db[(p - 1) * 8192] == kind)
+        .filter(|p| db[(p - 1) * 8192] == kind && !free.contains(p))
         .map(|p| (p, first_key_tag(&db[(p - 1) * 8192..p * 8192], kind)))
         .collect()
+}
+
+/// The pages on SQLite's free list: trunk pages (from the header's offset 32, each
+/// naming the next trunk and its leaves) and their leaves.
+// Reads SQLite's file layout.
+#[allow(clippy::disallowed_methods)]
+fn free_pages(db: &[u8]) -> std::collections::HashSet<usize> {
+    let be32 = |at: usize| u32::from_be_bytes(db[at..at + 4].try_into().unwrap()) as usize;
+    let mut free = std::collections::HashSet::new();
+    let mut trunk = be32(32);
+    while trunk != 0 && free.insert(trunk) {
+        let base = (trunk - 1) * 8192;
+        let leaves = be32(base + 4);
+        for i in 0..leaves.min(8192 / 4 - 2) {
+            free.insert(be32(base + 8 + 4 * i));
+        }
+        trunk = be32(base);
+    }
+    free
 }
 
 /// An SQLite varint at `*pos` (at most 9 bytes).
