@@ -109,19 +109,26 @@ pub fn run(args: FsckArgs) -> i32 {
     let mut journal_repairs = Vec::new();
     let store = match Store::open(&args.store, &opts) {
         Ok(s) => s,
-        Err(StoreError::Engine(EngineError::Journal(_))) if args.repair => {
+        Err(StoreError::Engine {
+            source: EngineError::Journal(_),
+            ..
+        }) if args.repair => {
             match llmfs::store::engine::product::repair_journal(&args.store) {
                 Ok(done) => journal_repairs = done,
-                Err(e) => return cannot_check(&args, "repairing its WAL", &e.into()),
+                Err(e) => {
+                    let e = StoreError::engine(llmfs::store::StoreOp::Open, e);
+                    return cannot_check(&args, "repairing its WAL", &e);
+                }
             }
             match Store::open(&args.store, &opts) {
                 Ok(s) => s,
                 Err(e) => return cannot_check(&args, "opening it after the WAL repair", &e),
             }
         }
-        Err(StoreError::Engine(EngineError::Journal(damage))) => {
-            return report_journal(&args, &damage)
-        }
+        Err(StoreError::Engine {
+            source: EngineError::Journal(damage),
+            ..
+        }) => return report_journal(&args, &damage),
         Err(e) => return cannot_check(&args, "opening it", &e),
     };
     for line in &journal_repairs {
@@ -389,7 +396,11 @@ fn report_journal(args: &FsckArgs, damage: &JournalDamage) -> i32 {
 fn cannot_check(args: &FsckArgs, doing: &str, e: &StoreError) -> i32 {
     let damaged = matches!(
         e,
-        StoreError::Corrupt(_) | StoreError::Engine(EngineError::Corrupt { .. })
+        StoreError::Corrupt(_)
+            | StoreError::Engine {
+                source: EngineError::Corrupt { .. },
+                ..
+            }
     );
     if args.json {
         println!(

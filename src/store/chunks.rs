@@ -6,6 +6,7 @@ use super::engine::{Engine, Table};
 use super::extent::{Extent, ExtentChunk};
 use super::records::{HotChunk, Inode, Pending, Time};
 use super::{keys, ChunkInfo, PendingChunk, Store, StoreError, StoredChunk, Txn};
+use crate::store::{During, StoreOp};
 use std::sync::atomic::Ordering;
 
 impl Store {
@@ -43,7 +44,11 @@ impl Store {
     /// The content version of chunk `index` of `ino`, `None` for a hole: what a reader
     /// compares before it caches what it decoded.
     pub fn chunk_ver(&self, ino: u64, index: u64) -> Result<Option<u64>, StoreError> {
-        if let Some(v) = self.engine.get(Table::Chunk, &keys::chunk(ino, index))? {
+        if let Some(v) = self
+            .engine
+            .get(Table::Chunk, &keys::chunk(ino, index))
+            .during(StoreOp::Read)?
+        {
             return Ok(Some(HotChunk::decode_ver(&v)?));
         }
         match self.extent_floor(None, ino, index)? {
@@ -351,24 +356,28 @@ impl Store {
     pub fn pending(&self, from: (u64, u64), limit: usize) -> Result<Vec<PendingChunk>, StoreError> {
         let mut out = Vec::new();
         let mut bad = None;
-        self.engine.scan(
-            Table::Pending,
-            &keys::chunk(from.0, from.1),
-            None,
-            &mut |k, v| {
-                match (keys::chunk_of(k), Pending::decode(v)) {
-                    (Some((ino, index)), Ok(p)) => out.push(PendingChunk {
-                        ino,
-                        index,
-                        ver: p.ver,
-                        written: p.written,
-                    }),
-                    (_, Err(e)) => bad = Some(e),
-                    (None, _) => bad = Some(StoreError::Corrupt("pending key malformed".into())),
-                }
-                bad.is_none() && out.len() < limit
-            },
-        )?;
+        self.engine
+            .scan(
+                Table::Pending,
+                &keys::chunk(from.0, from.1),
+                None,
+                &mut |k, v| {
+                    match (keys::chunk_of(k), Pending::decode(v)) {
+                        (Some((ino, index)), Ok(p)) => out.push(PendingChunk {
+                            ino,
+                            index,
+                            ver: p.ver,
+                            written: p.written,
+                        }),
+                        (_, Err(e)) => bad = Some(e),
+                        (None, _) => {
+                            bad = Some(StoreError::Corrupt("pending key malformed".into()))
+                        }
+                    }
+                    bad.is_none() && out.len() < limit
+                },
+            )
+            .during(StoreOp::Read)?;
         match bad {
             Some(e) => Err(e),
             None => Ok(out),
@@ -388,7 +397,8 @@ impl Store {
             .scan_checked(Table::Pending, &[], None, &mut |_, _| {
                 n += 1;
                 true
-            })?;
+            })
+            .during(StoreOp::Read)?;
         self.pending.store(n as i64, Ordering::Relaxed);
         Ok(n)
     }

@@ -55,51 +55,104 @@ pub enum StoreError {
     /// the commit was rolled back and the store stays usable.
     #[error("no space left on the device that holds the store")]
     NoSpace,
-    #[error("the store is in use by another process (is it mounted already?)")]
     /// Another process holds the store's lock.
+    #[error("the store is in use by another process (is it mounted already?)")]
     InUse,
-    #[error(transparent)]
-    /// The database engine failed (I/O, SQLite); the text says how.
-    Engine(EngineError),
-    #[error("the store is damaged: {0}")]
+    /// The database engine failed (I/O, SQLite) while the store was doing `op`.
+    #[error("{op}: {source}")]
+    Engine {
+        /// What the store was doing.
+        op: StoreOp,
+        /// What the engine said.
+        source: EngineError,
+    },
     /// A record or the database is damaged; the text names what and where.
+    #[error("the store is damaged: {0}")]
     Corrupt(String),
+    /// The superblock names a format this build does not read.
     #[error(
         "store format version {0} is not supported (this build reads versions {OLDEST_FORMAT} to \
          {FORMAT_VERSION}); use the llmfs release that wrote it"
     )]
-    /// The superblock names a format this build does not read.
     UnsupportedVersion(u32),
+    /// The directory holds a format 1 store of llmfs 0.1.0 (sled).
     #[error(
         "{0} holds a store of format version 1, written by llmfs 0.1.0 on sled; this release \
          reads format {FORMAT_VERSION} only: mount it with llmfs 0.1.0 and copy its files into a \
          new store"
     )]
-    /// The directory holds a format 1 store of llmfs 0.1.0 (sled).
     SledStore(PathBuf),
+    /// The directory holds files that are not a store, so none is created there.
     #[error(
         "{path} is not an llmfs store: it holds {found}. A store is created only in an empty or \
          missing directory"
     )]
-    /// The directory holds files that are not a store, so none is created there.
     NotAStore {
         /// The directory.
         path: PathBuf,
         /// The first few names found in it.
         found: String,
     },
-    #[error("{0} holds no llmfs store")]
     /// The directory holds no store and none was to be created.
+    #[error("{0} holds no llmfs store")]
     Missing(PathBuf),
 }
 
-impl From<EngineError> for StoreError {
-    fn from(e: EngineError) -> StoreError {
+/// What the store was doing when its engine failed: the operation a
+/// [`StoreError::Engine`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Opening, creating or upgrading the store.
+    Open,
+    /// Reading records (a point read, a scan, a walk).
+    Read,
+    /// Committing a transaction.
+    Commit,
+    /// Making commits durable (fsync).
+    Sync,
+    /// Giving free space back.
+    Reclaim,
+    /// Closing the database at unmount.
+    Close,
+    /// Measuring or checking the database (space, integrity).
+    Check,
+}
+
+impl std::fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreOp::Open => "opening the store",
+            StoreOp::Read => "reading the store",
+            StoreOp::Commit => "committing to the store",
+            StoreOp::Sync => "syncing the store",
+            StoreOp::Reclaim => "giving the store's free space back",
+            StoreOp::Close => "closing the store",
+            StoreOp::Check => "checking the store's database",
+        })
+    }
+}
+
+impl StoreError {
+    /// The error of an engine failure during `op` (a full device and a store in use keep
+    /// their own variants: callers act on them).
+    pub fn engine(op: StoreOp, e: EngineError) -> StoreError {
         match e {
             EngineError::NoSpace => StoreError::NoSpace,
             EngineError::InUse => StoreError::InUse,
-            e => StoreError::Engine(e),
+            source => StoreError::Engine { op, source },
         }
+    }
+}
+
+/// Names the store operation an engine result belongs to (`engine.get(..).during(Read)?`).
+pub(crate) trait During<T> {
+    /// The result, its error turned into a [`StoreError`] naming `op`.
+    fn during(self, op: StoreOp) -> Result<T, StoreError>;
+}
+
+impl<T> During<T> for Result<T, EngineError> {
+    fn during(self, op: StoreOp) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::engine(op, e))
     }
 }
 
@@ -250,19 +303,21 @@ impl Store {
             return Ok(());
         }
         let (ops, delta) = txn.into_parts();
-        self.writes.run(|| self.engine.commit(&ops, false))?;
+        self.writes
+            .run(|| self.engine.commit(&ops, false))
+            .during(StoreOp::Commit)?;
         self.pending.fetch_add(delta, Ordering::Relaxed);
         Ok(())
     }
 
     /// Makes everything committed so far durable.
     pub fn sync(&self) -> Result<(), StoreError> {
-        Ok(self.writes.run(|| self.engine.sync())?)
+        self.writes.run(|| self.engine.sync()).during(StoreOp::Sync)
     }
 
     /// The database engine's own consistency check; one line per problem.
     pub(crate) fn engine_integrity_check(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.engine.integrity_check()?)
+        self.engine.integrity_check().during(StoreOp::Check)
     }
 
     /// How long writes have been in flight without any of them finishing.
@@ -278,12 +333,16 @@ impl Store {
     /// Leaves the database compact and self-contained (see [`Engine::close`]): the last
     /// thing before the daemon exits, after [`Store::sync`].
     pub fn close(&self) -> Result<(), StoreError> {
-        Ok(self.writes.run(|| self.engine.close())?)
+        self.writes
+            .run(|| self.engine.close())
+            .during(StoreOp::Close)
     }
 
     /// One step of giving free space back (see [`Engine::reclaim`]).
     pub fn reclaim(&self) -> Result<bool, StoreError> {
-        Ok(self.writes.run(|| self.engine.reclaim())?)
+        self.writes
+            .run(|| self.engine.reclaim())
+            .during(StoreOp::Reclaim)
     }
 
     /// Bytes the device holding the store has for new data (its free space and the
@@ -294,12 +353,14 @@ impl Store {
 
     /// The database's bytes: file, WAL, free pages, pages in use.
     pub fn space(&self) -> Result<engine::EngineSpace, StoreError> {
-        Ok(self.engine.space()?)
+        self.engine.space().during(StoreOp::Check)
     }
 
     /// The `meta` record `key`, if written (as stored, its seal checked).
     pub fn meta(&self, key: MetaKey) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.engine.get(Table::Meta, key.key())?)
+        self.engine
+            .get(Table::Meta, key.key())
+            .during(StoreOp::Read)
     }
     /// Pins what LLM frames are coded under, with the canary frame, in `txn`.
     pub fn pin_profile(&self, txn: &mut Txn, profile: &[u8], canary: &[u8]) {

@@ -4,11 +4,16 @@
 use super::engine::{Engine, Table};
 use super::records::{decode_dirent, Inode, Kind};
 use super::{keys, Store, StoreError, ROOT_INO};
+use crate::store::{During, StoreOp};
 
 impl Store {
     /// The record of inode `ino`, `None` if there is none.
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>, StoreError> {
-        match self.engine.get(Table::Inode, &keys::ino(ino))? {
+        match self
+            .engine
+            .get(Table::Inode, &keys::ino(ino))
+            .during(StoreOp::Read)?
+        {
             Some(b) => Ok(Some(Inode::decode(&b)?)),
             None => Ok(None),
         }
@@ -16,7 +21,11 @@ impl Store {
 
     /// The entry `name` in directory `parent`: the child's inode number and kind.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<(u64, Kind)>, StoreError> {
-        match self.engine.get(Table::Dirent, &keys::named(parent, name))? {
+        match self
+            .engine
+            .get(Table::Dirent, &keys::named(parent, name))
+            .during(StoreOp::Read)?
+        {
             Some(v) => Ok(Some(decode_dirent(&v)?)),
             None => Ok(None),
         }
@@ -31,7 +40,8 @@ impl Store {
             .scan(Table::Dirent, &from, to.as_deref(), &mut |_, _| {
                 empty = false;
                 false
-            })?;
+            })
+            .during(StoreOp::Read)?;
         Ok(empty)
     }
 
@@ -62,7 +72,8 @@ impl Store {
                     Err(e) => bad = Some(e),
                 }
                 bad.is_none() && out.len() < limit
-            })?;
+            })
+            .during(StoreOp::Read)?;
         match bad {
             Some(e) => Err(e),
             None => Ok(out),
@@ -71,7 +82,9 @@ impl Store {
 
     /// The value of extended attribute `name` of `ino`.
     pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.engine.get(Table::Xattr, &keys::named(ino, name))?)
+        self.engine
+            .get(Table::Xattr, &keys::named(ino, name))
+            .during(StoreOp::Read)
     }
 
     /// The names of `ino`'s extended attributes, in byte order.
@@ -83,7 +96,8 @@ impl Store {
             .scan(Table::Xattr, &from, to.as_deref(), &mut |k, _| {
                 out.push(keys::name_of(k).to_vec());
                 true
-            })?;
+            })
+            .during(StoreOp::Read)?;
         Ok(out)
     }
 
@@ -99,7 +113,8 @@ impl Store {
                     Err(why) => log::error!("{why}: left alone; `llmfs fsck` reports it"),
                 }
                 true
-            })?;
+            })
+            .during(StoreOp::Read)?;
         Ok(out)
     }
 
@@ -108,9 +123,11 @@ impl Store {
         &self,
         mut visit: impl FnMut(u64, Result<Inode, StoreError>) -> bool,
     ) -> Result<(), StoreError> {
-        self.engine.scan(Table::Inode, &[], None, &mut |k, v| {
-            visit(keys::u64_at(k, 0).unwrap_or(0), Inode::decode(v))
-        })?;
+        self.engine
+            .scan(Table::Inode, &[], None, &mut |k, v| {
+                visit(keys::u64_at(k, 0).unwrap_or(0), Inode::decode(v))
+            })
+            .during(StoreOp::Read)?;
         Ok(())
     }
 
@@ -119,13 +136,15 @@ impl Store {
         &self,
         mut visit: impl FnMut(u64, &[u8], Result<(u64, Kind), StoreError>) -> bool,
     ) -> Result<(), StoreError> {
-        self.engine.scan(Table::Dirent, &[], None, &mut |k, v| {
-            visit(
-                keys::u64_at(k, 0).unwrap_or(0),
-                keys::name_of(k),
-                decode_dirent(v),
-            )
-        })?;
+        self.engine
+            .scan(Table::Dirent, &[], None, &mut |k, v| {
+                visit(
+                    keys::u64_at(k, 0).unwrap_or(0),
+                    keys::name_of(k),
+                    decode_dirent(v),
+                )
+            })
+            .during(StoreOp::Read)?;
         Ok(())
     }
 
@@ -136,7 +155,8 @@ impl Store {
             .scan_checked(Table::Inode, &[], None, &mut |_, _| {
                 n += 1;
                 true
-            })?;
+            })
+            .during(StoreOp::Read)?;
         Ok(n)
     }
 

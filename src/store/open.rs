@@ -5,6 +5,7 @@ use super::engine::{self, Engine, EngineError, Table};
 use super::records::{Inode, Superblock, Time, FORMAT_VERSION};
 use super::seal::{self, Sealed};
 use super::{keys, CreateOptions, OpenOptions, Store, StoreError, Txn, WriteProgress, ROOT_INO};
+use crate::store::{During, StoreOp};
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,19 +25,25 @@ fn inspect(dir: &Path) -> Result<DirState, StoreError> {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirState::Empty),
         Err(e) => {
-            return Err(StoreError::Engine(EngineError::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            }))
+            return Err(StoreError::engine(
+                StoreOp::Open,
+                EngineError::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                },
+            ))
         }
     };
     let mut names = Vec::new();
     for e in rd {
         let e = e.map_err(|e| {
-            StoreError::Engine(EngineError::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })
+            StoreError::engine(
+                StoreOp::Open,
+                EngineError::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                },
+            )
         })?;
         names.push(e.file_name().to_string_lossy().into_owned());
     }
@@ -102,7 +109,7 @@ impl Store {
                     create: None,
                     read_only,
                 };
-                Store::open_engine(opened?, &opts)
+                Store::open_engine(opened.during(StoreOp::Open)?, &opts)
             }
             DirState::Empty if opts.read_only => Err(StoreError::Missing(dir.to_path_buf())),
             DirState::Empty => {
@@ -111,7 +118,8 @@ impl Store {
                 };
                 let engine = engine::product::create(dir, |e| {
                     Store::init(e, create).map_err(|err| EngineError::Other(err.to_string()))
-                })?;
+                })
+                .during(StoreOp::Open)?;
                 log::info!(
                     "created store at {} (chunk size {} bytes)",
                     dir.display(),
@@ -151,7 +159,9 @@ impl Store {
             keys::next_ino_value(ROOT_INO + 1),
         );
         t.put_inode(ROOT_INO, &root);
-        engine.commit(&seal::seal_ops(&t.into_ops()), true)?;
+        engine
+            .commit(&seal::seal_ops(&t.into_ops()), true)
+            .during(StoreOp::Open)?;
         Ok(())
     }
 
@@ -159,13 +169,18 @@ impl Store {
     /// says so (tests), otherwise it is refused as damaged. A store of format 2 is
     /// upgraded to sealed records here, unless `opts.read_only`.
     pub fn open_engine(engine: Arc<dyn Engine>, opts: &OpenOptions) -> Result<Store, StoreError> {
-        let Some(raw) = engine.get(Table::Meta, keys::SUPERBLOCK)? else {
+        let Some(raw) = engine
+            .get(Table::Meta, keys::SUPERBLOCK)
+            .during(StoreOp::Open)?
+        else {
             let mut empty = true;
             for t in Table::ALL {
-                engine.scan(t, &[], None, &mut |_, _| {
-                    empty = false;
-                    false
-                })?;
+                engine
+                    .scan(t, &[], None, &mut |_, _| {
+                        empty = false;
+                        false
+                    })
+                    .during(StoreOp::Open)?;
             }
             return match &opts.create {
                 Some(c) if empty && !opts.read_only => {
@@ -184,7 +199,8 @@ impl Store {
             Err(why) => match Superblock::decode(&raw) {
                 // Written before records had checksums.
                 Ok(sb) if sb.format_version == 2 => {
-                    let sealed_through = seal::upgrade_cursor(engine.as_ref())?;
+                    let sealed_through =
+                        seal::upgrade_cursor(engine.as_ref()).during(StoreOp::Open)?;
                     (sb, seal::Mode::Legacy { sealed_through })
                 }
                 Ok(sb) => {
@@ -219,7 +235,10 @@ impl Store {
             (sb, mode)
         };
         let engine = Sealed::new(engine, mode);
-        let next = match engine.get(Table::Meta, keys::NEXT_INO)? {
+        let next = match engine
+            .get(Table::Meta, keys::NEXT_INO)
+            .during(StoreOp::Open)?
+        {
             Some(b) => keys::u64_at(&b, 0)
                 .ok_or_else(|| StoreError::Corrupt("next_ino record malformed".into()))?,
             None => return Err(StoreError::Corrupt("next_ino record missing".into())),
@@ -246,7 +265,8 @@ impl Store {
                 log::info!("upgrade: {n} records sealed");
                 last_log = std::time::Instant::now();
             }
-        })?;
+        })
+        .during(StoreOp::Open)?;
         let sb = Superblock {
             format_version: FORMAT_VERSION,
             ..sb
@@ -257,7 +277,7 @@ impl Store {
             keys::SUPERBLOCK.to_vec(),
             seal::seal(Table::Meta, keys::SUPERBLOCK, &sb.encode()),
         ));
-        engine.commit(&ops, true)?;
+        engine.commit(&ops, true).during(StoreOp::Open)?;
         log::info!(
             "upgraded the store to format 3: {sealed} records sealed in {:.1} s",
             started.elapsed().as_secs_f64()

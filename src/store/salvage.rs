@@ -26,6 +26,7 @@ use super::extent::Extent;
 use super::fsck::{CheckOptions, CheckReport};
 use super::records::{decode_dirent, HotChunk, Inode, Kind, Superblock, Time};
 use super::{keys, seal, CreateOptions, OpenOptions, Store, StoreError, Txn, ROOT_INO};
+use crate::store::{During, StoreOp};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -149,7 +150,8 @@ pub fn salvage(
         max_ino: ROOT_INO,
         failed: None,
     };
-    let scan = product::salvage_scan(source, &mut |t, k, v| fill.record(t, k, v))?;
+    let scan =
+        product::salvage_scan(source, &mut |t, k, v| fill.record(t, k, v)).during(StoreOp::Read)?;
     if let Some(e) = fill.failed.take() {
         return Err(e);
     }
@@ -234,7 +236,8 @@ fn survey(source: &Path) -> Result<Survey, StoreError> {
             }
         }
         _ => {}
-    })?;
+    })
+    .during(StoreOp::Read)?;
     Ok(s)
 }
 
@@ -333,33 +336,36 @@ fn rebuild_lost_records(store: &Store) -> Result<Vec<u64>, StoreError> {
     let mut data_end: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let cs = store.chunk_size();
     for t in [Table::Chunk, Table::Extent] {
-        store.engine.scan_checked(t, &[], None, &mut |k, v| {
-            let (Some((ino, _)), Ok(v)) = (keys::chunk_of(k), v) else {
-                return true;
-            };
-            let frames: Vec<(u64, u64, Vec<u8>)> = if t == Table::Chunk {
-                let index = keys::u64_at(k, 8).unwrap_or(0);
-                HotChunk::decode(v)
-                    .map(|h| vec![(index, h.ver, h.frame)])
-                    .unwrap_or_default()
-            } else {
-                Extent::decode(v)
-                    .map(|e| {
-                        e.chunks()
-                            .iter()
-                            .map(|c| (c.index, c.ver, c.frame.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            for (index, ver, f) in frames {
-                let len = crate::frame::parse_header(&f).map_or(cs, |h| h.plain_len.min(cs));
-                let end = index.saturating_mul(cs).saturating_add(len);
-                let e = data_end.entry(ino).or_default();
-                *e = (e.0.max(end), e.1.max(ver));
-            }
-            true
-        })?;
+        store
+            .engine
+            .scan_checked(t, &[], None, &mut |k, v| {
+                let (Some((ino, _)), Ok(v)) = (keys::chunk_of(k), v) else {
+                    return true;
+                };
+                let frames: Vec<(u64, u64, Vec<u8>)> = if t == Table::Chunk {
+                    let index = keys::u64_at(k, 8).unwrap_or(0);
+                    HotChunk::decode(v)
+                        .map(|h| vec![(index, h.ver, h.frame)])
+                        .unwrap_or_default()
+                } else {
+                    Extent::decode(v)
+                        .map(|e| {
+                            e.chunks()
+                                .iter()
+                                .map(|c| (c.index, c.ver, c.frame.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                for (index, ver, f) in frames {
+                    let len = crate::frame::parse_header(&f).map_or(cs, |h| h.plain_len.min(cs));
+                    let end = index.saturating_mul(cs).saturating_add(len);
+                    let e = data_end.entry(ino).or_default();
+                    *e = (e.0.max(end), e.1.max(ver));
+                }
+                true
+            })
+            .during(StoreOp::Read)?;
     }
     let orphans: BTreeSet<u64> = store.orphans()?.into_iter().collect();
     for &ino in data_end.keys() {

@@ -5,6 +5,7 @@ use super::extent::Extent;
 use super::records::{HotChunk, Inode, Kind};
 use super::{Store, StoreError};
 use crate::frame::{self, Codec};
+use crate::store::{During, StoreOp};
 use std::path::Path;
 
 /// Chunks of one codec.
@@ -132,34 +133,38 @@ impl Store {
         if let Some(e) = bad {
             return Err(e);
         }
-        self.engine.scan(Table::Chunk, &[], None, &mut |k, v| {
-            st.metadata_bytes += k.len() as u64;
-            match HotChunk::decode(v) {
-                Ok(h) => {
-                    st.metadata_bytes += (v.len() - h.frame.len()) as u64;
-                    st.pending_frame_bytes += h.frame.len() as u64;
-                    if let Ok(fh) = frame::parse_header(&h.frame) {
-                        st.pending_plain_bytes += fh.plain_len;
+        self.engine
+            .scan(Table::Chunk, &[], None, &mut |k, v| {
+                st.metadata_bytes += k.len() as u64;
+                match HotChunk::decode(v) {
+                    Ok(h) => {
+                        st.metadata_bytes += (v.len() - h.frame.len()) as u64;
+                        st.pending_frame_bytes += h.frame.len() as u64;
+                        if let Ok(fh) = frame::parse_header(&h.frame) {
+                            st.pending_plain_bytes += fh.plain_len;
+                        }
+                        count_frame(&mut st, &h.frame);
                     }
-                    count_frame(&mut st, &h.frame);
+                    Err(_) => st.bad_chunks += 1,
                 }
-                Err(_) => st.bad_chunks += 1,
-            }
-            true
-        })?;
-        self.engine.scan(Table::Extent, &[], None, &mut |k, v| {
-            st.extents += 1;
-            match Extent::decode(v) {
-                Ok(e) => {
-                    st.metadata_bytes += (k.len() + v.len()) as u64 - e.frame_bytes();
-                    for c in e.chunks() {
-                        count_frame(&mut st, &c.frame);
+                true
+            })
+            .during(StoreOp::Read)?;
+        self.engine
+            .scan(Table::Extent, &[], None, &mut |k, v| {
+                st.extents += 1;
+                match Extent::decode(v) {
+                    Ok(e) => {
+                        st.metadata_bytes += (k.len() + v.len()) as u64 - e.frame_bytes();
+                        for c in e.chunks() {
+                            count_frame(&mut st, &c.frame);
+                        }
                     }
+                    Err(_) => st.bad_chunks += 1,
                 }
-                Err(_) => st.bad_chunks += 1,
-            }
-            true
-        })?;
+                true
+            })
+            .during(StoreOp::Read)?;
         for t in [
             Table::Meta,
             Table::Inode,
@@ -168,15 +173,17 @@ impl Store {
             Table::Pending,
             Table::Orphan,
         ] {
-            self.engine.scan(t, &[], None, &mut |k, v| {
-                st.metadata_bytes += (k.len() + v.len()) as u64;
-                if t == Table::Pending {
-                    st.pending_chunks += 1;
-                }
-                true
-            })?;
+            self.engine
+                .scan(t, &[], None, &mut |k, v| {
+                    st.metadata_bytes += (k.len() + v.len()) as u64;
+                    if t == Table::Pending {
+                        st.pending_chunks += 1;
+                    }
+                    true
+                })
+                .during(StoreOp::Read)?;
         }
-        let space = self.engine.space()?;
+        let space = self.engine.space().during(StoreOp::Read)?;
         st.db_file_bytes = space.file_bytes;
         st.db_free_bytes = space.free_bytes;
         st.db_used_bytes = space.used_bytes;

@@ -412,3 +412,37 @@ fn a_format_2_store_reads_unchanged_read_only_and_is_sealed_by_a_writable_open()
     let (_, kind) = s.lookup(ROOT_INO, b"dir").unwrap().unwrap();
     assert_eq!(kind, Kind::Dir);
 }
+
+#[test]
+fn an_engine_failure_names_the_store_operation() {
+    let (e, s) = store();
+    e.fail_commit(1);
+    let mut t = Txn::new();
+    t.put_inode(
+        77,
+        &crate::store::records::Inode::new(0o100644, 0, 0, Time::now()),
+    );
+    let err = s.commit(t).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Engine {
+                op: StoreOp::Commit,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with("committing to the store: "),
+        "{err}"
+    );
+    // A full device keeps its own variant, whatever the operation: callers act on it.
+    e.set_no_space(true);
+    let mut t = Txn::new();
+    t.put_inode(
+        78,
+        &crate::store::records::Inode::new(0o100644, 0, 0, Time::now()),
+    );
+    assert!(matches!(s.commit(t), Err(StoreError::NoSpace)));
+}

@@ -4,6 +4,7 @@
 
 use super::engine::{self, Engine, Table};
 use super::{Store, StoreError, Txn};
+use crate::store::{During, StoreOp};
 use std::ops::Bound;
 
 impl Store {
@@ -16,7 +17,7 @@ impl Store {
         if let Some(c) = txn.and_then(|t| t.change(table, key)) {
             return Ok(c.map(<[u8]>::to_vec));
         }
-        Ok(self.engine.get(table, key)?)
+        self.engine.get(table, key).during(StoreOp::Read)
     }
 
     /// Keys and values in `[from, to)`, merged with the transaction's changes; `visit`
@@ -30,39 +31,44 @@ impl Store {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         let Some(txn) = txn else {
-            return Ok(self.engine.scan(table, from, to, visit)?);
+            return self
+                .engine
+                .scan(table, from, to, visit)
+                .during(StoreOp::Read);
         };
         let high = to.map_or(Bound::Unbounded, Bound::Excluded);
         let mut changes = txn.changes_in(table, from, high).peekable();
         let mut stopped = false;
-        self.engine.scan(table, from, to, &mut |k, v| {
-            while let Some((ck, cv)) = changes.peek() {
-                if *ck > k {
-                    break;
-                }
-                if *ck < k {
-                    if let Some(cv) = cv {
-                        if !visit(ck, cv) {
-                            stopped = true;
-                            return false;
+        self.engine
+            .scan(table, from, to, &mut |k, v| {
+                while let Some((ck, cv)) = changes.peek() {
+                    if *ck > k {
+                        break;
+                    }
+                    if *ck < k {
+                        if let Some(cv) = cv {
+                            if !visit(ck, cv) {
+                                stopped = true;
+                                return false;
+                            }
                         }
+                        changes.next();
+                        continue;
                     }
-                    changes.next();
-                    continue;
+                    // Same key: the transaction's version replaces the engine's.
+                    let (ck, cv) = changes.next().expect("peeked");
+                    return match cv {
+                        Some(cv) => {
+                            stopped = !visit(ck, cv);
+                            !stopped
+                        }
+                        None => true,
+                    };
                 }
-                // Same key: the transaction's version replaces the engine's.
-                let (ck, cv) = changes.next().expect("peeked");
-                return match cv {
-                    Some(cv) => {
-                        stopped = !visit(ck, cv);
-                        !stopped
-                    }
-                    None => true,
-                };
-            }
-            stopped = !visit(k, v);
-            !stopped
-        })?;
+                stopped = !visit(k, v);
+                !stopped
+            })
+            .during(StoreOp::Read)?;
         if !stopped {
             for (ck, cv) in changes {
                 if let Some(cv) = cv {
@@ -86,7 +92,7 @@ impl Store {
     ) -> Result<Option<engine::Entry>, StoreError> {
         let mut high = high.to_vec();
         loop {
-            let stored = self.engine.floor(table, low, &high)?;
+            let stored = self.engine.floor(table, low, &high).during(StoreOp::Read)?;
             let changed = txn.and_then(|t| {
                 t.changes_in(table, low, Bound::Included(&high))
                     .next_back()

@@ -17,6 +17,7 @@ use crate::store::extent::Extent;
 use crate::store::keys;
 use crate::store::records::{HotChunk, Kind, Pending};
 use crate::store::StoreError;
+use crate::store::{During, StoreOp};
 use std::collections::{BTreeMap, HashMap};
 
 /// A frame, summarised: its length and its parsed header.
@@ -211,7 +212,8 @@ impl Checker<'_> {
                         }
                     }
                     true
-                })?;
+                })
+                .during(StoreOp::Read)?;
         }
         for (table, len) in malformed {
             let want = if table == Table::Xattr {

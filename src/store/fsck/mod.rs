@@ -527,7 +527,10 @@ impl<'s> Checker<'s> {
         let lines = match self.store.engine_integrity_check() {
             Ok(lines) => lines,
             // Damage bad enough to stop the check itself is its finding.
-            Err(StoreError::Engine(super::engine::EngineError::Corrupt { why, .. })) => {
+            Err(StoreError::Engine {
+                source: super::engine::EngineError::Corrupt { why, .. },
+                ..
+            }) => {
                 vec![why]
             }
             Err(e) => return Err(e),

@@ -8,6 +8,7 @@ use crate::frame::{self, Codec};
 use crate::store::engine::Table;
 use crate::store::keys;
 use crate::store::records::{decode_dirent, Inode, Kind, Superblock};
+use crate::store::{During, StoreOp};
 use crate::store::{StoreError, ROOT_INO};
 use std::collections::HashMap;
 
@@ -50,7 +51,8 @@ impl Checker<'_> {
                     Err(why) => damaged.push(why),
                 }
                 true
-            })?;
+            })
+            .during(StoreOp::Read)?;
         for why in damaged {
             self.add(Problem::error(
                 K::Checksum,
@@ -152,7 +154,8 @@ impl Checker<'_> {
                     _ => malformed.push(k.len()),
                 }
                 true
-            })?;
+            })
+            .during(StoreOp::Read)?;
         for len in malformed {
             self.malformed_key(Table::Inode, len, "8");
         }
@@ -240,7 +243,8 @@ impl Checker<'_> {
                     _ => malformed.push(k.len()),
                 }
                 true
-            })?;
+            })
+            .during(StoreOp::Read)?;
         for len in malformed {
             self.malformed_key(Table::Orphan, len, "8");
         }
@@ -287,7 +291,8 @@ impl Checker<'_> {
                     _ => malformed.push(k.len()),
                 }
                 true
-            })?;
+            })
+            .during(StoreOp::Read)?;
         for len in malformed {
             self.malformed_key(Table::Dirent, len, "more than 8");
         }

@@ -5,6 +5,7 @@ use super::{CheckReport, Repair};
 use crate::store::engine::{Engine, Table};
 use crate::store::keys;
 use crate::store::records::{HotChunk, Inode, Pending, Time};
+use crate::store::{During, StoreOp};
 use crate::store::{Store, StoreError, Txn};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -280,7 +281,8 @@ impl Store {
     fn raise_next_ino(&self, t: &mut Txn, to: u64) -> Result<(), StoreError> {
         let now = self
             .engine
-            .get(Table::Meta, keys::NEXT_INO)?
+            .get(Table::Meta, keys::NEXT_INO)
+            .during(StoreOp::Read)?
             .and_then(|b| keys::u64_at(&b, 0))
             .unwrap_or(0);
         // What this handle reserved counts too: it hands those numbers out.

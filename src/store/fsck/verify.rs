@@ -11,6 +11,7 @@ use crate::store::extent::Extent;
 use crate::store::keys;
 use crate::store::records::HotChunk;
 use crate::store::StoreError;
+use crate::store::{During, StoreOp};
 
 /// What decoding one frame showed.
 enum Verdict {
@@ -163,7 +164,8 @@ impl Checker<'_> {
                     }
                     flush(&mut frames, &mut batch, false);
                     true
-                })?;
+                })
+                .during(StoreOp::Read)?;
             flush(&mut frames, &mut batch, true);
         }
         for (ino, index, e) in bad {
