@@ -139,24 +139,27 @@ impl Core {
         let Some(tier) = self.tier.get() else {
             return;
         };
-        for next in indexes {
-            if self.cache.get(ino, next).is_some() {
+        let wanted: Vec<u64> = indexes
+            .filter(|&i| self.cache.get(ino, i).is_none())
+            .collect();
+        let (Some(&lo), Some(&hi)) = (wanted.iter().min(), wanted.iter().max()) else {
+            return;
+        };
+        // One scan for the window (a read-ahead's chunks are neighbours).
+        let Ok(frames) = self.store.frames_in(ino, lo, hi + 1) else {
+            return;
+        };
+        for (idx, c) in frames {
+            if !wanted.contains(&idx) || !frame::needs_model(&c.frame) {
                 continue;
             }
-            let Ok(Some(c)) = self.store.chunk(ino, next) else {
-                continue;
-            };
-            if !frame::needs_model(&c.frame) {
-                continue;
-            }
-            let key = (ino, next, c.ver);
+            let key = (ino, idx, c.ver);
             if !tier.has(&key) {
                 tier.prefetch(key, c.frame);
             }
         }
     }
 
-    /// Loads chunk `idx` from the store and decodes it, without any lock.
     /// Chunks `indexes` (ascending, not dirty, not cached) of `ino` from the store in one
     /// scan, for a caller holding the file's lock: fast ones are decoded (and cached) at
     /// once, model ones come back as frames (those a FUSE thread handed over are not
@@ -242,6 +245,8 @@ impl Core {
         }
     }
 
+    /// Loads chunk `idx` from the store and decodes it, without any lock.
+    ///
     /// A worker that takes over a request a FUSE thread could not finish without the
     /// model gets the frame that thread fetched ([`Handoff`]), and an attempt without the
     /// model on a chunk held for such a worker fetches nothing: a cold read, or an edit
