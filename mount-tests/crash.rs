@@ -154,7 +154,7 @@ fn corrupt_chunk(store: &std::path::Path, ino: u64, index: u64) -> u64 {
             "no chunk {index} stored for inode {ino}: does the FUSE inode differ from the store's?"
         )
     });
-    let mut bad = stored.frame.clone();
+    let mut bad = stored.frame.to_vec();
     let n = bad.len();
     // The payload's tail (not the header): a checksum, not a parse error, must catch it.
     for b in &mut bad[n - n.min(16)..] {

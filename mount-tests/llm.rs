@@ -275,7 +275,7 @@ fn a_damaged_llm_frame_is_eio_on_its_range_with_a_log_line_naming_the_file() {
     {
         let s = Store::open(&m.store, &OpenOptions::default()).unwrap();
         let c = s.chunk(ino, 2).unwrap().expect("chunk 2 is stored");
-        let mut bad = c.frame.clone();
+        let mut bad = c.frame.to_vec();
         let n = bad.len();
         bad[n - 3] ^= 0x55;
         let mut t = Txn::new();

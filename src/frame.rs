@@ -110,6 +110,49 @@ pub enum FrameError {
     Cancelled,
 }
 
+/// A stored frame's bytes, as a type of their own: a frame and the plaintext it codes
+/// are both bytes, and a function that takes one must not be handed the other. It
+/// derefs to the bytes for reading; [`Frame::into_vec`] gives them up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame(Vec<u8>);
+
+impl Frame {
+    /// The bytes, given up (to a codec or a store record).
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// The codec its header names; `None` when the header is damaged.
+    pub fn codec(&self) -> Option<Codec> {
+        codec_of(&self.0)
+    }
+
+    /// Whether decoding it needs the model.
+    pub fn needs_model(&self) -> bool {
+        needs_model(&self.0)
+    }
+}
+
+impl From<Vec<u8>> for Frame {
+    fn from(bytes: Vec<u8>) -> Frame {
+        Frame(bytes)
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The fixed part of a frame, parsed without touching the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {

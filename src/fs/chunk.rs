@@ -20,7 +20,7 @@
 
 use super::cache::{Cached, ReadTally};
 use super::{live, Core, FsError, FsResult, Node, NodeRef};
-use crate::frame::{self, Codec};
+use crate::frame::{self, Codec, Frame};
 use crate::store::records::{Inode, Time};
 use crate::store::{StoredChunk, Txn};
 use parking_lot::Mutex;
@@ -155,7 +155,7 @@ impl Core {
             }
             let key = (ino, idx, c.ver);
             if !tier.has(&key) {
-                tier.prefetch(key, c.frame);
+                tier.prefetch(key, c.frame.into_vec());
             }
         }
     }
@@ -240,7 +240,7 @@ impl Core {
         for (idx, c) in chunks {
             let key = (ino, *idx, c.ver);
             if !tier.has(&key) {
-                tier.prefetch(key, c.frame.clone());
+                tier.prefetch(key, c.frame.to_vec());
             }
         }
     }
@@ -432,7 +432,7 @@ impl Core {
         ino: u64,
         index: u64,
         ver: u64,
-        frame: Vec<u8>,
+        frame: Frame,
         with: impl FnOnce(&mut Txn) -> FsResult<()>,
     ) -> FsResult<bool> {
         let n = match self.node(ino) {
@@ -490,7 +490,7 @@ impl Core {
                 written.push((idx, 0, 0));
             } else {
                 let framed = if raw {
-                    frame::assemble(Codec::Raw, plain, plain)
+                    frame::assemble(Codec::Raw, plain, plain).into()
                 } else {
                     encode_chunk(plain)
                 };
@@ -588,17 +588,18 @@ pub(super) struct Written(Vec<(u64, u64, usize)>);
 /// The fast-tier frame of a chunk: the same frame as [`frame::encode_fast`], but with
 /// one zstd context per thread. A fresh context per 4 KiB chunk costs little CPU but
 /// churns the allocator enough to double the daemon's RSS under sustained writes.
-pub(super) fn encode_chunk(plain: &[u8]) -> Vec<u8> {
+pub(super) fn encode_chunk(plain: &[u8]) -> Frame {
     thread_local! {
         static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
             zstd::bulk::Compressor::new(frame::ZSTD_LEVEL).ok().into();
     }
     let zstd = ZSTD.with(|c| c.borrow_mut().as_mut().and_then(|c| c.compress(plain).ok()));
-    match zstd {
+    let bytes = match zstd {
         Some(z) if z.len() < plain.len() => frame::assemble(frame::Codec::Zstd, plain, &z),
         Some(_) => frame::assemble(frame::Codec::Raw, plain, plain),
         None => frame::encode_fast(plain),
-    }
+    };
+    bytes.into()
 }
 
 /// The kind of a chunk error, for logging each kind once per file: the message up to

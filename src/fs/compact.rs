@@ -21,7 +21,7 @@
 
 use super::background;
 use super::{Core, FsError, FsResult};
-use crate::frame;
+use crate::frame::{self, Frame};
 use crate::store::PendingChunk;
 use crate::tier::{Coded, Encoded, TierError};
 use parking_lot::{Condvar, Mutex};
@@ -383,7 +383,7 @@ impl Core {
                     p.index, p.ino
                 )))
             }
-            Ok(Encoded::Llm(f)) if f.len() < stored.frame.len() => (f, true),
+            Ok(Encoded::Llm(f)) if f.len() < stored.frame.len() => (Frame::from(f), true),
             Ok(_) => (stored.frame.clone(), false),
         };
         let before = stored.frame.len() as u64;
@@ -428,7 +428,7 @@ impl Core {
     /// Settles chunk `p` with `frame` if it is still the version that was coded
     /// ([`Core::swap_if_current`]); the first LLM frame of a store pins the codec profile
     /// in the same transaction. Returns false when the chunk changed meanwhile.
-    fn settle(&self, p: &PendingChunk, frame: Vec<u8>, llm: bool) -> FsResult<bool> {
+    fn settle(&self, p: &PendingChunk, frame: Frame, llm: bool) -> FsResult<bool> {
         // Settles that may pin the profile go one at a time.
         let _pin = llm.then(|| self.compactor.pin.lock());
         let swapped = self.swap_if_current(p.ino, p.index, p.ver, frame, |t| {

@@ -6,6 +6,7 @@ use super::engine::{Engine, Table};
 use super::extent::{Extent, ExtentChunk};
 use super::records::{HotChunk, Inode, Pending, Time};
 use super::{keys, ChunkInfo, PendingChunk, Store, StoreError, StoredChunk, Txn};
+use crate::frame::Frame;
 use crate::store::{During, StoreOp};
 use std::sync::atomic::Ordering;
 
@@ -25,7 +26,7 @@ impl Store {
             let h = HotChunk::decode(&v)?;
             return Ok(Some(StoredChunk {
                 ver: h.ver,
-                frame: h.frame,
+                frame: h.frame.into(),
                 hot: true,
             }));
         }
@@ -33,7 +34,7 @@ impl Store {
             if let Some((ver, frame)) = Extent::lookup(&v, index)? {
                 return Ok(Some(StoredChunk {
                     ver,
-                    frame: frame.to_vec(),
+                    frame: frame.to_vec().into(),
                     hot: false,
                 }));
             }
@@ -134,7 +135,7 @@ impl Store {
         ino: u64,
         file: &mut Inode,
         index: u64,
-        frame: &[u8],
+        frame: &Frame,
         written: Time,
     ) -> Result<u64, StoreError> {
         let ver = file.data_ver + 1;
@@ -171,10 +172,10 @@ impl Store {
         file: &mut Inode,
         index: u64,
         ver: u64,
-        frame: Vec<u8>,
+        frame: Frame,
     ) -> Result<(u64, u64), StoreError> {
         let added = frame.len() as u64;
-        let freed = self.settle_chunk(txn, ino, index, ver, frame)?;
+        let freed = self.settle_chunk(txn, ino, index, ver, frame.into_vec())?;
         file.shift_stored(added, freed);
         Ok((added, freed))
     }
@@ -218,7 +219,7 @@ impl Store {
     ) -> Result<Vec<(u64, StoredChunk)>, StoreError> {
         let mut out = Vec::new();
         self.visit_chunks_in(None, ino, from, to, &mut |index, ver, frame, hot| {
-            let frame = frame.to_vec();
+            let frame = frame.to_vec().into();
             out.push((index, StoredChunk { ver, frame, hot }))
         })?;
         out.sort_by_key(|(index, _)| *index);

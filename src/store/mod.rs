@@ -179,7 +179,7 @@ pub struct StoredChunk {
     /// The chunk's content version (see [`records::Inode::data_ver`]).
     pub ver: u64,
     /// The chunk's frame, as stored ([`crate::frame`]).
-    pub frame: Vec<u8>,
+    pub frame: crate::frame::Frame,
     /// In the `chunk` table (written since last settled) rather than in an extent.
     pub hot: bool,
 }

@@ -99,7 +99,7 @@ fn chunks_move_from_hot_to_extents_and_back() {
     for i in 0..20 {
         let c = s.chunk(5, i).unwrap().unwrap();
         assert!(!c.hot);
-        assert_eq!(c.frame, frame(i, i + 1 + 1000, 300));
+        assert_eq!(*c.frame, frame(i, i + 1 + 1000, 300));
     }
     // Rewriting a settled chunk moves it back to the hot table and out of its extent.
     assert_eq!(write(&s, 5, 7, 99, 1500), 300);

@@ -194,7 +194,7 @@ fn settle_llm(s: &Store, ino: u64, indexes: &[u64]) {
         let plain = frame::decode(&c.frame, None).unwrap();
         let mut t = Txn::new();
         let mut rec = s.inode(ino).unwrap().unwrap();
-        s.settle_file_chunk(&mut t, ino, &mut rec, i, c.ver, fake_llm(&plain))
+        s.settle_file_chunk(&mut t, ino, &mut rec, i, c.ver, fake_llm(&plain).into())
             .unwrap();
         t.put_inode(ino, &rec);
         s.commit(t).unwrap();
@@ -208,8 +208,15 @@ fn rewrite_chunk(s: &Store, t: &mut Txn, ino: u64, index: u64, framed: &[u8]) {
         Some(Some(v)) => Inode::decode(v).unwrap(),
         _ => s.inode(ino).unwrap().unwrap(),
     };
-    s.write_chunk(t, ino, &mut rec, index, framed, Time::now())
-        .unwrap();
+    s.write_chunk(
+        t,
+        ino,
+        &mut rec,
+        index,
+        &framed.to_vec().into(),
+        Time::now(),
+    )
+    .unwrap();
     t.put_inode(ino, &rec);
 }
 
@@ -301,7 +308,7 @@ fn damaged_frames_are_found_by_verify_only() {
     let (a, b) = (fx.ino("a"), fx.ino("b"));
     // A zstd frame whose payload (not header) is damaged, same length.
     let hot = fx.store().chunk(b, 1).unwrap().unwrap();
-    let mut bad = hot.frame.clone();
+    let mut bad = hot.frame.to_vec();
     let last = bad.len() - 3;
     bad[last] ^= 0x10;
     fx.engine.put_sealed(
@@ -687,7 +694,7 @@ fn a_chunk_in_two_places_and_tangled_extents() {
     other.insert(ExtentChunk {
         index: 0,
         ver: hot_ver + 1,
-        frame: settled.frame.clone(),
+        frame: settled.frame.to_vec(),
     });
     other.insert(e.get(1).unwrap().clone());
     fx.engine
