@@ -140,7 +140,21 @@ impl<'m> SegmentCoder<'m> {
 
     /// Codes `plain` as the smallest frame; LLM frames only after a verified decode.
     pub fn encode(&mut self, plain: &[u8]) -> Result<(Vec<u8>, SegmentReport), FrameError> {
-        let fast = frame::encode_fast(plain);
+        self.encode_against(plain, None)
+    }
+
+    /// [`SegmentCoder::encode`] against a fast frame of `plain` the caller made already
+    /// (`None`: made here): the LLM frame is kept only if it is smaller, else `fast` is
+    /// what comes back. The one place where the smaller frame is chosen.
+    pub fn encode_against(
+        &mut self,
+        plain: &[u8],
+        fast: Option<&[u8]>,
+    ) -> Result<(Vec<u8>, SegmentReport), FrameError> {
+        let fast = match fast {
+            Some(f) => f.to_vec(),
+            None => frame::encode_fast(plain),
+        };
         let mut report = SegmentReport {
             plain_len: plain.len(),
             ..Default::default()

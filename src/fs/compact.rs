@@ -373,7 +373,8 @@ impl Core {
             },
         };
         self.active(1);
-        let coded = tier.encode(Arc::clone(&plain), foreground);
+        // The stored fast frame is the one to beat: the codec decides, once.
+        let coded = tier.encode_against(Arc::clone(&plain), stored.frame.to_vec(), foreground);
         self.active(-1);
         let (new_frame, llm) = match coded.map(Coded::outcome) {
             Err(TierError::Cancelled | TierError::Stopped) => return Ok(Outcome::Cancelled),
@@ -383,7 +384,7 @@ impl Core {
                     p.index, p.ino
                 )))
             }
-            Ok(Encoded::Llm(f)) if f.len() < stored.frame.len() => (Frame::from(f), true),
+            Ok(Encoded::Llm(f)) => (Frame::from(f), true),
             Ok(_) => (stored.frame.clone(), false),
         };
         let before = stored.frame.len() as u64;

@@ -607,12 +607,16 @@ pub(crate) mod testutil {
     }
 
     impl crate::tier::ChunkCodec for FakeCodec {
-        fn encode(&mut self, plain: &[u8]) -> Result<crate::tier::Coded, FrameError> {
+        fn encode(
+            &mut self,
+            plain: &[u8],
+            fast: Option<&[u8]>,
+        ) -> Result<crate::tier::Coded, FrameError> {
             self.wait()?;
             let z =
                 zstd::bulk::compress(plain, 19).map_err(|e| FrameError::Model(e.to_string()))?;
             let llm = crate::frame::assemble(crate::frame::Codec::Llm, plain, &z);
-            let fast = crate::frame::encode_fast(plain);
+            let fast = fast.map_or_else(|| crate::frame::encode_fast(plain), <[u8]>::to_vec);
             let frame = if llm.len() < fast.len() { llm } else { fast };
             crate::tier::Coded::from_frame(frame)
         }

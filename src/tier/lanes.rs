@@ -14,8 +14,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 impl ChunkCodec for SegmentCoder<'_> {
-    fn encode(&mut self, plain: &[u8]) -> Result<Coded, FrameError> {
-        let (frame, report) = SegmentCoder::encode(self, plain)?;
+    fn encode(&mut self, plain: &[u8], fast: Option<&[u8]>) -> Result<Coded, FrameError> {
+        let (frame, report) = SegmentCoder::encode_against(self, plain, fast)?;
         Ok(Coded { frame, report })
     }
 

@@ -46,8 +46,10 @@ pub const SYSTEM: u32 = u32::MAX;
 /// What a lane needs from a codec: the segment coder over a model context.
 pub trait ChunkCodec {
     /// Codes `plain` as its smallest frame (LLM, zstd or raw); an LLM frame only after
-    /// it decoded back to `plain` when the codec verifies.
-    fn encode(&mut self, plain: &[u8]) -> Result<Coded, FrameError>;
+    /// it decoded back to `plain` when the codec verifies. `fast` is the frame to beat
+    /// when the caller has one already (the filesystem's stored fast frame, which is
+    /// then what comes back when the model does not win); `None`: the codec makes it.
+    fn encode(&mut self, plain: &[u8], fast: Option<&[u8]>) -> Result<Coded, FrameError>;
     /// Decodes any frame (checking its CRC).
     fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError>;
     /// The flag that stops an encode or decode at the next model step with

@@ -128,6 +128,8 @@ enum DecodeState {
 
 struct EncodeJob {
     plain: Arc<Vec<u8>>,
+    /// The frame to beat, made already ([`ChunkCodec::encode`]).
+    fast: Option<Vec<u8>>,
     reply: mpsc::Sender<Result<Coded, TierError>>,
 }
 
@@ -455,8 +457,28 @@ impl Pool {
         self.submit_encode(plain, foreground).wait()
     }
 
+    /// [`Pool::encode`] against `fast`, a fast frame of `plain` the caller has already:
+    /// the LLM frame comes back only if it is smaller, else `fast` does.
+    pub fn encode_against(
+        &self,
+        plain: Arc<Vec<u8>>,
+        fast: Vec<u8>,
+        foreground: bool,
+    ) -> Result<Coded, TierError> {
+        self.submit(plain, Some(fast), foreground).wait()
+    }
+
     /// [`Pool::encode`] without waiting.
     pub fn submit_encode(&self, plain: Arc<Vec<u8>>, foreground: bool) -> Ticket<Coded> {
+        self.submit(plain, None, foreground)
+    }
+
+    fn submit(
+        &self,
+        plain: Arc<Vec<u8>>,
+        fast: Option<Vec<u8>>,
+        foreground: bool,
+    ) -> Ticket<Coded> {
         let (tx, rx) = mpsc::channel();
         {
             let mut q = self.shared.queue.lock();
@@ -464,7 +486,11 @@ impl Pool {
                 let _ = tx.send(Err(e));
                 return Ticket(rx);
             }
-            let job = EncodeJob { plain, reply: tx };
+            let job = EncodeJob {
+                plain,
+                fast,
+                reply: tx,
+            };
             if foreground {
                 q.fg_encodes.push_back(job);
                 preempt(&mut q);
@@ -847,7 +873,7 @@ fn run(s: &Shared, codec: &mut dyn ChunkCodec, job: Job, wide: bool) {
         }
         Job::Encode(job) => {
             let t0 = Instant::now();
-            let r = codec.encode(&job.plain);
+            let r = codec.encode(&job.plain, job.fast.as_deref());
             let took = t0.elapsed();
             {
                 let mut st = s.stats.lock();
@@ -906,7 +932,7 @@ mod tests {
     }
 
     impl ChunkCodec for SlowCodec {
-        fn encode(&mut self, plain: &[u8]) -> Result<Coded, FrameError> {
+        fn encode(&mut self, plain: &[u8], _fast: Option<&[u8]>) -> Result<Coded, FrameError> {
             self.wait(self.encode_delay)?;
             Ok(Coded {
                 frame: plain.iter().rev().copied().collect(),
