@@ -679,3 +679,30 @@ fn a_size_is_never_saved_without_its_chunks() {
         );
     }
 }
+
+#[test]
+fn an_fsync_of_written_data_is_one_durable_commit() {
+    let engine = MemoryEngine::new();
+    let core = plain(&engine);
+    let f = create(&core, "log").unwrap();
+    let line = b"{\"role\":\"assistant\",\"content\":\"ok\"}\n";
+    let mut want = Vec::new();
+    for round in 0..3u64 {
+        core.write(f, want.len() as u64, line, false, Wait::Model)
+            .unwrap();
+        want.extend_from_slice(line);
+        let (commits, syncs) = (engine.commits(), engine.syncs());
+        core.fsync(f, Wait::Model).unwrap();
+        // The data's commit is the durable one: no sync point after it.
+        assert_eq!(engine.commits() - commits, 1, "round {round}");
+        assert_eq!(engine.syncs() - syncs, 0, "round {round}");
+    }
+    // Nothing dirty: the fsync still makes what others committed durable, by a sync point.
+    let syncs = engine.syncs();
+    core.fsync(f, Wait::Model).unwrap();
+    assert_eq!(engine.syncs() - syncs, 1);
+    engine.crash();
+    drop(core);
+    let core = plain(&engine);
+    assert_eq!(read_all(&core, f), want);
+}

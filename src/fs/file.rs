@@ -44,6 +44,15 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 4096;
 /// Largest file size: chunk indexes and offsets stay far from overflow.
 const MAX_FILE_SIZE: u64 = 1 << 50;
 
+/// Whether a node's commit is also made durable (an fsync) or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// Survives a crash of the daemon, durable with the next sync.
+    Plain,
+    /// Durable at once, with every commit before it.
+    Durable,
+}
+
 /// How fallocate was asked to behave.
 #[derive(Clone, Copy, Debug)]
 pub enum Fallocate {
@@ -111,25 +120,41 @@ impl Core {
     /// codes the file's written chunks with the model before returning (or, with
     /// [`Wait::NoModel`], persists and says [`FsError::WouldBlock`] if that is needed).
     pub fn flush(&self, ino: u64, wait: Wait) -> FsResult<()> {
-        {
+        self.save(ino, wait, false).map(|_| ())
+    }
+
+    /// Persists the file's dirty data and makes everything durable before returning: the
+    /// data's own commit is the durable one when there is data to save (one transaction
+    /// and one fsync per fsync(2)), else a sync point.
+    pub fn fsync(&self, ino: u64, wait: Wait) -> FsResult<()> {
+        if !self.save(ino, wait, true)? {
+            self.store.sync()?;
+        }
+        Ok(())
+    }
+
+    /// [`Core::flush`], its commit durable when `durable` and there is something to
+    /// save; returns whether everything committed so far is durable now.
+    fn save(&self, ino: u64, wait: Wait, durable: bool) -> FsResult<bool> {
+        let mut synced = {
             let n = self.node(ino)?;
             let mut g = live(&n)?;
-            self.persist(ino, &mut g)?;
-        }
+            if durable && (!g.dirty.is_empty() || g.meta_dirty) {
+                self.persist_with(ino, &mut g, Txn::new(), Commit::Durable)?;
+                true
+            } else {
+                self.persist(ino, &mut g)?;
+                false
+            }
+        };
         if self.cfg.sync_llm && self.tier.get().is_some() && self.has_pending(ino)? {
             if wait == Wait::NoModel {
                 return Err(FsError::WouldBlock);
             }
             self.compact_file_now(ino)?;
+            synced = false;
         }
-        Ok(())
-    }
-
-    /// Persists the file's dirty data and makes everything durable before returning.
-    pub fn fsync(&self, ino: u64, wait: Wait) -> FsResult<()> {
-        self.flush(ino, wait)?;
-        self.store.sync()?;
-        Ok(())
+        Ok(synced)
     }
 
     /// The last close of a handle; an unlinked file's data goes with its last handle.
@@ -328,7 +353,7 @@ impl Core {
             // close(2) of a file only read costs no write, or one for its atime.
             return self.persist_atime(ino, g);
         }
-        self.persist_with(ino, g, Txn::new())
+        self.persist_with(ino, g, Txn::new(), Commit::Plain)
     }
 
     /// Saves an access time that is all that changed; on a full device it stays in
@@ -362,12 +387,15 @@ impl Core {
 
     /// Persists the node in one transaction with `t`. Nothing in memory changes unless
     /// the commit succeeds, so a failed one (a full device) loses nothing.
-    fn persist_with(&self, ino: u64, g: &mut Node, mut t: Txn) -> FsResult<()> {
+    fn persist_with(&self, ino: u64, g: &mut Node, mut t: Txn, how: Commit) -> FsResult<()> {
         let raw = self.node_policy(ino, g)? == Policy::None;
         let mut inode = g.inode.clone();
         let written = self.frame_dirty(ino, g, &mut inode, &mut t, raw)?;
         t.put_inode(ino, &inode);
-        self.store.commit(t)?;
+        match how {
+            Commit::Plain => self.store.commit(t)?,
+            Commit::Durable => self.store.commit_durable(t)?,
+        }
         g.inode = inode;
         self.dirty_committed(ino, g, written);
         g.meta_dirty = false;
@@ -432,7 +460,7 @@ impl Core {
                 .drop_chunks(&mut t, ino, &mut g.inode, keep, u64::MAX)?;
         }
         g.inode.size = size;
-        self.persist_with(ino, g, t)
+        self.persist_with(ino, g, t, Commit::Plain)
     }
 
     /// fallocate(2) on `length` bytes from `offset`, as `how` says, in one commit.

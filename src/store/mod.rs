@@ -310,6 +310,18 @@ impl Store {
         Ok(())
     }
 
+    /// Applies `txn` atomically and makes it durable, with every commit before it: one
+    /// fsync of the WAL at this commit, where a commit and then [`Store::sync`] write a
+    /// second transaction (the sync point) and fsync after it.
+    pub fn commit_durable(&self, txn: Txn) -> Result<(), StoreError> {
+        let (ops, delta) = txn.into_parts();
+        self.writes
+            .run(|| self.engine.commit(&ops, true))
+            .during(StoreOp::Commit)?;
+        self.pending.fetch_add(delta, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Makes everything committed so far durable.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.writes.run(|| self.engine.sync()).during(StoreOp::Sync)

@@ -40,6 +40,8 @@ pub struct MemoryEngine {
     faults: Mutex<Faults>,
     /// Values read from the chunk and extent tables (the rows that hold frames).
     frame_reads: std::sync::atomic::AtomicU64,
+    /// Calls of [`Engine::sync`].
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryEngine {
@@ -60,6 +62,11 @@ impl MemoryEngine {
             self.frame_reads
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Calls of [`Engine::sync`] so far (a durable commit is not one).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Commits made so far (successful or not).
@@ -229,6 +236,8 @@ impl Engine for MemoryEngine {
     }
 
     fn sync(&self) -> Result<(), EngineError> {
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut s = self.state.lock();
         s.durable = s.live.clone();
         Ok(())
