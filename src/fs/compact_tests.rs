@@ -487,15 +487,22 @@ fn live_statistics_count_cold_reads_cache_hits_and_the_models_bytes() {
     assert_eq!(num(&m, "cold_reads"), llm);
 }
 
-#[test]
-fn a_cold_read_handed_to_a_worker_fetches_its_frame_once() {
+/// A file of `data` (one chunk) coded by the model, and a new core over its store:
+/// nothing cached, the chunk settled as an LLM frame.
+fn one_llm_chunk_cold(data: &[u8]) -> (Arc<MemoryEngine>, Arc<Core>, u64) {
     let engine = MemoryEngine::new();
     let core = core_on(&engine, Duration::ZERO, b"fake-1");
-    let ino = file(&core, "f", &text(4096, 7));
+    let ino = file(&core, "f", data);
     compact_all(&core);
     core.shutdown().unwrap();
     drop(core);
     let core = core_on(&engine, Duration::ZERO, b"fake-1");
+    (engine, core, ino)
+}
+
+#[test]
+fn a_cold_read_handed_to_a_worker_fetches_its_frame_once() {
+    let (engine, core, ino) = one_llm_chunk_cold(&text(4096, 7));
     let before = engine.frame_reads();
     // The FUSE thread: fetches the frame, learns it needs the model, hands it over.
     assert!(matches!(
@@ -523,13 +530,7 @@ fn a_cold_read_handed_to_a_worker_fetches_its_frame_once() {
 
 #[test]
 fn an_edit_of_a_cold_chunk_handed_to_a_worker_fetches_its_frame_once() {
-    let engine = MemoryEngine::new();
-    let core = core_on(&engine, Duration::ZERO, b"fake-1");
-    let ino = file(&core, "f", &text(4096, 3));
-    compact_all(&core);
-    core.shutdown().unwrap();
-    drop(core);
-    let core = core_on(&engine, Duration::ZERO, b"fake-1");
+    let (engine, core, ino) = one_llm_chunk_cold(&text(4096, 3));
     let before = engine.frame_reads();
     // A write into the middle of the LLM chunk needs its plaintext: the FUSE thread
     // fetches the frame and hands the request over.

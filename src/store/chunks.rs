@@ -97,25 +97,50 @@ impl Store {
                 out.push((first, e));
             }
         }
+        self.scan_indexed(
+            txn,
+            Table::Extent,
+            ino,
+            from..to,
+            Extent::decode,
+            &mut |first, e| out.push((first, e)),
+        )?;
+        Ok(out)
+    }
+
+    /// Visits the records of `table` keyed (`ino`, index) with the index in `range`,
+    /// through `txn`, in index order, each value decoded by `decode`; a malformed key or
+    /// value stops the scan and is the error.
+    fn scan_indexed<T>(
+        &self,
+        txn: Option<&Txn>,
+        table: Table,
+        ino: u64,
+        range: std::ops::Range<u64>,
+        decode: impl Fn(&[u8]) -> Result<T, StoreError>,
+        visit: &mut dyn FnMut(u64, T),
+    ) -> Result<(), StoreError> {
         let mut bad = None;
         self.scan(
             txn,
-            Table::Extent,
-            &keys::chunk(ino, from),
-            Some(&keys::chunk(ino, to)),
+            table,
+            &keys::chunk(ino, range.start),
+            Some(&keys::chunk(ino, range.end)),
             &mut |k, v| {
-                match (keys::chunk_of(k), Extent::decode(v)) {
-                    (Some((_, first)), Ok(e)) => out.push((first, e)),
+                match (keys::chunk_of(k), decode(v)) {
+                    (Some((_, index)), Ok(x)) => visit(index, x),
                     (_, Err(e)) => bad = Some(e),
-                    (None, _) => bad = Some(StoreError::Corrupt("extent key malformed".into())),
+                    (None, _) => {
+                        bad = Some(StoreError::Corrupt(format!(
+                            "{} key malformed",
+                            table.name()
+                        )))
+                    }
                 }
                 bad.is_none()
             },
         )?;
-        match bad {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        bad.map_or(Ok(()), Err)
     }
 
     // ---- a file's chunks, with its record ----
@@ -240,24 +265,14 @@ impl Store {
         if from >= to {
             return Ok(());
         }
-        let mut bad = None;
-        self.scan(
+        self.scan_indexed(
             txn,
             Table::Chunk,
-            &keys::chunk(ino, from),
-            Some(&keys::chunk(ino, to)),
-            &mut |k, v| {
-                match (keys::chunk_of(k), HotChunk::decode(v)) {
-                    (Some((_, index)), Ok(h)) => visit(index, h.ver, &h.frame, true),
-                    (_, Err(e)) => bad = Some(e),
-                    (None, _) => bad = Some(StoreError::Corrupt("chunk key malformed".into())),
-                }
-                bad.is_none()
-            },
+            ino,
+            from..to,
+            HotChunk::decode,
+            &mut |index, h| visit(index, h.ver, &h.frame, true),
         )?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
         for (_, e) in self.extents_overlapping(txn, ino, from, to)? {
             for c in e.chunks().iter().filter(|c| (from..to).contains(&c.index)) {
                 visit(c.index, c.ver, &c.frame, false);
