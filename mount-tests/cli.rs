@@ -161,13 +161,23 @@ fn mount_helper_backgrounds_the_daemon_and_reports_errors() {
 /// the runner. A stopped daemon stands in for a deadlocked one.
 #[test]
 fn harness_watchdog_turns_a_hung_daemon_into_a_failure() {
-    let mut m = Mount::unmounted(&[]);
+    let mut m = Mount::unmounted(&["nomodel"]);
     m.watchdog_timeout = std::time::Duration::from_secs(3);
     m.start();
     fs::write(m.path("f"), b"x").unwrap();
     // SAFETY: kill(2) on our own child daemon, still running.
-    unsafe { libc::kill(m.pid() as i32, libc::SIGSTOP) };
+    let rc = unsafe { libc::kill(m.pid() as i32, libc::SIGSTOP) };
+    assert_eq!(rc, 0, "SIGSTOP to the daemon");
+    // The watchdog's 3 s count from the stop: counted from the mount's start, a slow
+    // first write on a loaded machine let it fire before the stop, and the daemon,
+    // still running, saw the abort and unmounted, so the create below went to the
+    // bare directory underneath and succeeded (CI, 2026-12-05).
+    m.rearm_watchdog();
     let started = std::time::Instant::now();
+    assert!(
+        m.is_mounted(),
+        "the mount went before the daemon was stopped"
+    );
     // A name never looked up before: the kernel cannot answer from its caches (a
     // read_dir of the root can be served from the cached listing), so the create must
     // reach the stopped daemon.

@@ -282,6 +282,21 @@ impl Mount {
         }
     }
 
+    /// Starts the watchdog's clock again from now (for a test that times the watchdog
+    /// itself from a moment of its own, not from the mount's start).
+    pub fn rearm_watchdog(&mut self) {
+        if let Some((stop, handle)) = self.watchdog.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        // Not `arm_watchdog`: its stat of the mountpoint would wait on a stopped daemon.
+        self.watchdog = Some(spawn_watchdog(
+            self.live.clone(),
+            self.mnt.clone(),
+            self.watchdog_timeout,
+        ));
+    }
+
     fn arm_watchdog(&mut self) {
         use std::os::unix::fs::MetadataExt;
         let dev = fs::metadata(&self.mnt).expect("stat the new mount").dev();
