@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # Two llmfs builds side by side on the fast tier (`-o nomodel`), in interleaved rounds,
-# to say what one change bought: a cold sequential read and JSONL appends with an fsync
-# every 64 lines. Prints a markdown table: per round, then the medians and NEW/OLD.
+# to say what one change bought: a sequential write, a cold sequential read, JSONL appends
+# with an fsync every 64 lines, and `tar -xf` of /usr/include. Prints a markdown table:
+# per round, then the medians and NEW/OLD.
 # A benchmark, not a test: it fails only when a workload fails.
 #
 #   scripts/bench-ab.sh OLD_BINARY NEW_BINARY
 #
 # Environment (defaults in brackets):
 #   AB_DIR      the disk under test [/var/tmp]
-#   AB_ROUNDS   rounds [3]; each runs both workloads on OLD, then NEW
+#   AB_ROUNDS   rounds [3]; each runs every workload on OLD, then NEW
 #   AB_READ_MB  the file read cold, MiB [128]: JSONL made from tests/corpus
 #   AB_LINES    JSONL lines appended (~100 B each), fsync every 64 [20000]
+#   AB_TAR      the tree archived once and extracted each round [/usr/include]
 #
-# Cold: the store is written once per round by the binary under test, unmounted, the
-# page cache dropped (root) and the store mounted read-only again before `cat`. Disk
-# bytes: the sectors-written counter of the device holding AB_DIR, after a sync, over the
-# append run and 2 s after it (the WAL's writes included).
+# Write: `dd bs=1M conv=fsync` of that file into a fresh store. Cold: the store is then
+# unmounted, the page cache dropped (root) and the store mounted read-only again before
+# `cat`. Disk bytes: the sectors-written counter of the device holding AB_DIR, after a
+# sync, over the run and 2 s after it (the WAL's writes included).
 set -euo pipefail
 [[ $# -eq 2 ]] || { sed -n '2,17p' "$0"; exit 2; }
 OLD=$(realpath "$1"); NEW=$(realpath "$2")
 DIR=${AB_DIR:-/var/tmp}; ROUNDS=${AB_ROUNDS:-3}; READ_MB=${AB_READ_MB:-128}
-LINES=${AB_LINES:-20000}
+LINES=${AB_LINES:-20000}; TREE=${AB_TAR:-/usr/include}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [[ $(id -u) -eq 0 ]] || { echo "run as root (drop_caches)" >&2; exit 1; }
 W=$(mktemp -d "$DIR/llmfs-ab.XXXXXX")
@@ -51,14 +53,27 @@ mount_llmfs() { # binary, extra options
 }
 unmount_llmfs() { fusermount3 -u "$W/m"; wait; }
 
-cold_read() { # binary -> MB/s
+write_and_cold_read() { # binary -> "write_MB/s read_MB/s"
     rm -rf "$W/s"; mount_llmfs "$1" ""
-    cp "$W/data" "$W/m/data"; unmount_llmfs
+    local t0 t1 t2 t3; t0=$(date +%s.%N)
+    dd if="$W/data" of="$W/m/data" bs=1M conv=fsync status=none; t1=$(date +%s.%N)
+    unmount_llmfs
     mount_llmfs "$1" ",ro"; sync; echo 3 > /proc/sys/vm/drop_caches
-    local t0 t1; t0=$(date +%s.%N); cat "$W/m/data" > /dev/null; t1=$(date +%s.%N)
+    t2=$(date +%s.%N); cat "$W/m/data" > /dev/null; t3=$(date +%s.%N)
     cmp -s "$W/data" "$W/m/data" || { echo "read back differs" >&2; exit 1; }
     unmount_llmfs
-    python3 -c "print(f'{$READ_MB*1.048576/($t1-$t0):.0f}')"
+    python3 -c "m = $READ_MB * 1.048576; print(f'{m / ($t1 - $t0):.0f} {m / ($t3 - $t2):.0f}')"
+}
+
+tar_x() { # binary -> "seconds disk_KB_per_entry"
+    rm -rf "$W/s"; mount_llmfs "$1" ""
+    sync; local s0 s1 t0 t1; s0=$(sectors); t0=$(date +%s.%N)
+    tar -xf "$W/tree.tar" -C "$W/m"; t1=$(date +%s.%N)
+    sleep 2; sync; s1=$(sectors)
+    diff -r --no-dereference "$TREE" "$W/m/$(basename "$TREE")" > /dev/null \
+        || { echo "extracted tree differs" >&2; exit 1; }
+    unmount_llmfs
+    python3 -c "print(f'{$t1 - $t0:.2f} {($s1 - $s0) * 512 / 1000 / $ENTRIES:.1f}')"
 }
 
 appends() { # binary -> "lines/s fsync_p50_us bytes_per_appended_byte"
@@ -82,13 +97,17 @@ P
     echo "$rate $p50 $(python3 -c "print(f'{($s1-$s0)*512/$n:.2f}')")"
 }
 
+tar -cf "$W/tree.tar" -C "$(dirname "$TREE")" "$(basename "$TREE")"
+ENTRIES=$(tar -tf "$W/tree.tar" | wc -l)
+
 declare -A R
 for r in $(seq "$ROUNDS"); do
     for b in OLD NEW; do
         bin=${!b}
-        R[$r,$b,read]=$(cold_read "$bin")
+        read -r R[$r,$b,write] R[$r,$b,read] <<< "$(write_and_cold_read "$bin")"
         read -r R[$r,$b,rate] R[$r,$b,p50] R[$r,$b,amp] <<< "$(appends "$bin")"
-        echo "round $r $b: read ${R[$r,$b,read]} MB/s, appends ${R[$r,$b,rate]} lines/s, fsync p50 ${R[$r,$b,p50]} us, ${R[$r,$b,amp]} disk B per appended B" >&2
+        read -r R[$r,$b,tar] R[$r,$b,tardisk] <<< "$(tar_x "$bin")"
+        echo "round $r $b: write ${R[$r,$b,write]} MB/s, read ${R[$r,$b,read]} MB/s, appends ${R[$r,$b,rate]} lines/s, fsync p50 ${R[$r,$b,p50]} us, ${R[$r,$b,amp]} disk B per appended B, tar ${R[$r,$b,tar]} s, ${R[$r,$b,tardisk]} disk KB per entry" >&2
     done
 done
 
@@ -98,18 +117,22 @@ echo "OLD: $OLD ($("$OLD" --version 2>/dev/null || echo '?'))"
 echo "NEW: $NEW ($("$NEW" --version 2>/dev/null || echo '?'))"
 echo "$(nproc) CPUs, $(uname -r), device $dev; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| round | binary | cold sequential read, MB/s | appends, lines/s | fsync p50, µs | disk bytes per appended byte |"
-echo "| ---: | --- | ---: | ---: | ---: | ---: |"
+echo "Workloads: sequential write and cold read of $READ_MB MiB; $LINES JSONL appends; tar -xf of $TREE ($ENTRIES entries, $(du -sm "$W/tree.tar" | cut -f1) MiB)."
+echo
+echo "| round | binary | sequential write, MB/s | cold sequential read, MB/s | appends, lines/s | fsync p50, µs | disk bytes per appended byte | tar -xf, s | tar: disk KB per entry |"
+echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for r in $(seq "$ROUNDS"); do for b in OLD NEW; do
-    echo "| $r | $b | ${R[$r,$b,read]} | ${R[$r,$b,rate]} | ${R[$r,$b,p50]} | ${R[$r,$b,amp]} |"
+    echo "| $r | $b | ${R[$r,$b,write]} | ${R[$r,$b,read]} | ${R[$r,$b,rate]} | ${R[$r,$b,p50]} | ${R[$r,$b,amp]} | ${R[$r,$b,tar]} | ${R[$r,$b,tardisk]} |"
 done; done
 declare -A M
-for k in read rate p50 amp; do
+K=(write read rate p50 amp tar tardisk)
+for k in "${K[@]}"; do
     o=(); n=()
     for r in $(seq "$ROUNDS"); do o+=("${R[$r,OLD,$k]}"); n+=("${R[$r,NEW,$k]}"); done
     M[OLD_$k]=$(median "${o[@]}"); M[NEW_$k]=$(median "${n[@]}")
 done
-echo "| median | OLD | ${M[OLD_read]} | ${M[OLD_rate]} | ${M[OLD_p50]} | ${M[OLD_amp]} |"
-echo "| median | NEW | ${M[NEW_read]} | ${M[NEW_rate]} | ${M[NEW_p50]} | ${M[NEW_amp]} |"
 ratio() { python3 -c "print(f'{$2/$1:.2f}x')"; }
-echo "| | NEW/OLD | $(ratio "${M[OLD_read]}" "${M[NEW_read]}") | $(ratio "${M[OLD_rate]}" "${M[NEW_rate]}") | $(ratio "${M[OLD_p50]}" "${M[NEW_p50]}") | $(ratio "${M[OLD_amp]}" "${M[NEW_amp]}") |"
+for b in OLD NEW; do
+    row="| median | $b"; for k in "${K[@]}"; do row+=" | ${M[${b}_$k]}"; done; echo "$row |"
+done
+row="| | NEW/OLD"; for k in "${K[@]}"; do row+=" | $(ratio "${M[OLD_$k]}" "${M[NEW_$k]}")"; done; echo "$row |"

@@ -141,7 +141,14 @@ impl Core {
                 }
                 g.inode = inode;
                 g.meta_dirty = true;
-                self.persist(ino, g)?;
+                if g.open == 0 {
+                    self.persist(ino, g)?;
+                }
+                // An open file's new attributes are saved with its data: by the flush of
+                // its close, an fsync, or the background flusher within its interval,
+                // whichever comes first (as a write's are). `tar -x` sets owner, mode
+                // and times of each file it extracts before closing it: one commit for
+                // the four instead of four.
                 Ok(Entry {
                     ino,
                     inode: g.inode.clone(),

@@ -4,7 +4,7 @@
 //! commit is never reported as a success, and once the fault is gone the same core
 //! (no restart) saves what waited in memory.
 
-use super::attr::SetAttr;
+use super::attr::{SetAttr, SetTime};
 use super::chunk::Wait;
 use super::compact_tests::{check_stored, compact_all, core_on, read_all, text};
 use super::dir::NewNode;
@@ -705,4 +705,83 @@ fn an_fsync_of_written_data_is_one_durable_commit() {
     drop(core);
     let core = plain(&engine);
     assert_eq!(read_all(&core, f), want);
+}
+
+#[test]
+fn attributes_set_on_an_open_file_are_committed_with_its_data() {
+    let engine = MemoryEngine::new();
+    let core = plain(&engine);
+    let what = NewNode::File {
+        mode: libc::S_IFREG | 0o644,
+        rdev: 0,
+    };
+    let root = Caller::root();
+    let f = core
+        .create_node(&root, ROOT_INO, b"extracted", what, true)
+        .unwrap()
+        .ino;
+    core.write(f, 0, b"from the archive", false, Wait::Model)
+        .unwrap();
+    // What `tar -x` does before it closes a file: owner, mode, times.
+    let when = crate::store::records::Time {
+        secs: 1_000_000_000,
+        nsecs: 5,
+    };
+    let sets = [
+        SetAttr {
+            uid: Some(1000),
+            gid: Some(1000),
+            ..Default::default()
+        },
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+        SetAttr {
+            atime: Some(SetTime::At(when)),
+            mtime: Some(SetTime::At(when)),
+            ..Default::default()
+        },
+    ];
+    let commits = engine.commits();
+    for set in &sets {
+        core.setattr(&root, f, set, Wait::Model).unwrap();
+    }
+    assert_eq!(
+        engine.commits(),
+        commits,
+        "saved with the data, not one by one"
+    );
+    let seen = core.getattr(f).unwrap().inode;
+    assert_eq!(
+        (seen.uid, seen.mode & 0o7777, seen.mtime),
+        (1000, 0o600, when)
+    );
+    // The close's flush: one commit for data and attributes, durable with an fsync.
+    core.fsync(f, Wait::Model).unwrap();
+    assert_eq!(engine.commits() - commits, 1);
+    core.release(f).unwrap();
+    // On a file nobody has open, a change is committed at once.
+    let set = SetAttr {
+        mode: Some(0o640),
+        ..Default::default()
+    };
+    core.setattr(&root, f, &set, Wait::Model).unwrap();
+    assert_eq!(engine.commits() - commits, 2);
+    core.fsync(f, Wait::Model).unwrap();
+    engine.crash();
+    drop(core);
+    let core = plain(&engine);
+    let back = core.getattr(f).unwrap().inode;
+    assert_eq!(
+        (
+            back.uid,
+            back.gid,
+            back.mode & 0o7777,
+            back.mtime,
+            back.atime
+        ),
+        (1000, 1000, 0o640, when, when)
+    );
+    assert_eq!(read_all(&core, f), b"from the archive");
 }
