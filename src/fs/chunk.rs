@@ -481,21 +481,26 @@ impl Core {
     ) -> FsResult<Written> {
         let cs = self.chunk_size();
         let now = Time::now();
-        let mut written = Vec::with_capacity(g.dirty.len());
-        for (&idx, buf) in &g.dirty {
-            let len = file.size.saturating_sub(idx * cs).min(cs) as usize;
-            let plain = &buf[..len.min(buf.len())];
-            if plain.iter().all(|&x| x == 0) {
-                self.store.drop_chunks(t, ino, file, idx, idx + 1)?;
-                written.push((idx, 0, 0));
-            } else {
-                let framed = if raw {
-                    frame::assemble(Codec::Raw, plain, plain).into()
-                } else {
-                    encode_chunk(plain)
-                };
-                let ver = self.store.write_chunk(t, ino, file, idx, &framed, now)?;
-                written.push((idx, ver, plain.len()));
+        let plains: Vec<(u64, &[u8])> = g
+            .dirty
+            .iter()
+            .map(|(&idx, buf)| {
+                let len = file.size.saturating_sub(idx * cs).min(cs) as usize;
+                (idx, &buf[..len.min(buf.len())])
+            })
+            .collect();
+        let frames = encode_chunks(&plains, raw);
+        let mut written = Vec::with_capacity(plains.len());
+        for ((idx, plain), framed) in plains.into_iter().zip(frames) {
+            match framed {
+                None => {
+                    self.store.drop_chunks(t, ino, file, idx, idx + 1)?;
+                    written.push((idx, 0, 0));
+                }
+                Some(framed) => {
+                    let ver = self.store.write_chunk(t, ino, file, idx, &framed, now)?;
+                    written.push((idx, ver, plain.len()));
+                }
             }
         }
         Ok(Written(written))
@@ -584,6 +589,59 @@ impl Handoff {
 /// The dirty chunks a commit wrote: (index, version, plaintext length; 0 when the chunk
 /// was all zeros and went away).
 pub(super) struct Written(Vec<(u64, u64, usize)>);
+
+/// Chunks framed at once for a commit from this many on are compressed on every core
+/// (a write past the dirty limit frames 2,048 at a time); fewer, on the calling thread.
+const PARALLEL_FRAMING: usize = 64;
+
+/// The frames of `plains` for a commit, in order: stored raw when `raw`, else the fast
+/// tier's; `None` for a chunk of zeros (not stored).
+pub(super) fn encode_chunks(plains: &[(u64, &[u8])], raw: bool) -> Vec<Option<Frame>> {
+    let one = |plain: &[u8]| {
+        if plain.iter().all(|&x| x == 0) {
+            None
+        } else if raw {
+            Some(frame::assemble(Codec::Raw, plain, plain).into())
+        } else {
+            Some(encode_chunk(plain))
+        }
+    };
+    // Asked once: std reads the cgroup's CPU quota from files to answer.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores =
+        || *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if raw || plains.len() < PARALLEL_FRAMING || cores() < 2 {
+        return plains.iter().map(|(_, p)| one(p)).collect();
+    }
+    let cores = cores();
+    let per = plains.len().div_ceil(cores);
+    std::thread::scope(|s| {
+        // A thread that cannot be started leaves its part to this one.
+        let parts: Vec<_> = plains
+            .chunks(per)
+            .skip(1)
+            .map(|part| {
+                std::thread::Builder::new()
+                    .name("llmfs-framing".into())
+                    .spawn_scoped(s, move || {
+                        part.iter().map(|(_, p)| one(p)).collect::<Vec<_>>()
+                    })
+                    .map_err(|_| part)
+            })
+            .collect();
+        let mut out: Vec<Option<Frame>> = plains[..per].iter().map(|(_, p)| one(p)).collect();
+        for part in parts {
+            match part {
+                Ok(thread) => match thread.join() {
+                    Ok(frames) => out.extend(frames),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                Err(part) => out.extend(part.iter().map(|(_, p)| one(p))),
+            }
+        }
+        out
+    })
+}
 
 /// The fast-tier frame of a chunk: the same frame as [`frame::encode_fast`], but with
 /// one zstd context per thread. A fresh context per 4 KiB chunk costs little CPU but

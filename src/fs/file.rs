@@ -619,7 +619,7 @@ pub(super) fn want_from_flags(flags: i32) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::chunk::encode_chunk;
+    use super::super::chunk::{encode_chunk, encode_chunks};
     use super::super::dir::NewNode;
     use super::super::testutil::{core, core_with, MemoryEngine};
     use super::super::CoreConfig;
@@ -651,6 +651,43 @@ mod tests {
             let framed = encode_chunk(&plain);
             assert_eq!(frame::decode(&framed, None).unwrap(), plain);
             assert_eq!(framed.len(), frame::encode_fast(&plain).len());
+        }
+    }
+
+    #[test]
+    fn a_large_commit_frames_its_chunks_on_every_core_in_order() {
+        // Past the parallel threshold: frames in order, zeros dropped, raw when asked.
+        let plains: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| match i % 7 {
+                0 => vec![0; 4096],
+                1 => pattern(4096, i),
+                _ => format!("line {i} ").repeat(400).into_bytes(),
+            })
+            .collect();
+        let items: Vec<(u64, &[u8])> = plains
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, &p[..]))
+            .collect();
+        for raw in [false, true] {
+            let frames = encode_chunks(&items, raw);
+            assert_eq!(frames.len(), plains.len());
+            for (i, (plain, framed)) in plains.iter().zip(&frames).enumerate() {
+                match framed {
+                    None => assert!(plain.iter().all(|&b| b == 0), "chunk {i}"),
+                    Some(f) => {
+                        assert_eq!(&frame::decode(f, None).unwrap(), plain, "chunk {i}");
+                        if raw || i % 7 == 2 {
+                            let want = if raw {
+                                frame::Codec::Raw
+                            } else {
+                                frame::Codec::Zstd
+                            };
+                            assert_eq!(frame::codec_of(f), Some(want), "chunk {i}");
+                        }
+                    }
+                }
+            }
         }
     }
 
