@@ -153,6 +153,74 @@ impl AsRef<[u8]> for Frame {
     }
 }
 
+/// A chunk's plaintext, as a type of its own: what a frame decodes to (its CRC checked)
+/// and what the filesystem caches, never to be stored or coded as a frame (nor a frame
+/// as it). It derefs to the bytes for reading; [`Plain::into_vec`] gives them up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plain(Vec<u8>);
+
+impl Plain {
+    /// The bytes, given up.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// Bytes allocated for it (memory accounting).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl From<Vec<u8>> for Plain {
+    fn from(bytes: Vec<u8>) -> Plain {
+        Plain(bytes)
+    }
+}
+
+impl std::ops::Deref for Plain {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Plain {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq<Vec<u8>> for Plain {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<[u8]> for Plain {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&[u8]> for Plain {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.0 == *other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for Plain {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        self.0 == other[..]
+    }
+}
+
+impl PartialEq<Plain> for Vec<u8> {
+    fn eq(&self, other: &Plain) -> bool {
+        self == &other.0
+    }
+}
+
 /// The fixed part of a frame, parsed without touching the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -257,10 +325,7 @@ pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, FrameError> {
 }
 
 /// Decodes a frame and checks its CRC. `llm` is needed only for LLM frames.
-pub fn decode(
-    frame: &[u8],
-    llm: Option<&mut dyn LlmPayloadDecoder>,
-) -> Result<Vec<u8>, FrameError> {
+pub fn decode(frame: &[u8], llm: Option<&mut dyn LlmPayloadDecoder>) -> Result<Plain, FrameError> {
     let header = parse_header(frame)?;
     let payload = &frame[header.header_len..];
     let plain_len = usize::try_from(header.plain_len).map_err(|_| {
@@ -279,7 +344,7 @@ pub fn decode(
         }
     };
     verify(&header, &plain)?;
-    Ok(plain)
+    Ok(Plain(plain))
 }
 
 /// Checks decoded bytes against the frame's length and CRC.
@@ -382,7 +447,7 @@ mod tests {
         assert_eq!(decode(&f, None).unwrap(), random);
 
         let f = encode_fast(b"");
-        assert_eq!(decode(&f, None).unwrap(), b"");
+        assert!(decode(&f, None).unwrap().is_empty());
     }
 
     #[test]

@@ -535,7 +535,7 @@ fn pool_run(
     let (bytes, _) = container::compress_segments(data, seg, profile, |segments| {
         let tickets: Vec<_> = segments
             .iter()
-            .map(|s| pool.submit_encode(Arc::new(s.to_vec()), true))
+            .map(|s| pool.submit_encode(Arc::new(s.to_vec().into()), true))
             .collect();
         tickets
             .into_iter()
@@ -555,7 +555,7 @@ fn pool_run(
         .collect();
     let mut plain = Vec::with_capacity(data.len());
     for t in tickets {
-        plain.extend(t.wait()?);
+        plain.extend(t.wait()?.into_vec());
     }
     let dec = t1.elapsed();
     ensure!(

@@ -10,7 +10,7 @@ use llmfs::codec::legacy::LegacyDecoder;
 use llmfs::codec::llm::LlmModel;
 use llmfs::codec::primer::Coding;
 use llmfs::codec::DEFAULT_SEGMENT_SIZE;
-use llmfs::frame::Codec;
+use llmfs::frame::{Codec, Plain};
 use llmfs::tier::{Pool, Ticket};
 use std::collections::VecDeque;
 use std::io::{BufReader, IsTerminal, Read};
@@ -221,7 +221,7 @@ pub fn run_compress(args: CompressArgs) -> anyhow::Result<()> {
             // the frames come back in order (the bytes are those of one lane).
             let tickets: Vec<_> = segments
                 .iter()
-                .map(|s| pool.submit_encode(Arc::new(s.to_vec()), true))
+                .map(|s| pool.submit_encode(Arc::new(s.to_vec().into()), true))
                 .collect();
             let mut done = 0;
             let mut coded = Vec::with_capacity(tickets.len());
@@ -283,7 +283,7 @@ enum Decoder<'m> {
 /// A segment in flight: decoded already, or waiting on a lane.
 enum Pending {
     Ready(Result<Vec<u8>, ContainerError>),
-    Decoding(usize, Ticket<Vec<u8>>),
+    Decoding(usize, Ticket<Plain>),
 }
 
 /// Decodes segment by segment, writing each as it comes: memory stays within a window
@@ -329,7 +329,7 @@ pub fn run_decompress(args: DecompressArgs) -> anyhow::Result<()> {
     let mut finish_one = |p: Pending, out: &mut Output| -> anyhow::Result<()> {
         let data = match p {
             Pending::Ready(r) => r,
-            Pending::Decoding(index, t) => t.wait().map_err(|e| {
+            Pending::Decoding(index, t) => t.wait().map(Plain::into_vec).map_err(|e| {
                 let (start, end) = header.segment_bounds(index);
                 ContainerError::Segment {
                     index,

@@ -88,7 +88,11 @@ fn model_decoder(args: &FsckArgs, store: &Store) -> anyhow::Result<Option<ModelD
         let tickets: Vec<_> = frames.into_iter().map(|f| pool.submit_decode(f)).collect();
         tickets
             .into_iter()
-            .map(|t| t.wait().map_err(|e| e.to_string()))
+            .map(|t| {
+                t.wait()
+                    .map(llmfs::frame::Plain::into_vec)
+                    .map_err(|e| e.to_string())
+            })
             .collect()
     })))
 }

@@ -640,8 +640,8 @@ pub fn decode_frame(
             )));
         }
         match coder {
-            Some(c) => c.decode(frame_bytes),
-            None => frame::decode(frame_bytes, None),
+            Some(c) => c.decode(frame_bytes).map(frame::Plain::into_vec),
+            None => frame::decode(frame_bytes, None).map(frame::Plain::into_vec),
         }
     });
     result.map_err(|error| ContainerError::Segment {

@@ -223,7 +223,7 @@ impl<'m> SegmentCoder<'m> {
     }
 
     /// Decodes any frame with this coder's model.
-    pub fn decode(&mut self, frame_bytes: &[u8]) -> Result<Vec<u8>, FrameError> {
+    pub fn decode(&mut self, frame_bytes: &[u8]) -> Result<frame::Plain, FrameError> {
         frame::decode(frame_bytes, Some(self))
     }
 

@@ -13,6 +13,7 @@
 //! daemon to 464 MB with a 64 MiB cache (measured); small buffers are also shrunk to fit
 //! before they are cached.
 
+use crate::frame::Plain;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,7 +54,7 @@ pub struct ReadTally {
 #[derive(Clone, Debug)]
 pub struct Cached {
     pub ver: u64,
-    pub plain: Arc<Vec<u8>>,
+    pub plain: Arc<Plain>,
 }
 
 pub struct ChunkCache {
@@ -171,7 +172,7 @@ mod tests {
     fn entry(len: usize) -> Cached {
         Cached {
             ver: 1,
-            plain: Arc::new(vec![0; len]),
+            plain: Arc::new(vec![0; len].into()),
         }
     }
 
@@ -220,13 +221,13 @@ mod tests {
         };
         let wasteful = Cached {
             ver: 1,
-            plain: Arc::new(buffer()),
+            plain: Arc::new(buffer().into()),
         };
         c.put(1, 0, wasteful, false);
         assert!(c.usage().0 >= 4096);
         let fitted = Cached {
             ver: 1,
-            plain: Arc::new(fit(buffer())),
+            plain: Arc::new(fit(buffer()).into()),
         };
         c.put(1, 0, fitted, false);
         assert!(c.usage().0 < 64 + ENTRY_OVERHEAD, "{:?}", c.usage());

@@ -20,7 +20,7 @@
 
 use super::cache::{Cached, ReadTally};
 use super::{live, Core, FsError, FsResult, Node, NodeRef};
-use crate::frame::{self, Codec, Frame};
+use crate::frame::{self, Codec, Frame, Plain};
 use crate::store::records::{Inode, Time};
 use crate::store::{StoredChunk, Txn};
 use parking_lot::Mutex;
@@ -55,7 +55,7 @@ impl Wait {
 #[derive(Clone, Debug)]
 pub(super) struct LoadedChunk {
     pub ver: u64,
-    pub plain: Arc<Vec<u8>>,
+    pub plain: Arc<Plain>,
     /// The model decoded it (the cache keeps such chunks longer).
     pub costly: bool,
 }
@@ -71,7 +71,7 @@ pub(super) type Preloaded = HashMap<u64, Loaded>;
 /// when decoding it needs the model.
 pub(super) enum Fetched {
     /// Decoded without the model.
-    Plain(Arc<Vec<u8>>),
+    Plain(Arc<Plain>),
     /// An LLM frame, to decode without the file's lock.
     NeedsModel(StoredChunk),
 }
@@ -87,7 +87,7 @@ impl Core {
         idx: u64,
         loaded: &mut Preloaded,
         tally: &mut ReadTally,
-    ) -> FsResult<Option<Option<Arc<Vec<u8>>>>> {
+    ) -> FsResult<Option<Option<Arc<Plain>>>> {
         if let Some(c) = self.cache.get(ino, idx) {
             tally.hits += 1;
             return Ok(Some(Some(c.plain)));
@@ -288,7 +288,7 @@ impl Core {
         ver: u64,
         framed: &[u8],
         wait: Wait,
-    ) -> FsResult<Vec<u8>> {
+    ) -> FsResult<Plain> {
         let cs = self.chunk_size();
         let result = frame::parse_header(framed).and_then(|h| {
             if h.plain_len > cs {
@@ -343,7 +343,7 @@ impl Core {
         ino: u64,
         idx: u64,
         pre: &mut Preloaded,
-    ) -> FsResult<Option<Arc<Vec<u8>>>> {
+    ) -> FsResult<Option<Arc<Plain>>> {
         if let Some(now) = self.settled_now(ino, idx, pre, &mut ReadTally::default())? {
             return Ok(now);
         }
@@ -519,7 +519,7 @@ impl Core {
                     buf.truncate(len);
                     let entry = Cached {
                         ver,
-                        plain: Arc::new(super::cache::fit(buf)),
+                        plain: Arc::new(super::cache::fit(buf).into()),
                     };
                     self.cache.put(ino, idx, entry, false);
                 }

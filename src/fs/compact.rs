@@ -453,7 +453,7 @@ impl Core {
             .get()
             .ok_or(FsError::Io("no model attached".into()))?;
         match tier
-            .encode(Arc::new(CANARY_TEXT.to_vec()), true)
+            .encode(Arc::new(CANARY_TEXT.to_vec().into()), true)
             .map(Coded::outcome)
         {
             Ok(Encoded::Llm(f)) => Ok((tier.profile().to_vec(), f)),

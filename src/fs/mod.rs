@@ -36,7 +36,7 @@ pub mod rename;
 pub mod report;
 pub mod xattr;
 
-use crate::frame::FrameError;
+use crate::frame::{FrameError, Plain};
 use crate::store::engine::Engine;
 use crate::store::records::Inode;
 use crate::store::{CreateOptions, OpenOptions, Store, StoreError, Txn};
@@ -491,7 +491,7 @@ impl Core {
         ver: u64,
         framed: &[u8],
         who: u32,
-    ) -> Result<Vec<u8>, FrameError> {
+    ) -> Result<Plain, FrameError> {
         let Some(tier) = self.tier.get() else {
             return Err(FrameError::NeedsModel);
         };
@@ -620,13 +620,13 @@ pub(crate) mod testutil {
             let frame = if llm.len() < fast.len() { llm } else { fast };
             crate::tier::Coded::from_frame(frame)
         }
-        fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+        fn decode(&mut self, frame: &[u8]) -> Result<Plain, FrameError> {
             self.wait()?;
             let h = crate::frame::parse_header(frame)?;
             let plain = zstd::bulk::decompress(&frame[h.header_len..], h.plain_len as usize)
                 .map_err(|e| FrameError::Corrupt(e.to_string()))?;
             crate::frame::verify(&h, &plain)?;
-            Ok(plain)
+            Ok(plain.into())
         }
         fn set_cancel(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
             self.cancel = flag;

@@ -9,7 +9,7 @@ use crate::codec::profile::CodecProfile;
 use crate::codec::segment::SegmentCoder;
 use crate::codec::synthetic::SyntheticModel;
 use crate::codec::token_model::SessionStats;
-use crate::frame::FrameError;
+use crate::frame::{FrameError, Plain};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ impl ChunkCodec for SegmentCoder<'_> {
         Ok(Coded { frame, report })
     }
 
-    fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+    fn decode(&mut self, frame: &[u8]) -> Result<Plain, FrameError> {
         SegmentCoder::decode(self, frame)
     }
 

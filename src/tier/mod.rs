@@ -32,7 +32,7 @@ pub use pool::{Pool, PoolConfig, PoolStats, Ticket};
 
 use crate::codec::segment::SegmentReport;
 use crate::codec::token_model::SessionStats;
-use crate::frame::{Codec, FrameError};
+use crate::frame::{Codec, FrameError, Plain};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -51,7 +51,7 @@ pub trait ChunkCodec {
     /// then what comes back when the model does not win); `None`: the codec makes it.
     fn encode(&mut self, plain: &[u8], fast: Option<&[u8]>) -> Result<Coded, FrameError>;
     /// Decodes any frame (checking its CRC).
-    fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError>;
+    fn decode(&mut self, frame: &[u8]) -> Result<Plain, FrameError>;
     /// The flag that stops an encode or decode at the next model step with
     /// [`FrameError::Cancelled`].
     fn set_cancel(&mut self, flag: Arc<AtomicBool>);

@@ -9,6 +9,7 @@
 
 use super::{ChunkCodec, ChunkKey, Coded, Lane, LaneSpec, LaneStarter, TierError, SYSTEM};
 use crate::codec::token_model::SessionStats;
+use crate::frame::Plain;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,12 +91,12 @@ impl<T> Ticket<T> {
     }
 }
 
-type Decoded = Result<Arc<Vec<u8>>, TierError>;
+type Decoded = Result<Arc<Plain>, TierError>;
 
 /// Someone waiting for a decode: a reader sharing it, or a caller who owns the result.
 enum Waiter {
     Shared(mpsc::Sender<Decoded>),
-    Owned(mpsc::Sender<Result<Vec<u8>, TierError>>),
+    Owned(mpsc::Sender<Result<Plain, TierError>>),
 }
 
 impl Waiter {
@@ -127,7 +128,7 @@ enum DecodeState {
 }
 
 struct EncodeJob {
-    plain: Arc<Vec<u8>>,
+    plain: Arc<Plain>,
     /// The frame to beat, made already ([`ChunkCodec::encode`]).
     fast: Option<Vec<u8>>,
     reply: mpsc::Sender<Result<Coded, TierError>>,
@@ -186,13 +187,13 @@ impl Queue {
 #[derive(Default)]
 struct Prefetched {
     order: VecDeque<ChunkKey>,
-    chunks: HashMap<ChunkKey, Arc<Vec<u8>>>,
+    chunks: HashMap<ChunkKey, Arc<Plain>>,
     bytes: usize,
     limit: usize,
 }
 
 impl Prefetched {
-    fn put(&mut self, key: ChunkKey, plain: Arc<Vec<u8>>) {
+    fn put(&mut self, key: ChunkKey, plain: Arc<Plain>) {
         if self.chunks.contains_key(&key) || plain.len() > self.limit {
             return;
         }
@@ -209,7 +210,7 @@ impl Prefetched {
         }
     }
 
-    fn take(&mut self, key: &ChunkKey) -> Option<Arc<Vec<u8>>> {
+    fn take(&mut self, key: &ChunkKey) -> Option<Arc<Plain>> {
         let p = self.chunks.remove(key)?;
         self.bytes -= p.len();
         self.order.retain(|k| k != key);
@@ -367,7 +368,7 @@ impl Pool {
     /// Decodes the LLM frame of chunk `key` for a reader, `who` (the requesting user),
     /// waiting. Readers of one key share one decode; a chunk a prefetch decoded is
     /// handed over at once.
-    pub fn decode(&self, key: ChunkKey, frame: &[u8], who: u32) -> Result<Arc<Vec<u8>>, TierError> {
+    pub fn decode(&self, key: ChunkKey, frame: &[u8], who: u32) -> Result<Arc<Plain>, TierError> {
         let (tx, rx) = mpsc::channel();
         {
             let mut q = self.shared.queue.lock();
@@ -425,7 +426,7 @@ impl Pool {
     }
 
     /// Decodes `frame` without waiting (for callers with many in flight: the CLI, fsck).
-    pub fn submit_decode(&self, frame: Vec<u8>) -> Ticket<Vec<u8>> {
+    pub fn submit_decode(&self, frame: Vec<u8>) -> Ticket<Plain> {
         let n = self.shared.unique.fetch_add(1, Ordering::Relaxed);
         let key = (u64::MAX, n, u64::MAX);
         let (tx, rx) = mpsc::channel();
@@ -453,7 +454,7 @@ impl Pool {
     /// Encodes `plain`, waiting; `foreground` (a writer waits) goes before background
     /// work and is never stopped; a background encode returns [`TierError::Cancelled`]
     /// when a reader needed its lane.
-    pub fn encode(&self, plain: Arc<Vec<u8>>, foreground: bool) -> Result<Coded, TierError> {
+    pub fn encode(&self, plain: Arc<Plain>, foreground: bool) -> Result<Coded, TierError> {
         self.submit_encode(plain, foreground).wait()
     }
 
@@ -461,7 +462,7 @@ impl Pool {
     /// the LLM frame comes back only if it is smaller, else `fast` does.
     pub fn encode_against(
         &self,
-        plain: Arc<Vec<u8>>,
+        plain: Arc<Plain>,
         fast: Vec<u8>,
         foreground: bool,
     ) -> Result<Coded, TierError> {
@@ -469,16 +470,11 @@ impl Pool {
     }
 
     /// [`Pool::encode`] without waiting.
-    pub fn submit_encode(&self, plain: Arc<Vec<u8>>, foreground: bool) -> Ticket<Coded> {
+    pub fn submit_encode(&self, plain: Arc<Plain>, foreground: bool) -> Ticket<Coded> {
         self.submit(plain, None, foreground)
     }
 
-    fn submit(
-        &self,
-        plain: Arc<Vec<u8>>,
-        fast: Option<Vec<u8>>,
-        foreground: bool,
-    ) -> Ticket<Coded> {
+    fn submit(&self, plain: Arc<Plain>, fast: Option<Vec<u8>>, foreground: bool) -> Ticket<Coded> {
         let (tx, rx) = mpsc::channel();
         {
             let mut q = self.shared.queue.lock();
@@ -942,10 +938,10 @@ mod tests {
                 },
             })
         }
-        fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+        fn decode(&mut self, frame: &[u8]) -> Result<Plain, FrameError> {
             self.decodes.fetch_add(1, Ordering::SeqCst);
             self.wait(self.delay)?;
-            Ok(frame.iter().rev().copied().collect())
+            Ok(frame.iter().rev().copied().collect::<Vec<u8>>().into())
         }
         fn set_cancel(&mut self, flag: Arc<AtomicBool>) {
             self.cancel = flag;
@@ -1094,7 +1090,7 @@ mod tests {
         let f = pool(3, false, Duration::from_millis(200));
         let t0 = Instant::now();
         let tickets: Vec<_> = (0..3)
-            .map(|i| f.pool.submit_encode(Arc::new(vec![i; 10]), false))
+            .map(|i| f.pool.submit_encode(Arc::new(vec![i; 10].into()), false))
             .collect();
         for t in tickets {
             t.wait().unwrap();
@@ -1109,7 +1105,9 @@ mod tests {
     #[test]
     fn a_read_stops_a_background_encode_within_a_step() {
         let f = pool_with(1, false, Duration::from_millis(100), Duration::from_secs(2));
-        let bg = f.pool.submit_encode(Arc::new(b"xyz".to_vec()), false);
+        let bg = f
+            .pool
+            .submit_encode(Arc::new(b"xyz".to_vec().into()), false);
         std::thread::sleep(Duration::from_millis(50));
         let took = read(&f.pool, (1, 1, 1), 7).join().unwrap();
         assert!(
@@ -1128,7 +1126,9 @@ mod tests {
     fn a_read_arriving_as_a_background_job_starts_still_stops_it() {
         let f = pool_with(1, false, Duration::from_millis(100), Duration::from_secs(2));
         f.pool.pause_after_take(Duration::from_millis(150));
-        let bg = f.pool.submit_encode(Arc::new(b"xyz".to_vec()), false);
+        let bg = f
+            .pool
+            .submit_encode(Arc::new(b"xyz".to_vec().into()), false);
         std::thread::sleep(Duration::from_millis(50)); // inside the pause
         let took = read(&f.pool, (1, 1, 1), 7).join().unwrap();
         assert!(
