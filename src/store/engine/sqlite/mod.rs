@@ -32,11 +32,6 @@
 //!   and survives a crash of the process (not a power loss). A durable commit runs with
 //!   `synchronous=FULL`, which fsyncs the WAL at that commit and so covers every earlier
 //!   commit too; [`Engine::sync`] with nothing new to commit writes a one-row sync point.
-//!   The WAL is synced with `fdatasync(2)` (`HAVE_FDATASYNC`, set for the bundled SQLite
-//!   in `.cargo/config.toml`; without it the amalgamation falls back to `fsync(2)`, which
-//!   also journals the WAL's mtime in the file system underneath): measured with
-//!   `scripts/bench-ab.sh` (JSONL appends, an fsync every 64 lines), 6% fewer disk bytes
-//!   per appended byte and a 9% lower fsync p50.
 //! - `auto_vacuum=INCREMENTAL` (set before the first table): freed pages go to a free
 //!   list, are reused by later writes, and are given back to the file system by
 //!   [`Engine::reclaim`] (`incremental_vacuum` in small steps, then a checkpoint that
