@@ -133,25 +133,32 @@ impl Frame {
     }
 }
 
-impl From<Vec<u8>> for Frame {
-    fn from(bytes: Vec<u8>) -> Frame {
-        Frame(bytes)
-    }
+/// What [`Frame`] and [`Plain`] share: made from bytes, read as bytes.
+macro_rules! bytes_type {
+    ($t:ident) => {
+        impl From<Vec<u8>> for $t {
+            fn from(bytes: Vec<u8>) -> $t {
+                $t(bytes)
+            }
+        }
+
+        impl std::ops::Deref for $t {
+            type Target = [u8];
+
+            fn deref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+
+        impl AsRef<[u8]> for $t {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+    };
 }
 
-impl std::ops::Deref for Frame {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl AsRef<[u8]> for Frame {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
+bytes_type!(Frame);
 
 /// A chunk's plaintext, as a type of its own: what a frame decodes to (its CRC checked)
 /// and what the filesystem caches, never to be stored or coded as a frame (nor a frame
@@ -171,25 +178,7 @@ impl Plain {
     }
 }
 
-impl From<Vec<u8>> for Plain {
-    fn from(bytes: Vec<u8>) -> Plain {
-        Plain(bytes)
-    }
-}
-
-impl std::ops::Deref for Plain {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl AsRef<[u8]> for Plain {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
+bytes_type!(Plain);
 
 impl PartialEq<Vec<u8>> for Plain {
     fn eq(&self, other: &Vec<u8>) -> bool {

@@ -147,8 +147,8 @@ impl Core {
                 // An open file's new attributes are saved with its data: by the flush of
                 // its close, an fsync, or the background flusher within its interval,
                 // whichever comes first (as a write's are). `tar -x` sets owner, mode
-                // and times of each file it extracts before closing it: one commit for
-                // the four instead of four.
+                // and times of each file it extracts before closing it: its close then
+                // commits data and attributes together, instead of four commits.
                 Ok(Entry {
                     ino,
                     inode: g.inode.clone(),

@@ -481,17 +481,17 @@ impl Core {
     ) -> FsResult<Written> {
         let cs = self.chunk_size();
         let now = Time::now();
-        let plains: Vec<(u64, &[u8])> = g
+        let plains: Vec<&[u8]> = g
             .dirty
             .iter()
             .map(|(&idx, buf)| {
                 let len = file.size.saturating_sub(idx * cs).min(cs) as usize;
-                (idx, &buf[..len.min(buf.len())])
+                &buf[..len.min(buf.len())]
             })
             .collect();
         let frames = encode_chunks(&plains, raw);
         let mut written = Vec::with_capacity(plains.len());
-        for ((idx, plain), framed) in plains.into_iter().zip(frames) {
+        for ((&idx, plain), framed) in g.dirty.keys().zip(plains).zip(frames) {
             match framed {
                 None => {
                     self.store.drop_chunks(t, ino, file, idx, idx + 1)?;
@@ -596,7 +596,7 @@ const PARALLEL_FRAMING: usize = 64;
 
 /// The frames of `plains` for a commit, in order: stored raw when `raw`, else the fast
 /// tier's; `None` for a chunk of zeros (not stored).
-pub(super) fn encode_chunks(plains: &[(u64, &[u8])], raw: bool) -> Vec<Option<Frame>> {
+pub(super) fn encode_chunks(plains: &[&[u8]], raw: bool) -> Vec<Option<Frame>> {
     let one = |plain: &[u8]| {
         if plain.iter().all(|&x| x == 0) {
             None
@@ -606,15 +606,10 @@ pub(super) fn encode_chunks(plains: &[(u64, &[u8])], raw: bool) -> Vec<Option<Fr
             Some(encode_chunk(plain))
         }
     };
-    // Asked once: std reads the cgroup's CPU quota from files to answer.
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores =
-        || *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if raw || plains.len() < PARALLEL_FRAMING || cores() < 2 {
-        return plains.iter().map(|(_, p)| one(p)).collect();
+        return plains.iter().map(|p| one(p)).collect();
     }
-    let cores = cores();
-    let per = plains.len().div_ceil(cores);
+    let per = plains.len().div_ceil(cores());
     std::thread::scope(|s| {
         // A thread that cannot be started leaves its part to this one.
         let parts: Vec<_> = plains
@@ -623,24 +618,29 @@ pub(super) fn encode_chunks(plains: &[(u64, &[u8])], raw: bool) -> Vec<Option<Fr
             .map(|part| {
                 std::thread::Builder::new()
                     .name("llmfs-framing".into())
-                    .spawn_scoped(s, move || {
-                        part.iter().map(|(_, p)| one(p)).collect::<Vec<_>>()
-                    })
+                    .spawn_scoped(s, move || part.iter().map(|p| one(p)).collect::<Vec<_>>())
                     .map_err(|_| part)
             })
             .collect();
-        let mut out: Vec<Option<Frame>> = plains[..per].iter().map(|(_, p)| one(p)).collect();
+        let mut out: Vec<Option<Frame>> = plains[..per].iter().map(|p| one(p)).collect();
         for part in parts {
             match part {
                 Ok(thread) => match thread.join() {
                     Ok(frames) => out.extend(frames),
                     Err(panic) => std::panic::resume_unwind(panic),
                 },
-                Err(part) => out.extend(part.iter().map(|(_, p)| one(p))),
+                Err(part) => out.extend(part.iter().map(|p| one(p))),
             }
         }
         out
     })
+}
+
+/// The cores this process may use, asked once: std reads the cgroup's CPU quota from
+/// files to answer, too slow to ask per commit.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The fast-tier frame of a chunk: the same frame as [`frame::encode_fast`], but with

@@ -664,11 +664,7 @@ mod tests {
                 _ => format!("line {i} ").repeat(400).into_bytes(),
             })
             .collect();
-        let items: Vec<(u64, &[u8])> = plains
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i as u64, &p[..]))
-            .collect();
+        let items: Vec<&[u8]> = plains.iter().map(|p| &p[..]).collect();
         for raw in [false, true] {
             let frames = encode_chunks(&items, raw);
             assert_eq!(frames.len(), plains.len());
