@@ -162,16 +162,20 @@ fn mount_helper_backgrounds_the_daemon_and_reports_errors() {
 #[test]
 fn harness_watchdog_turns_a_hung_daemon_into_a_failure() {
     let mut m = Mount::unmounted(&["nomodel"]);
-    m.watchdog_timeout = std::time::Duration::from_secs(3);
     m.start();
     fs::write(m.path("f"), b"x").unwrap();
     // SAFETY: kill(2) on our own child daemon, still running.
     let rc = unsafe { libc::kill(m.pid() as i32, libc::SIGSTOP) };
     assert_eq!(rc, 0, "SIGSTOP to the daemon");
-    // The watchdog's 3 s count from the stop: counted from the mount's start, a slow
-    // first write on a loaded machine let it fire before the stop, and the daemon,
-    // still running, saw the abort and unmounted, so the create below went to the
-    // bare directory underneath and succeeded (CI, 2026-12-05).
+    // kill(2) returns before the group stop is complete: one thread takes the signal
+    // and tells the others, and until it runs, another thread can still answer a
+    // request (a create succeeded on a "stopped" daemon on CI's loaded 2 cores,
+    // 2026-12-05). Wait until /proc shows every thread stopped.
+    wait_until_every_thread_is_stopped(m.pid());
+    // The watchdog's short timeout counts from the stop, not from the mount's start:
+    // counted from the start, a slow first write let it fire before the stop, and the
+    // daemon, still running, saw the abort and unmounted (CI, 2026-12-05).
+    m.watchdog_timeout = std::time::Duration::from_secs(3);
     m.rearm_watchdog();
     let started = std::time::Instant::now();
     assert!(
@@ -196,6 +200,30 @@ fn harness_watchdog_turns_a_hung_daemon_into_a_failure() {
         started.elapsed() < std::time::Duration::from_secs(20),
         "watchdog too slow"
     );
+}
+
+/// Polls /proc/PID/task/*/stat until every thread of PID is in state `T` (stopped).
+fn wait_until_every_thread_is_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("list the daemon's threads");
+        let running: Vec<String> = tasks
+            .filter_map(|t| fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            // The state follows the command name's closing parenthesis.
+            .filter(|stat| {
+                let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                !matches!(state.and_then(|r| r.chars().next()), Some('T') | Some('t'))
+            })
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon threads not stopped 10 s after SIGSTOP: {running:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// A store written by an unknown format version is refused with a message naming it,

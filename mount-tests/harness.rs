@@ -125,10 +125,15 @@ fn spawn_watchdog(
                 mnt.display(),
                 l.pid
             );
-            let _ = fs::write(&l.abort, "1");
+            // Kill first, then abort: a daemon that is only slow, not stopped, and sees
+            // the abort first unmounts, and the test's next operation would go to the
+            // bare directory underneath and succeed. Killed, it leaves the mount in
+            // place, answering ENOTCONN. The abort frees requests a daemon stuck in
+            // the kernel would hold.
             // SAFETY: kill(2) on the pid of our own child daemon, which has not been
             // reaped: `live` is cleared before every wait that reaps it.
             unsafe { libc::kill(l.pid as i32, libc::SIGKILL) };
+            let _ = fs::write(&l.abort, "1");
         }
     });
     (tx, handle)
