@@ -37,6 +37,11 @@ use crate::store::records::{Kind, Time};
 use crate::store::Txn;
 use std::sync::atomic::Ordering;
 
+/// How many times a read decodes chunks with the model and finds them changed before it
+/// gives up with EIO ([`Core::read`]): a changed chunk is fast or dirty the next time, so
+/// a read takes two rounds at most unless the store contradicts itself.
+const MAX_READ_ROUNDS: u32 = 64;
+
 /// Bytes of plaintext per chunk of a new store unless `chunk_size=` says otherwise
 /// (the measurements above).
 pub const DEFAULT_CHUNK_SIZE: u32 = 4096;
@@ -186,7 +191,16 @@ impl Core {
         let n = self.node(ino)?;
         let cs = self.chunk_size();
         let mut loaded = Preloaded::new();
+        let mut rounds = 0;
         loop {
+            rounds += 1;
+            if rounds > MAX_READ_ROUNDS {
+                // A chunk the model decoded is kept only if still the stored version; a
+                // chunk rewritten meanwhile is fast or dirty the next round. A read that
+                // still finds its chunks changed is an error, never a spin.
+                let what = format!("the chunks changed under {MAX_READ_ROUNDS} decodes in a row");
+                return Err(self.chunk_error(ino, offset / self.chunk_size(), &what));
+            }
             let missing = {
                 let mut tally = ReadTally::default(); // this round's; counted if it is the last
                 let mut g = live(&n)?;
