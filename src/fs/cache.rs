@@ -1,7 +1,10 @@
 //! The cache of decoded chunks, bounded in bytes, least recently used out first, in two
-//! classes: chunks that were cheap to get (written, or decoded from zstd in microseconds)
-//! and chunks the language model decoded (seconds each on a CPU). Cheap chunks are
-//! evicted first, so a burst of fresh writes never pushes out a chunk that cost 9 s.
+//! classes: chunks that were cheap to get (the plaintext of chunks just written, which
+//! the next append or edit of the chunk needs) and chunks the language model decoded
+//! (seconds each on a CPU). Cheap chunks are evicted first, so a burst of fresh writes
+//! never pushes out a chunk that cost 9 s. A fast chunk a read decodes from the store is
+//! not cached: decoding it again takes microseconds and the kernel's page cache keeps
+//! what was read.
 //!
 //! Each entry carries the chunk's content version (see [`crate::store::records::Inode`]);
 //! writers replace or drop entries under the file's lock, so an entry is always the

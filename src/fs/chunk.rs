@@ -67,11 +67,11 @@ pub(super) type Loaded = Option<LoadedChunk>;
 /// lock again, if they are still current.
 pub(super) type Preloaded = HashMap<u64, Loaded>;
 
-/// A chunk fetched for a read: its plaintext (decoded at once, cached), or its frame
-/// when decoding it needs the model.
+/// A chunk fetched for a read: its plaintext (decoded at once, not cached), or its
+/// frame when decoding it needs the model.
 pub(super) enum Fetched {
     /// Decoded without the model.
-    Plain(Arc<Plain>),
+    Plain(Plain),
     /// An LLM frame, to decode without the file's lock.
     NeedsModel(StoredChunk),
 }
@@ -161,7 +161,7 @@ impl Core {
     }
 
     /// Chunks `indexes` (ascending, not dirty, not cached) of `ino` from the store in one
-    /// scan, for a caller holding the file's lock: fast ones are decoded (and cached) at
+    /// scan, for a caller holding the file's lock: fast ones are decoded (not cached) at
     /// once, model ones come back as frames (those a FUSE thread handed over are not
     /// fetched again). Holes are left out; the order is not kept.
     pub(super) fn fetch_chunks(&self, ino: u64, indexes: &[u64]) -> FsResult<Vec<(u64, Fetched)>> {
@@ -192,12 +192,12 @@ impl Core {
                 out.push((idx, Fetched::NeedsModel(c)));
                 continue;
             }
-            let plain = Arc::new(self.decode_chunk(ino, idx, c.ver, &c.frame, Wait::NoModel)?);
-            let entry = Cached {
-                ver: c.ver,
-                plain: Arc::clone(&plain),
-            };
-            self.cache.put(ino, idx, entry, false);
+            // Not cached: decoding it again costs microseconds, the kernel keeps what
+            // was read in its page cache (FOPEN_KEEP_CACHE), and a cold read of a large
+            // file would push the chunks appends are editing out of the cache. Caching
+            // each chunk here (a lock per chunk on every FUSE thread) cost a cold read
+            // about a sixth of its speed.
+            let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, Wait::NoModel)?;
             out.push((idx, Fetched::Plain(plain)));
         }
         Ok(out)
