@@ -272,7 +272,8 @@ impl Store {
         if from >= to {
             return Ok(());
         }
-        let mut hot = std::collections::HashSet::new();
+        // In index order, as the scan visits them (no allocation when there are none).
+        let mut hot = Vec::new();
         self.scan_indexed(
             txn,
             Table::Chunk,
@@ -280,7 +281,7 @@ impl Store {
             from..to,
             HotChunk::decode,
             &mut |index, h| {
-                hot.insert(index);
+                hot.push(index);
                 visit(index, h.ver, &h.frame, true)
             },
         )?;
@@ -291,7 +292,7 @@ impl Store {
             let next_first = extents.get(k + 1).map(|(first, _)| *first);
             for c in e.chunks().iter().filter(|c| {
                 (from..to).contains(&c.index)
-                    && !hot.contains(&c.index)
+                    && hot.binary_search(&c.index).is_err()
                     && next_first.is_none_or(|n| n > c.index)
             }) {
                 visit(c.index, c.ver, &c.frame, false);
