@@ -190,7 +190,16 @@ fn coded_store() -> (Mount, Vec<u8>) {
     let data = corpus("SmolLM2-135M-Instruct.Q4_1.jsonl");
     fs::write(m.path("log.jsonl"), &data).unwrap();
     fs::write(m.path("plain.bin"), pseudo_random(10_000, 1)).unwrap();
+    // The synthetic model codes this in about a second. A chunk whose coding a reader
+    // cancelled used to wait for the compactor's next minute: a bound far above the
+    // work, far below that.
+    let t0 = Instant::now();
     m.wait_idle();
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "compaction idle only after {:?}",
+        t0.elapsed()
+    );
     m.stop();
     (m, data)
 }

@@ -210,12 +210,22 @@ impl Core {
                 .as_ref()
                 .map_err(|e| format!("{e}; trying again in a minute"));
             errors.check("compaction", &retry);
+            let cancelled = matches!(r, Ok(Outcome::Cancelled));
             match r {
                 Ok(Outcome::Cancelled) => self.compactor.backoff.store(true, Ordering::Relaxed),
                 Ok(_) => {}
                 Err(_) => self.compactor.failed.store(true, Ordering::Relaxed),
             }
             self.compactor.in_flight.lock().remove(&(p.ino, p.index));
+            if cancelled {
+                // The chunk is still pending, and the pass that handed it out may have
+                // ended already (it then slept up to a minute: `stats --wait-idle`
+                // waited that long). Wake the loop once the chunk is out of `in_flight`,
+                // which a pass skips; its next pass backs off first (readers have the
+                // lanes).
+                *self.compactor.wake.lock() = true;
+                self.compactor.cond.notify_all();
+            }
         }
     }
 
@@ -267,6 +277,7 @@ impl Core {
         let cold_after = self.cfg.cold_after;
         let mut next_due: Option<Duration> = None;
         let started = Instant::now();
+        let from_start = *cursor == (0, 0);
         loop {
             let batch = self.store.pending(*cursor, BATCH)?;
             if batch.is_empty() {
@@ -276,6 +287,13 @@ impl Core {
                     self.store.recount_pending()?;
                 }
                 *cursor = (0, 0);
+                if !from_start {
+                    // This pass began where the last one stopped (a reader took the
+                    // lanes, or its time was up): what lies before that place was not
+                    // seen, a chunk whose coding was cancelled among it. Go round once
+                    // more from the start before sleeping.
+                    return Ok(Duration::from_millis(1));
+                }
                 // Everything seen was not cold yet (or nothing waits).
                 return Ok(next_due
                     .unwrap_or(Duration::from_secs(60))
