@@ -239,12 +239,25 @@ fn corrupted_chunk_gives_eio_on_that_file_only() {
     sh(&format!("ls -l {}", m.mnt.display()));
 }
 
-/// Owner, mode and times set on an open file are saved with its data, by the close: a
-/// kill -9 right after the close keeps them (the file's own calls, then `tar -x`, which
-/// sets them on every file it extracts, checked by `tar -d` after the restart).
+/// Owner, mode and times set on an open file are saved with its data, by the close: with
+/// `commit=0` a kill -9 right after the close keeps them (the file's own calls, then
+/// `tar -x`, which sets them on every file it extracts, checked by `tar -d` after the
+/// restart).
 #[test]
 fn attributes_set_before_a_close_survive_a_kill_after_it() {
-    let mut m = Mount::with_options(&["nomodel"]);
+    attributes_survive_a_kill(&["nomodel", "commit=0"], false);
+}
+
+/// The same with the default commit window, where a kill -9 may take the last 50 ms of
+/// commits nobody fsync'd: an fsync of the directory after the close makes them durable,
+/// the attributes with the data.
+#[test]
+fn attributes_set_before_a_close_survive_a_kill_after_a_directory_fsync() {
+    attributes_survive_a_kill(&["nomodel"], true);
+}
+
+fn attributes_survive_a_kill(options: &[&str], fsync_dirs: bool) {
+    let mut m = Mount::with_options(options);
     let when = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     {
         let f = File::create(m.path("set-by-hand")).unwrap();
@@ -282,6 +295,10 @@ fn attributes_set_before_a_close_survive_a_kill_after_it() {
         archive.display(),
         m.path("x").display()
     ));
+    if fsync_dirs {
+        File::open(&m.mnt).unwrap().sync_all().unwrap();
+        File::open(m.path("x")).unwrap().sync_all().unwrap();
+    }
     m.kill9();
     m.start();
     let md = fs::metadata(m.path("set-by-hand")).unwrap();

@@ -33,7 +33,9 @@ pub struct MountArgs {
     /// lanes share, default all cores), llm_lanes=N (contexts coding at once, default
     /// one per thread as memory allows), primer=builtin|none (what a new store's
     /// LLM-coded chunks follow, default builtin), gpu_layers=N (with a GPU build), cold_after=DURATION (compact chunks not
-    /// written for this long, default 5m; e.g. 0, 30s, 5m, 1h), compact=on|off (default
+    /// written for this long, default 5m; e.g. 0, 30s, 5m, 1h), commit=DURATION (commits
+    /// that are not fsync'd share a database transaction this long, default 50ms; 0: each
+    /// is its own, which a crash of the daemon never loses), compact=on|off (default
     /// on), sync_llm (flush and fsync wait for LLM coding), nomodel (no model: LLM chunks
     /// read as EIO, everything else works), no_default_permissions.
     #[arg(short = 'o')]
@@ -97,6 +99,10 @@ fn parse_duration(key: &str, v: &str) -> Result<Duration, UsageError> {
     };
     n.checked_mul(ms).map(Duration::from_millis).ok_or_else(bad)
 }
+
+/// The longest `commit=` window: beyond the flusher's 5 s, which makes everything
+/// durable anyway, it would buy nothing.
+const MAX_COMMIT_WINDOW: Duration = Duration::from_secs(5);
 
 fn parse_count(key: &str, v: &str, max: u32) -> Result<u32, UsageError> {
     match v.parse::<u32>() {
@@ -251,6 +257,17 @@ pub fn parse(args: MountArgs) -> Result<MountConfig, UsageError> {
             }
             ("cold_after", v) => {
                 cfg.core.cold_after = parse_duration(key, need(key, v)?)?;
+                continue;
+            }
+            ("commit", v) => {
+                let v = need(key, v)?;
+                let d = parse_duration(key, v)?;
+                if d > MAX_COMMIT_WINDOW {
+                    return Err(UsageError(format!(
+                        "commit={v}: at most 5s (the daemon makes everything durable every 5 s)"
+                    )));
+                }
+                cfg.core.commit_window = d;
                 continue;
             }
             ("compact", v) => {
@@ -761,5 +778,22 @@ mod tests {
         assert_eq!(c.core.create.chunk_size, 4096);
         let e = opts("cache_size=16Q").err().unwrap().to_string();
         assert!(e.starts_with("cache_size=16Q: "), "{e}");
+    }
+
+    #[test]
+    fn the_commit_window_is_a_duration_of_at_most_five_seconds() {
+        assert_eq!(
+            opts("rw").unwrap().core.commit_window,
+            llmfs::fs::DEFAULT_COMMIT_WINDOW
+        );
+        assert_eq!(
+            opts("commit=200ms").unwrap().core.commit_window,
+            Duration::from_millis(200)
+        );
+        assert_eq!(opts("commit=0").unwrap().core.commit_window, Duration::ZERO);
+        for bad in ["commit=6s", "commit=1m", "commit=x", "commit"] {
+            let e = opts(bad).err().unwrap().to_string();
+            assert!(e.starts_with("commit"), "{bad}: {e}");
+        }
     }
 }

@@ -75,6 +75,9 @@ pub struct CoreConfig {
     pub compact: bool,
     /// flush and fsync return once the file's written chunks are LLM-coded (or tried).
     pub sync_llm: bool,
+    /// Commits that are not durable share one database transaction for this long
+    /// ([`crate::store::engine::Engine::set_commit_window`]); zero: each is its own.
+    pub commit_window: Duration,
 }
 
 impl Default for CoreConfig {
@@ -92,6 +95,7 @@ impl Default for CoreConfig {
             cold_after: compact::DEFAULT_COLD_AFTER,
             compact: true,
             sync_llm: false,
+            commit_window: DEFAULT_COMMIT_WINDOW,
         }
     }
 }
@@ -157,6 +161,12 @@ type NodeRef = Arc<Mutex<Node>>;
 
 /// Nodes beyond this many are dropped from memory when idle.
 const NODE_TRIM: usize = 4096;
+
+/// How long commits that are not durable share a transaction by default (the `commit`
+/// mount option): long enough that `tar -x` or a burst of creates writes each page of
+/// the database once per group rather than once per file, short enough that a crash of
+/// the daemon loses no more than a moment of work nobody fsync'd.
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(50);
 
 /// The filesystem core: a store, the in-memory nodes of inodes in use, the chunk cache,
 /// the model tier once attached, and the background threads (flusher, compactor). Its
@@ -263,6 +273,9 @@ impl Core {
         }
         core.inode_count
             .store(core.store.count_inodes()?, Ordering::Relaxed);
+        if !core.cfg.read_only {
+            core.store.set_commit_window(core.cfg.commit_window);
+        }
         Ok(core)
     }
 

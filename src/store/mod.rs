@@ -322,6 +322,12 @@ impl Store {
         Ok(())
     }
 
+    /// Lets commits that are not durable share a database transaction for up to
+    /// `window` ([`Engine::set_commit_window`]).
+    pub fn set_commit_window(&self, window: Duration) {
+        self.engine.set_commit_window(window)
+    }
+
     /// Makes everything committed so far durable.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.writes.run(|| self.engine.sync()).during(StoreOp::Sync)

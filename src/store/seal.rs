@@ -248,6 +248,10 @@ impl Engine for Sealed {
         self.inner.sync()
     }
 
+    fn set_commit_window(&self, window: std::time::Duration) {
+        self.inner.set_commit_window(window)
+    }
+
     fn reclaim(&self) -> Result<bool, EngineError> {
         self.inner.reclaim()
     }

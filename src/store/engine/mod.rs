@@ -173,6 +173,16 @@ pub trait Engine: Send + Sync {
     /// Makes every commit so far durable.
     fn sync(&self) -> Result<(), EngineError>;
 
+    /// Lets commits that are not durable share one database transaction for up to
+    /// `window` (zero, the default: each commit is its own). A group is written to the
+    /// journal when the window has passed, when it holds a few MiB, when a durable commit
+    /// or [`Engine::sync`] comes, and before the engine closes; reads see its commits at
+    /// once. What it buys: a page that several commits change is written once, not once
+    /// per commit. What it costs: a crash of the process loses the group (commits not
+    /// made durable, at most `window` old), still a prefix of the commits made. Engines
+    /// without groups ignore it.
+    fn set_commit_window(&self, _window: std::time::Duration) {}
+
     /// One bounded step of giving free space inside the database back to the file
     /// system; returns true when there is more to give back. Called by an idle daemon.
     fn reclaim(&self) -> Result<bool, EngineError> {

@@ -29,9 +29,20 @@
 //! ## Settings, and why
 //!
 //! - WAL journal, `synchronous=NORMAL`: a commit costs a write into the WAL and no fsync,
-//!   and survives a crash of the process (not a power loss). A durable commit runs with
-//!   `synchronous=FULL`, which fsyncs the WAL at that commit and so covers every earlier
-//!   commit too; [`Engine::sync`] with nothing new to commit writes a one-row sync point.
+//!   and survives a crash of the process (not a power loss). A durable commit fsyncs the
+//!   WAL after it (what `synchronous=FULL` does, which SQLite cannot switch to inside a
+//!   group's transaction), and so covers every earlier commit too; [`Engine::sync`] with
+//!   nothing new to commit writes a one-row sync point.
+//! - Group commit ([`Engine::set_commit_window`], the daemon's `commit=` option, 50 ms by
+//!   default): commits that are not durable join one open transaction, each as a
+//!   savepoint (a failed one takes back only itself), and the transaction is written when
+//!   the window has passed (a committer thread sees to it), when its values reach 4 MiB,
+//!   at a durable commit, and before a checkpoint, a reclaim step or a close. A page that
+//!   many commits change, such as the leaf holding a directory's new entries, reaches the
+//!   WAL once per group instead of once per commit. A crash of the process loses the open
+//!   group (never more than the window, never a durable commit); a group that fails to
+//!   reach the WAL while holding acknowledged commits stops all writes and says so in the
+//!   log, since what the daemon holds in memory no longer matches the store.
 //! - `auto_vacuum=INCREMENTAL` (set before the first table): freed pages go to a free
 //!   list, are reused by later writes, and are given back to the file system by
 //!   [`Engine::reclaim`] (`incremental_vacuum` in small steps, then a checkpoint that
@@ -56,15 +67,16 @@ pub mod wal;
 
 use super::{Engine, EngineError, EngineSpace, Entry, RawOp, Table};
 use journal::SyncedFile;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use rusqlite::config::DbConfig;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The store's database file, inside the store directory.
@@ -166,12 +178,19 @@ fn schema() -> &'static str {
 /// sync when nothing else changed ([`journal`] says what else it is for).
 const SYNC_POINT: &[u8] = b"\xffsync";
 
+/// A group holds commits whose values add up to this much: it is written at once.
+const GROUP_MAX_BYTES: u64 = 4 << 20;
+
 /// The product [`Engine`]: one SQLite database behind a mutex, with the store directory
 /// locked and its WAL guarded by the durable-commit stamp ([`journal`]).
 pub struct SqliteEngine {
     dir: PathBuf,
     db: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Arc<Mutex<Writer>>,
+    /// Wakes the group committer when a group opens, and when the engine is dropped.
+    wake: Arc<Condvar>,
+    /// The thread that writes a group once its window has passed.
+    committer: Mutex<Option<JoinHandle<()>>>,
     /// Commits made since the last durable point.
     unsynced: AtomicBool,
     /// The stamp of the last durable commit.
@@ -184,6 +203,124 @@ pub struct SqliteEngine {
     _lock: File,
 }
 
+/// The connection, and the group of commits it may hold open (see
+/// [`Engine::set_commit_window`]): commits that need not be durable join one SQLite
+/// transaction, written to the WAL once the group is `window` old, holds
+/// [`GROUP_MAX_BYTES`], or a durable commit comes. Every commit of a group is a savepoint
+/// of its own, so a commit that fails takes back only itself. One connection does every
+/// read, so reads see a group's commits at once.
+struct Writer {
+    c: Connection,
+    group: Option<Group>,
+    /// How long a group may stay open; zero: every commit is its own transaction.
+    window: Duration,
+    /// Why the engine takes no more writes: a group that failed to reach the WAL took
+    /// commits already acknowledged with it.
+    lost: Option<String>,
+    /// The engine is being dropped: the committer ends.
+    closing: bool,
+}
+
+/// Commits made in the open transaction.
+struct Group {
+    since: Instant,
+    commits: u64,
+    bytes: u64,
+}
+
+impl std::ops::Deref for Writer {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.c
+    }
+}
+
+impl Writer {
+    fn new(c: Connection) -> Writer {
+        Writer {
+            c,
+            group: None,
+            window: Duration::ZERO,
+            lost: None,
+            closing: false,
+        }
+    }
+
+    /// Refuses every write once commits were lost.
+    fn check(&self) -> Result<(), EngineError> {
+        match &self.lost {
+            Some(why) => Err(EngineError::Other(format!(
+                "the store takes no more writes until it is mounted again: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the open group to the WAL, and fsyncs the WAL with `durable` (which is
+    /// what `synchronous=FULL` does in WAL mode; SQLite cannot change that setting inside
+    /// the group's transaction). `own` of the group's commits belong to the caller, which
+    /// is told of a failure; the others were acknowledged already, so losing them stops
+    /// the engine's writes for good and is logged.
+    fn finish(&mut self, db: &Path, durable: bool, own: u64) -> Result<(), EngineError> {
+        if let Some(g) = self.group.take() {
+            if let Err(e) = self.c.execute_batch("COMMIT") {
+                let e = sql_error(db, e);
+                if !self.c.is_autocommit() {
+                    // SQLite rolls a failed COMMIT back itself; make sure nothing stays open.
+                    let _ = self.c.execute_batch("ROLLBACK");
+                }
+                self.lose(&g, own, &e);
+                return Err(e);
+            }
+        }
+        if durable {
+            let wal = PathBuf::from(format!("{}-wal", db.display()));
+            File::open(&wal)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| EngineError::Io { path: wal, source })?;
+        }
+        Ok(())
+    }
+
+    /// `g` is gone without reaching the WAL: if it held acknowledged commits, say so and
+    /// take no more writes (what the daemon holds in memory no longer matches the store).
+    fn lose(&mut self, g: &Group, own: u64, e: &EngineError) {
+        let acked = g.commits.saturating_sub(own);
+        if acked == 0 {
+            return;
+        }
+        let why = format!(
+            "{acked} commits made in the last {} ms, not fsync'd, could not be written to the WAL and are lost: {e}",
+            g.since.elapsed().as_millis()
+        );
+        log::error!("{why}; the store now refuses writes: unmount it, check it with llmfs fsck, mount it again");
+        self.lost = Some(why);
+    }
+}
+
+/// The group committer: writes each group once its window has passed, so a commit that
+/// is not followed by others still reaches the WAL within the window.
+fn group_committer(writer: Arc<Mutex<Writer>>, wake: Arc<Condvar>, db: PathBuf) {
+    let mut w = writer.lock();
+    loop {
+        if w.closing {
+            return;
+        }
+        match w.group.as_ref().map(|g| g.since + w.window) {
+            None => {
+                wake.wait(&mut w);
+            }
+            Some(due) if Instant::now() < due => {
+                wake.wait_until(&mut w, due);
+            }
+            // An error is logged by `finish` when it loses anything.
+            Some(_) => {
+                let _ = w.finish(&db, false, 0);
+            }
+        }
+    }
+}
+
 /// The durable-commit stamp of an open database.
 fn read_stamp(c: &Connection) -> rusqlite::Result<u64> {
     let v: Option<Vec<u8>> = c
@@ -194,11 +331,11 @@ fn read_stamp(c: &Connection) -> rusqlite::Result<u64> {
     Ok(v.and_then(|v| journal::stamp_of(&v)).unwrap_or(0))
 }
 
-fn put_stamp(tx: &rusqlite::Transaction<'_>, stamp: u64) -> rusqlite::Result<()> {
-    tx.execute(
+fn put_stamp(c: &Connection, stamp: u64) -> rusqlite::Result<()> {
+    c.prepare_cached(
         "INSERT INTO records(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-        params![SYNC_POINT, journal::stamp_value(stamp).as_slice()],
-    )
+    )?
+    .execute(params![SYNC_POINT, journal::stamp_value(stamp).as_slice()])
     .map(|_| ())
 }
 
@@ -365,7 +502,8 @@ pub fn create(
             lock.try_clone().map_err(io(dir))?,
             None,
             0,
-        )?;
+            false,
+        );
         init(&engine)?;
         engine.sync()?;
         // Dropping the last connection checkpoints the WAL into the file and removes it.
@@ -462,25 +600,25 @@ pub fn repair_journal(dir: &Path) -> Result<journal::Repaired, EngineError> {
 /// a store that would open with durable commits missing is refused, changing nothing.
 /// `read_only` opens change nothing in the store's files at all.
 pub fn open(dir: &Path, read_only: bool) -> Result<Arc<dyn Engine>, EngineError> {
+    Ok(Arc::new(open_engine(dir, read_only)?))
+}
+
+fn open_engine(dir: &Path, read_only: bool) -> Result<SqliteEngine, EngineError> {
     let lock = lock_dir(dir, read_only)?;
     let db = dir.join(DB_FILE);
     let ro = open_read_only(&db)?;
     let stamp = read_stamp(&ro).map_err(|e| sql_error(&db, e))?;
     journal::check(dir, stamp)?;
     let engine = if read_only {
-        SqliteEngine::with_connection(dir, &db, ro, lock, None, stamp)?
+        SqliteEngine::with_connection(dir, &db, ro, lock, None, stamp, true)
     } else {
         drop(ro);
         let c = open_conn(&db, 16 << 10)?;
         let synced = SyncedFile::create(dir, stamp)?;
-        SqliteEngine::with_connection(dir, &db, c, lock, Some(synced), stamp)?
-    };
-    let engine = SqliteEngine {
-        read_only,
-        ..engine
+        SqliteEngine::with_connection(dir, &db, c, lock, Some(synced), stamp, false)
     };
     engine.check_schema()?;
-    Ok(Arc::new(engine))
+    Ok(engine)
 }
 
 impl SqliteEngine {
@@ -491,18 +629,21 @@ impl SqliteEngine {
         lock: File,
         synced: Option<SyncedFile>,
         stamp: u64,
-    ) -> Result<SqliteEngine, EngineError> {
-        Ok(SqliteEngine {
+        read_only: bool,
+    ) -> SqliteEngine {
+        SqliteEngine {
             dir: dir.to_path_buf(),
             db: db.to_path_buf(),
-            writer: Mutex::new(c),
+            writer: Arc::new(Mutex::new(Writer::new(c))),
+            wake: Arc::new(Condvar::new()),
+            committer: Mutex::new(None),
             unsynced: AtomicBool::new(false),
             stamp: AtomicU64::new(stamp),
             synced,
-            read_only: false,
+            read_only,
             gauge: Mutex::new(Gauge::default()),
             _lock: lock,
-        })
+        }
     }
 
     fn read_only(&self) -> bool {
@@ -578,10 +719,12 @@ impl SqliteEngine {
     /// Checkpoints the WAL into the database file and truncates it (best effort). The
     /// reserve guarantees the room this needs: the WAL never outgrows it.
     fn fold_wal(&self) {
-        let r = self
-            .writer
-            .lock()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let mut w = self.writer.lock();
+        // A checkpoint needs the transaction closed; a failure is logged if it loses
+        // anything, and the checkpoint is tried all the same.
+        let _ = w.finish(&self.db, false, 0);
+        let r = w.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        drop(w);
         if let Err(e) = r {
             log::debug!("checkpoint on a full device: {e}");
         }
@@ -638,26 +781,65 @@ impl SqliteEngine {
         Ok(g.avail.saturating_sub(g.since) >= g.reserve + need)
     }
 
+    /// Applies `ops` as one commit: joins (or opens) the group, and writes the group to
+    /// the WAL when the commit is durable or the group is due.
     fn write(&self, ops: &[RawOp], durable: bool) -> Result<(), EngineError> {
         if self.read_only() {
             return Err(self.refuse_write());
         }
-        let mut c = self.writer.lock();
-        if durable {
-            c.execute_batch("PRAGMA synchronous=FULL")
-                .map_err(|e| self.err(e))?;
-        }
+        let mut w = self.writer.lock();
+        w.check()?;
         let stamp = durable.then(|| self.stamp.load(Ordering::SeqCst) + 1);
-        let r = self.write_locked(&mut c, ops, stamp);
-        if durable {
-            c.execute_batch("PRAGMA synchronous=NORMAL")
+        let opened = w.group.is_none();
+        if opened {
+            w.execute_batch("BEGIN IMMEDIATE")
                 .map_err(|e| self.err(e))?;
+            w.group = Some(Group {
+                since: Instant::now(),
+                commits: 0,
+                bytes: 0,
+            });
         }
-        r?;
+        if let Err(e) = self.apply(&w, ops, stamp) {
+            if w.is_autocommit() {
+                // SQLite gave the whole transaction up, earlier commits with it.
+                if let Some(g) = w.group.take() {
+                    w.lose(&g, 0, &e);
+                }
+            } else {
+                let undone = w.execute_batch("ROLLBACK TO w; RELEASE w");
+                if opened || undone.is_err() {
+                    let _ = w.execute_batch("ROLLBACK");
+                    if let Some(g) = w.group.take() {
+                        w.lose(&g, 0, &e);
+                    }
+                }
+            }
+            return Err(e);
+        }
+        let window = w.window;
+        let g = w.group.as_mut().expect("a group is open");
+        g.commits += 1;
+        g.bytes += ops
+            .iter()
+            .map(|o| match o {
+                RawOp::Put(_, k, v) => (k.len() + v.len()) as u64,
+                RawOp::Delete(_, k) => k.len() as u64,
+            })
+            .sum::<u64>();
+        let due = durable || g.since.elapsed() >= window || g.bytes >= GROUP_MAX_BYTES;
+        if due {
+            w.finish(&self.db, durable, 1)?;
+        } else if opened {
+            self.wake.notify_one();
+        }
+        // Under the lock, so that a durable commit racing with this one cannot clear the
+        // flag after this commit set it.
+        self.unsynced.store(!durable, Ordering::SeqCst);
+        drop(w);
         if let Some(stamp) = stamp {
             self.durable_at(stamp)?;
         }
-        self.unsynced.store(!durable, Ordering::SeqCst);
         Ok(())
     }
 
@@ -671,18 +853,12 @@ impl SqliteEngine {
         }
     }
 
-    /// Applies `ops` in one transaction; a durable one also writes its `stamp`.
-    fn write_locked(
-        &self,
-        c: &mut Connection,
-        ops: &[RawOp],
-        stamp: Option<u64>,
-    ) -> Result<(), EngineError> {
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+    /// Applies `ops` inside the open transaction, as savepoint `w`; a durable commit also
+    /// writes its `stamp`. On an error the caller rolls the savepoint back.
+    fn apply(&self, c: &Connection, ops: &[RawOp], stamp: Option<u64>) -> Result<(), EngineError> {
+        c.execute_batch("SAVEPOINT w").map_err(|e| self.err(e))?;
         if let Some(stamp) = stamp {
-            put_stamp(&tx, stamp).map_err(|e| self.err(e))?;
+            put_stamp(c, stamp).map_err(|e| self.err(e))?;
         }
         for op in ops {
             match op {
@@ -691,19 +867,37 @@ impl SqliteEngine {
                         "INSERT INTO {0}(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
                         sql_table(*t)
                     );
-                    tx.prepare_cached(&sql)
+                    c.prepare_cached(&sql)
                         .and_then(|mut s| s.execute(params![tagged(*t, k), v]))
                         .map_err(|e| self.err(e))?;
                 }
                 RawOp::Delete(t, k) => {
                     let sql = format!("DELETE FROM {} WHERE k = ?1", sql_table(*t));
-                    tx.prepare_cached(&sql)
+                    c.prepare_cached(&sql)
                         .and_then(|mut s| s.execute(params![tagged(*t, k)]))
                         .map_err(|e| self.err(e))?;
                 }
             }
         }
-        tx.commit().map_err(|e| self.err(e))
+        c.execute_batch("RELEASE w").map_err(|e| self.err(e))
+    }
+}
+
+impl Drop for SqliteEngine {
+    /// Writes an open group (a connection closed with a transaction open rolls it back)
+    /// and stops the group committer.
+    fn drop(&mut self) {
+        {
+            let mut w = self.writer.lock();
+            if let Err(e) = w.finish(&self.db, false, 0) {
+                log::error!("closing {}: {e}", self.db.display());
+            }
+            w.closing = true;
+        }
+        self.wake.notify_all();
+        if let Some(t) = self.committer.get_mut().take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -811,11 +1005,13 @@ impl Engine for SqliteEngine {
         }
         match self.write(&[], true) {
             // No room for the stamp's commit: the commits before it are all in the WAL
-            // already, and an fsync of the WAL makes them durable just the same (the
-            // stamp, and `llmfs.synced`, stay behind: no false alarm later).
+            // already (or were lost, and said so), and an fsync of the WAL makes them
+            // durable just the same (the stamp, and `llmfs.synced`, stay behind: no false
+            // alarm later).
             Err(EngineError::NoSpace) => {
                 let wal = self.dir.join(format!("{DB_FILE}-wal"));
-                let _c = self.writer.lock();
+                let w = self.writer.lock();
+                w.check()?;
                 File::open(&wal)
                     .and_then(|f| f.sync_all())
                     .map_err(|source| EngineError::Io { path: wal, source })?;
@@ -830,7 +1026,10 @@ impl Engine for SqliteEngine {
         if self.read_only() {
             return Ok(false);
         }
-        let c = self.writer.lock();
+        let mut c = self.writer.lock();
+        // Reclaim runs on an idle daemon: the group is written first, and the checkpoint
+        // below needs it closed.
+        c.finish(&self.db, false, 0)?;
         let free: i64 = c
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
@@ -890,9 +1089,9 @@ impl Engine for SqliteEngine {
         if self.read_only() {
             return Ok(());
         }
-        let r = self
-            .writer
-            .lock()
+        let mut w = self.writer.lock();
+        w.finish(&self.db, false, 0)?;
+        let r = w
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(|e| self.err(e));
         match r {
@@ -931,6 +1130,36 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn set_commit_window(&self, window: Duration) {
+        if self.read_only() {
+            return;
+        }
+        let mut w = self.writer.lock();
+        w.window = window;
+        if window.is_zero() {
+            if let Err(e) = w.finish(&self.db, false, 0) {
+                log::error!("{}: {e}", self.db.display());
+            }
+            return;
+        }
+        let mut committer = self.committer.lock();
+        if committer.is_none() {
+            let (writer, wake, db) = (self.writer.clone(), self.wake.clone(), self.db.clone());
+            match std::thread::Builder::new()
+                .name("llmfs-group-commit".into())
+                .spawn(move || group_committer(writer, wake, db))
+            {
+                Ok(t) => *committer = Some(t),
+                Err(e) => {
+                    // Without the committer a group could wait for the next commit:
+                    // every commit stays its own transaction.
+                    log::error!("cannot start the group committer ({e}): commits are not grouped");
+                    w.window = Duration::ZERO;
+                }
+            }
+        }
+    }
+
     fn room(&self) -> u64 {
         let (avail, total) = self.device();
         let inside = self.free_pages().unwrap_or(0) * PAGE_SIZE;
@@ -943,5 +1172,133 @@ impl Engine for SqliteEngine {
         // wastes (95% full at 64 KiB, 92% at 16 KiB, measured), and an edit rewrites at
         // most this much.
         64 << 10
+    }
+}
+
+#[cfg(test)]
+// Keys made of big-endian numbers, so that their order is the numbers' order.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+
+    fn put(i: u32, v: &[u8]) -> RawOp {
+        RawOp::Put(Table::Inode, i.to_be_bytes().to_vec(), v.to_vec())
+    }
+
+    fn wal_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join(format!("{DB_FILE}-wal"))).map_or(0, |m| m.len())
+    }
+
+    fn new_store() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("s");
+        drop(create(&dir, |_| Ok(())).unwrap());
+        (t, dir)
+    }
+
+    /// The same 300 small commits, each its own transaction, then grouped: one at a time
+    /// every commit writes its page to the WAL; grouped, nothing reaches the WAL before
+    /// the sync (every commit is readable at once all the same), and then a few pages.
+    #[test]
+    fn commits_in_a_window_share_one_transaction() {
+        let mut wal = Vec::new();
+        for window in [Duration::ZERO, Duration::from_secs(60)] {
+            let (_t, dir) = new_store();
+            let e = open_engine(&dir, false).unwrap();
+            e.set_commit_window(window);
+            let before = wal_len(&dir);
+            for i in 0u32..300 {
+                e.commit(&[put(i, &[7; 100])], false).unwrap();
+                assert_eq!(
+                    e.get(Table::Inode, &i.to_be_bytes()).unwrap().unwrap(),
+                    [7; 100]
+                );
+            }
+            let unsynced = wal_len(&dir) - before;
+            e.sync().unwrap();
+            wal.push((unsynced, wal_len(&dir) - before));
+            drop(e);
+            let e = open_engine(&dir, true).unwrap();
+            let mut n = 0;
+            e.scan(Table::Inode, &[], None, &mut |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+            assert_eq!(n, 300, "window {window:?}");
+        }
+        assert!(wal[0].0 >= 300 * PAGE_SIZE, "one at a time: {wal:?}");
+        assert_eq!(wal[1].0, 0, "grouped, before the sync: {wal:?}");
+        // 31 KB of records: their leaves, the interior and pointer-map pages, the stamp's.
+        assert!(
+            wal[1].1 <= 16 * PAGE_SIZE,
+            "grouped, after the sync: {wal:?}"
+        );
+    }
+
+    /// A group reaches the WAL once its window has passed with no other commit to carry
+    /// it, and an engine dropped with a group open writes it first.
+    #[test]
+    fn a_group_is_written_when_its_window_passes_and_when_the_engine_goes() {
+        let (_t, dir) = new_store();
+        let e = open_engine(&dir, false).unwrap();
+        e.set_commit_window(Duration::from_secs(1));
+        let before = wal_len(&dir);
+        e.commit(&[put(1, b"one")], false).unwrap();
+        assert_eq!(wal_len(&dir), before, "written before its window passed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while wal_len(&dir) == before {
+            assert!(Instant::now() < deadline, "the group was never written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        e.set_commit_window(Duration::from_secs(60));
+        e.commit(&[put(2, b"two")], false).unwrap();
+        drop(e);
+        let e = open_engine(&dir, true).unwrap();
+        assert_eq!(
+            e.get(Table::Inode, &1u32.to_be_bytes()).unwrap().unwrap(),
+            b"one"
+        );
+        assert_eq!(
+            e.get(Table::Inode, &2u32.to_be_bytes()).unwrap().unwrap(),
+            b"two"
+        );
+    }
+
+    /// A commit that fails inside a group takes back its own changes only: the commits
+    /// before and after it in the group are kept, and the engine goes on taking writes.
+    /// The failure is a trigger refusing one key; it hits a group's first commit too.
+    #[test]
+    fn a_failed_commit_in_a_group_takes_back_only_itself() {
+        let (_t, dir) = new_store();
+        let e = open_engine(&dir, false).unwrap();
+        e.set_commit_window(Duration::from_secs(60));
+        e.writer
+            .lock()
+            .execute_batch(
+                "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.records
+                 WHEN new.k = x'4900000063' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        assert!(e
+            .commit(&[put(98, b"x"), put(99, b"refused")], false)
+            .is_err());
+        e.commit(&[put(1, b"before")], false).unwrap();
+        assert!(e
+            .commit(&[put(2, b"in"), put(99, b"refused")], false)
+            .is_err());
+        e.commit(&[put(3, b"after")], false).unwrap();
+        assert!(e.get(Table::Inode, &2u32.to_be_bytes()).unwrap().is_none());
+        e.sync().unwrap();
+        e.commit(&[put(4, b"next group")], true).unwrap();
+        drop(e);
+        let e = open_engine(&dir, true).unwrap();
+        let got = |i: u32| e.get(Table::Inode, &i.to_be_bytes()).unwrap();
+        assert_eq!(got(1).unwrap(), b"before");
+        assert_eq!(got(3).unwrap(), b"after");
+        assert_eq!(got(4).unwrap(), b"next group");
+        for gone in [2, 98, 99] {
+            assert!(got(gone).is_none(), "key {gone} of a failed commit");
+        }
     }
 }
