@@ -128,6 +128,16 @@ fn wal_estimate(ops: &[RawOp]) -> u64 {
         + 2 * PAGE_SIZE
 }
 
+/// Bytes of the keys and values `ops` put.
+fn put_bytes(ops: &[RawOp]) -> u64 {
+    ops.iter()
+        .map(|o| match o {
+            RawOp::Put(_, k, v) => (k.len() + v.len()) as u64,
+            RawOp::Delete(..) => 0,
+        })
+        .sum()
+}
+
 /// The SQL table holding `t`'s records. Every table and index costs at least a page even
 /// when empty, so the store's tables share two: small records in a `WITHOUT ROWID`
 /// table, frames and extents in a rowid table with a unique key (an empty store is 4
@@ -734,14 +744,7 @@ impl SqliteEngine {
     /// Whether a commit frees more than it adds: it deletes something and writes little.
     fn frees_space(&self, ops: &[RawOp]) -> bool {
         let deletes = ops.iter().any(|o| matches!(o, RawOp::Delete(..)));
-        let put_bytes: usize = ops
-            .iter()
-            .map(|o| match o {
-                RawOp::Put(_, k, v) => k.len() + v.len(),
-                RawOp::Delete(..) => 0,
-            })
-            .sum();
-        deletes && put_bytes <= 128 << 10
+        deletes && put_bytes(ops) <= 128 << 10
     }
 
     fn free_pages(&self) -> Result<u64, EngineError> {
@@ -820,13 +823,7 @@ impl SqliteEngine {
         let window = w.window;
         let g = w.group.as_mut().expect("a group is open");
         g.commits += 1;
-        g.bytes += ops
-            .iter()
-            .map(|o| match o {
-                RawOp::Put(_, k, v) => (k.len() + v.len()) as u64,
-                RawOp::Delete(_, k) => k.len() as u64,
-            })
-            .sum::<u64>();
+        g.bytes += put_bytes(ops);
         let due = durable || g.since.elapsed() >= window || g.bytes >= GROUP_MAX_BYTES;
         if due {
             w.finish(&self.db, durable, 1)?;
@@ -1009,12 +1006,9 @@ impl Engine for SqliteEngine {
             // durable just the same (the stamp, and `llmfs.synced`, stay behind: no false
             // alarm later).
             Err(EngineError::NoSpace) => {
-                let wal = self.dir.join(format!("{DB_FILE}-wal"));
-                let w = self.writer.lock();
+                let mut w = self.writer.lock();
                 w.check()?;
-                File::open(&wal)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|source| EngineError::Io { path: wal, source })?;
+                w.finish(&self.db, true, 0)?;
                 self.unsynced.store(false, Ordering::SeqCst);
                 Ok(())
             }
