@@ -235,3 +235,68 @@ fn allow_other_lets_other_users_in() {
         "nobody must not create in root's 755 directory"
     );
 }
+
+/// The daemon tells the kernel it drops set-id bits and capabilities itself
+/// (FUSE_HANDLE_KILLPRIV_V2), which spares a getxattr round trip per write: what the
+/// kernel's own check did must still happen, also on a file the kernel has seen written
+/// before (and so marked as having nothing to drop) when a chmod or a capability comes.
+#[test]
+fn writes_truncates_and_chowns_drop_setid_bits_and_capabilities() {
+    let m = Mount::with_options(&["allow_other", "default_permissions"]);
+    // A version-2 capability set (CAP_NET_BIND_SERVICE permitted), as setcap writes it.
+    let cap: &[u8] = &[
+        1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let name = "security.capability";
+    for op in ["write", "truncate", "chown"] {
+        let f = m.path(&format!("cap-{op}"));
+        fs::write(&f, b"first").unwrap();
+        sh(&format!("echo again >> {}", f.display()));
+        setxattr(&f, name, cap, 0).unwrap();
+        assert_eq!(getxattr(&f, name).unwrap(), cap);
+        match op {
+            "write" => sh(&format!("echo more >> {}", f.display())),
+            "truncate" => sh(&format!("truncate -s 2 {}", f.display())),
+            _ => sh(&format!("chown 1000 {}", f.display())),
+        };
+        let err = getxattr(&f, name).expect_err("the capability must be gone");
+        assert_eq!(err.raw_os_error(), Some(libc::ENODATA), "{op}: {err}");
+    }
+
+    let as_nobody = |cmd: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    for op in ["write", "truncate"] {
+        let f = m.path(&format!("setid-{op}"));
+        fs::write(&f, b"data").unwrap();
+        sh(&format!("chmod 0777 {}", f.display()));
+        as_nobody(&format!("echo by-nobody >> {}", f.display()));
+        sh(&format!("chmod 06777 {}", f.display()));
+        assert_eq!(mode(&f), 0o6777);
+        // Root keeps the bits (CAP_FSETID); anyone else's write or truncate drops both
+        // (set-group-ID with the group's execute bit, as the kernel does).
+        sh(&format!("echo by-root >> {}", f.display()));
+        assert_eq!(mode(&f), 0o6777, "root's write");
+        match op {
+            "write" => as_nobody(&format!("echo by-nobody >> {}", f.display())),
+            _ => as_nobody(&format!("truncate -s 1 {}", f.display())),
+        }
+        assert_eq!(mode(&f), 0o777, "{op} by nobody");
+    }
+}

@@ -12,9 +12,9 @@ use super::{Caller, Core, Entry, FsError, FsResult};
 use crate::store::records::{Kind, Time};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use std::ffi::OsStr;
@@ -211,6 +211,19 @@ impl Filesystem for FuseFs {
         let chunk = self.core.chunk_size().min(u64::from(u32::MAX)) as u32;
         if let Err(max) = config.set_max_readahead(chunk) {
             let _ = config.set_max_readahead(max.min(chunk));
+        }
+        // Without this the kernel asks for `security.capability` (a getxattr round trip)
+        // before every write(2), to learn whether the write must drop it: one request in
+        // two of an append workload. With it the kernel marks a file it found without
+        // set-id bits or capabilities (S_NOSEC) and skips that check until a chmod or a
+        // `security.*` xattr changes it; the core drops set-id bits itself on write,
+        // truncate and chown (it always has), and the kernel still removes a capability
+        // that a write, truncate or chown finds. An older kernel keeps the getxattr.
+        if config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_err()
+        {
+            log::debug!("the kernel does not offer FUSE_HANDLE_KILLPRIV_V2: a getxattr per write");
         }
         Ok(())
     }
