@@ -182,6 +182,7 @@ impl Core {
             return Ok(out);
         };
         let mut wanted = indexes.iter().copied().peekable();
+        let mut fast = Vec::new();
         for (idx, c) in self.store.frames_in(ino, lo, hi + 1)? {
             // The range may hold chunks the caller has at hand already.
             while wanted.next_if(|&w| w < idx).is_some() {}
@@ -190,15 +191,20 @@ impl Core {
             }
             if frame::needs_model(&c.frame) {
                 out.push((idx, Fetched::NeedsModel(c)));
-                continue;
+            } else {
+                fast.push((idx, c));
             }
-            // Not cached: decoding it again costs microseconds, the kernel keeps what
-            // was read in its page cache (FOPEN_KEEP_CACHE), and a cold read of a large
-            // file would push the chunks appends are editing out of the cache. Caching
-            // each chunk here (a lock per chunk on every FUSE thread) cost a cold read
-            // about a sixth of its speed.
-            let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, Wait::NoModel)?;
-            out.push((idx, Fetched::Plain(plain)));
+        }
+        // Not cached: decoding it again costs microseconds, the kernel keeps what was
+        // read in its page cache (FOPEN_KEEP_CACHE), and a cold read of a large file
+        // would push the chunks appends are editing out of the cache. Caching each chunk
+        // here (a lock per chunk on every FUSE thread) cost a cold read about a sixth of
+        // its speed.
+        let decoded = parallel_map(&fast, PARALLEL_DECODING, "llmfs-decoding", |(idx, c)| {
+            self.decode_chunk(ino, *idx, c.ver, &c.frame, Wait::NoModel)
+        });
+        for ((idx, _), plain) in fast.iter().zip(decoded) {
+            out.push((*idx, Fetched::Plain(plain?)));
         }
         Ok(out)
     }
@@ -594,10 +600,15 @@ pub(super) struct Written(Vec<(u64, u64, usize)>);
 /// (a write past the dirty limit frames 2,048 at a time); fewer, on the calling thread.
 const PARALLEL_FRAMING: usize = 64;
 
+/// Fast chunks a read decodes at once from this many on are decoded on every core (a
+/// 128 KiB read request holds 32): decoding is most of a cold read's time, and a read
+/// request is served by one thread.
+const PARALLEL_DECODING: usize = 16;
+
 /// The frames of `plains` for a commit, in order: stored raw when `raw`, else the fast
 /// tier's; `None` for a chunk of zeros (not stored).
 pub(super) fn encode_chunks(plains: &[&[u8]], raw: bool) -> Vec<Option<Frame>> {
-    let one = |plain: &[u8]| {
+    let one = |plain: &&[u8]| {
         if plain.iter().all(|&x| x == 0) {
             None
         } else if raw {
@@ -606,30 +617,45 @@ pub(super) fn encode_chunks(plains: &[&[u8]], raw: bool) -> Vec<Option<Frame>> {
             Some(encode_chunk(plain))
         }
     };
-    if raw || plains.len() < PARALLEL_FRAMING || cores() < 2 {
-        return plains.iter().map(|p| one(p)).collect();
+    if raw {
+        return plains.iter().map(one).collect();
     }
-    let per = plains.len().div_ceil(cores());
+    parallel_map(plains, PARALLEL_FRAMING, "llmfs-framing", one)
+}
+
+/// `f` of every item, in order: on every core when there are at least `min` items (a
+/// scoped thread per core but the caller's, named `name`), else on the calling thread.
+/// A thread that cannot be started leaves its part to the caller.
+pub(super) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    min: usize,
+    name: &str,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    if items.len() < min.max(2) || cores() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(cores());
+    let f = &f;
     std::thread::scope(|s| {
-        // A thread that cannot be started leaves its part to this one.
-        let parts: Vec<_> = plains
+        let parts: Vec<_> = items
             .chunks(per)
             .skip(1)
             .map(|part| {
                 std::thread::Builder::new()
-                    .name("llmfs-framing".into())
-                    .spawn_scoped(s, move || part.iter().map(|p| one(p)).collect::<Vec<_>>())
+                    .name(name.into())
+                    .spawn_scoped(s, move || part.iter().map(f).collect::<Vec<_>>())
                     .map_err(|_| part)
             })
             .collect();
-        let mut out: Vec<Option<Frame>> = plains[..per].iter().map(|p| one(p)).collect();
+        let mut out: Vec<R> = items[..per].iter().map(f).collect();
         for part in parts {
             match part {
                 Ok(thread) => match thread.join() {
-                    Ok(frames) => out.extend(frames),
+                    Ok(done) => out.extend(done),
                     Err(panic) => std::panic::resume_unwind(panic),
                 },
-                Err(part) => out.extend(part.iter().map(|p| one(p))),
+                Err(part) => out.extend(part.iter().map(f)),
             }
         }
         out

@@ -585,3 +585,55 @@ fn an_edit_of_a_cold_chunk_handed_to_a_worker_fetches_its_frame_once() {
     want[100..104].copy_from_slice(b"EDIT");
     assert_eq!(read_all(&core, ino), want);
 }
+
+/// A large cold read decodes its fast chunks on every core: the bytes come back in
+/// order, and a chunk that fails its checksum fails the read (EIO) wherever it falls in
+/// the split, while reads that do not touch it go on.
+#[test]
+fn a_large_read_decodes_on_every_core_in_order_and_a_bad_chunk_fails_it() {
+    use crate::store::engine::Table;
+    use crate::store::records::HotChunk;
+    use crate::store::{keys, seal};
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    let cs = core.chunk_size();
+    let data = text(40 * cs as usize, 5);
+    let ino = file(&core, "f", &data);
+    core.shutdown().unwrap();
+    drop(core);
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    assert_eq!(read_all(&core, ino), data);
+
+    for bad in [3u64, 30] {
+        let key = keys::chunk(ino, bad);
+        let good = engine.raw_get(Table::Chunk, &key).unwrap();
+        let mut chunk = HotChunk::decode(seal::unseal(Table::Chunk, &key, &good).unwrap()).unwrap();
+        let last = chunk.frame.len() - 1;
+        chunk.frame[last] ^= 0x40;
+        let sealed = seal::seal(
+            Table::Chunk,
+            &key,
+            &HotChunk::encode(chunk.ver, &chunk.frame),
+        );
+        engine.raw_put(Table::Chunk, &key, &sealed);
+        assert!(
+            matches!(
+                core.read(ino, 0, u32::MAX, Wait::Model),
+                Err(FsError::Io(_))
+            ),
+            "chunk {bad} damaged"
+        );
+        let before = bad * cs;
+        assert_eq!(
+            core.read(ino, 0, before as u32, Wait::Model).unwrap(),
+            data[..before as usize]
+        );
+        let after = (bad + 1) * cs;
+        assert_eq!(
+            core.read(ino, after, u32::MAX, Wait::Model).unwrap(),
+            data[after as usize..]
+        );
+        engine.raw_put(Table::Chunk, &key, &good);
+    }
+    assert_eq!(read_all(&core, ino), data);
+}
