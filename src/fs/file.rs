@@ -183,7 +183,8 @@ impl Core {
     /// Up to `size` bytes of `ino` from `offset` (fewer at the end of the file): dirty
     /// chunks from memory, cached ones from the cache, and the rest from the store in one
     /// scan under the file's lock (nothing of the file changes meanwhile), where fast
-    /// chunks are decoded at once (microseconds each). Chunks the model must decode are
+    /// chunks are decoded at once (microseconds each; on every core when a request holds
+    /// 16 or more). Chunks the model must decode are
     /// decoded without the lock, on every lane at once for a large read, and kept only
     /// if still current; with [`Wait::NoModel`] they make the read
     /// [`FsError::WouldBlock`], their frames handed to the worker that takes it over.
