@@ -336,6 +336,41 @@ pub fn decode(frame: &[u8], llm: Option<&mut dyn LlmPayloadDecoder>) -> Result<P
     Ok(Plain(plain))
 }
 
+/// Decodes a fast-tier frame (raw or zstd) straight into `out`, which must hold exactly
+/// its plaintext length, and checks its CRC like [`decode`], saving a read the buffer and
+/// copy [`decode`] makes per chunk. An LLM frame is [`FrameError::NeedsModel`], a lost
+/// chunk [`FrameError::Lost`]; a frame promising another length is an error before
+/// anything is decoded.
+pub fn decode_fast_into(frame: &[u8], out: &mut [u8]) -> Result<(), FrameError> {
+    let header = parse_header(frame)?;
+    let payload = &frame[header.header_len..];
+    if header.plain_len != out.len() as u64 {
+        return Err(FrameError::Corrupt(format!(
+            "the frame holds {} bytes, {} were expected",
+            header.plain_len,
+            out.len()
+        )));
+    }
+    match header.codec {
+        // Of another length, the bytes fail the check as they are.
+        Codec::Raw if payload.len() != out.len() => return verify(&header, payload),
+        Codec::Raw => out.copy_from_slice(payload),
+        Codec::Zstd => {
+            let n = decode_zstd_into(payload, out)?;
+            if n != out.len() {
+                return verify(&header, &out[..n]);
+            }
+        }
+        Codec::Llm => return Err(FrameError::NeedsModel),
+        Codec::Lost => {
+            return Err(FrameError::Lost(
+                String::from_utf8_lossy(payload).into_owned(),
+            ))
+        }
+    }
+    verify(&header, out)
+}
+
 /// Checks decoded bytes against the frame's length and CRC.
 pub fn verify(header: &FrameHeader, plain: &[u8]) -> Result<(), FrameError> {
     let got = crc(plain);
@@ -354,11 +389,31 @@ pub fn verify(header: &FrameHeader, plain: &[u8]) -> Result<(), FrameError> {
 /// a cold sequential read's time (a profile of the daemon, 2026-12-05).
 const ONE_SHOT_MAX: usize = 1 << 24;
 
-fn decode_zstd(payload: &[u8], plain_len: usize) -> Result<Vec<u8>, FrameError> {
-    thread_local! {
-        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-            zstd::bulk::Decompressor::new().ok().into();
+thread_local! {
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        zstd::bulk::Decompressor::new().ok().into();
+}
+
+/// Decodes a zstd payload into `out` with this thread's context; the bytes written. A
+/// payload that decodes to more than `out` holds fails (the buffer is too small).
+fn decode_zstd_into(payload: &[u8], out: &mut [u8]) -> Result<usize, FrameError> {
+    let one_shot = DCTX.with(|d| {
+        d.borrow_mut()
+            .as_mut()
+            .map(|d| d.decompress_to_buffer(payload, &mut *out))
+    });
+    match one_shot {
+        Some(r) => r.map_err(|e| FrameError::Corrupt(format!("zstd: {e}"))),
+        None => {
+            let plain = decode_zstd(payload, out.len())?;
+            let n = plain.len().min(out.len());
+            out[..n].copy_from_slice(&plain[..n]);
+            Ok(plain.len())
+        }
     }
+}
+
+fn decode_zstd(payload: &[u8], plain_len: usize) -> Result<Vec<u8>, FrameError> {
     if plain_len <= ONE_SHOT_MAX {
         // A payload that decodes to more than the header promised fails here (the buffer
         // is too small); to less, the caller's length and CRC checks find it.
@@ -479,6 +534,63 @@ mod tests {
         }
         let ok = assemble(Codec::Zstd, &plain, &z);
         assert_eq!(decode(&ok, None).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_fast_frame_decodes_in_place_and_a_bad_one_is_an_error() {
+        let text = b"a line of generated text, a line of it again\n".repeat(90);
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for plain in [&text[..], &noise[..], &b""[..]] {
+            let f = encode_fast(plain);
+            let mut out = vec![0xAAu8; plain.len()];
+            decode_fast_into(&f, &mut out).unwrap();
+            assert_eq!(out, plain);
+            // A buffer of another length and a cut frame are errors; a flipped bit
+            // anywhere is an error or changes nothing of the bytes (a bit zstd ignores).
+            let mut longer = vec![0u8; plain.len() + 1];
+            assert!(decode_fast_into(&f, &mut longer).is_err());
+            let mut refused = 0;
+            for i in 0..f.len() {
+                let mut bad = f.clone();
+                bad[i] ^= 0x10;
+                let mut out = vec![0u8; plain.len()];
+                match decode_fast_into(&bad, &mut out) {
+                    Ok(()) => assert_eq!(out, plain, "byte {i} of {}", f.len()),
+                    Err(_) => refused += 1,
+                }
+            }
+            assert!(
+                refused * 10 >= f.len() * 9,
+                "{refused} of {} flips refused",
+                f.len()
+            );
+            for cut in 0..f.len() {
+                let mut out = vec![0u8; plain.len()];
+                assert!(
+                    decode_fast_into(&f[..cut], &mut out).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+        // A zstd payload that holds more or fewer bytes than its header says.
+        let z = zstd::bulk::compress(&text, ZSTD_LEVEL).unwrap();
+        for promised in [text.len() / 2, text.len() + 7] {
+            let mut f = Vec::new();
+            f.push((FRAME_VERSION << 4) | Codec::Zstd as u8);
+            varint::put(&mut f, promised as u64);
+            f.extend_from_slice(&crc(&text).to_le_bytes());
+            f.extend_from_slice(&z);
+            let mut out = vec![0u8; promised];
+            assert!(
+                decode_fast_into(&f, &mut out).is_err(),
+                "promised {promised}"
+            );
+        }
+        let mut out = vec![0u8; 10];
+        let e = decode_fast_into(&lost(10, "gone"), &mut out).unwrap_err();
+        assert!(e.to_string().contains("gone"), "{e}");
     }
 
     #[test]

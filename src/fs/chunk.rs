@@ -67,15 +67,6 @@ pub(super) type Loaded = Option<LoadedChunk>;
 /// lock again, if they are still current.
 pub(super) type Preloaded = HashMap<u64, Loaded>;
 
-/// A chunk fetched for a read: its plaintext (decoded at once, not cached), or its
-/// frame when decoding it needs the model.
-pub(super) enum Fetched {
-    /// Decoded without the model.
-    Plain(Plain),
-    /// An LLM frame, to decode without the file's lock.
-    NeedsModel(StoredChunk),
-}
-
 impl Core {
     /// The current plaintext of a chunk that is not dirty, if it is at hand under the
     /// file's lock: cached, or decoded meanwhile and still the stored version (then it is
@@ -161,25 +152,33 @@ impl Core {
     }
 
     /// Chunks `indexes` (ascending, not dirty, not cached) of `ino` from the store in one
-    /// scan, for a caller holding the file's lock: fast ones are decoded (not cached) at
-    /// once, model ones come back as frames (those a FUSE thread handed over are not
-    /// fetched again). Holes are left out; the order is not kept.
-    pub(super) fn fetch_chunks(&self, ino: u64, indexes: &[u64]) -> FsResult<Vec<(u64, Fetched)>> {
-        let mut out = Vec::with_capacity(indexes.len());
+    /// scan, for a caller holding the file's lock and building `out`, the file's bytes from
+    /// `offset`: fast ones are decoded into `out` at once (not cached; on every core when
+    /// there are many), model ones come back as frames (those a FUSE thread handed over
+    /// are not fetched again). Holes are left as they are in `out`. Returns how many
+    /// chunks were fetched, and the model's.
+    pub(super) fn fetch_chunks(
+        &self,
+        ino: u64,
+        indexes: &[u64],
+        out: &mut [u8],
+        offset: u64,
+    ) -> FsResult<(u64, Vec<(u64, StoredChunk)>)> {
+        let mut model = Vec::new();
         // Frames a FUSE thread fetched for the worker that now asks.
         let indexes: Vec<u64> = indexes
             .iter()
             .copied()
             .filter(|&idx| match self.handoff.take(ino, idx) {
                 Some(c) => {
-                    out.push((idx, Fetched::NeedsModel(c)));
+                    model.push((idx, c));
                     false
                 }
                 None => true,
             })
             .collect();
         let (Some(&lo), Some(&hi)) = (indexes.first(), indexes.last()) else {
-            return Ok(out);
+            return Ok((model.len() as u64, model));
         };
         let mut wanted = indexes.iter().copied().peekable();
         let mut fast = Vec::new();
@@ -190,23 +189,71 @@ impl Core {
                 continue;
             }
             if frame::needs_model(&c.frame) {
-                out.push((idx, Fetched::NeedsModel(c)));
+                model.push((idx, c));
             } else {
                 fast.push((idx, c));
             }
+        }
+        let fetched = (model.len() + fast.len()) as u64;
+        // Each fast chunk's part of `out` (ascending and disjoint: cut off in turn).
+        let cs = self.chunk_size();
+        let end = offset + out.len() as u64;
+        let mut rest = &mut out[..];
+        let mut at = offset;
+        let mut jobs = Vec::with_capacity(fast.len());
+        for (idx, c) in &fast {
+            let (from, to) = ((idx * cs).clamp(at, end), ((idx + 1) * cs).clamp(at, end));
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut((from - at) as usize);
+            let (mine, tail) = tail.split_at_mut((to - from) as usize);
+            rest = tail;
+            at = to;
+            // Each job's own part, behind a lock no other job takes (it only makes the
+            // part shareable with the thread that decodes it).
+            jobs.push((*idx, c, from - idx * cs, Mutex::new(mine)));
         }
         // Not cached: decoding it again costs microseconds, the kernel keeps what was
         // read in its page cache (FOPEN_KEEP_CACHE), and a cold read of a large file
         // would push the chunks appends are editing out of the cache. Caching each chunk
         // here (a lock per chunk on every FUSE thread) cost a cold read about a sixth of
         // its speed.
-        let decoded = parallel_map(&fast, PARALLEL_DECODING, "llmfs-decoding", |(idx, c)| {
-            self.decode_chunk(ino, *idx, c.ver, &c.frame, Wait::NoModel)
-        });
-        for ((idx, _), plain) in fast.iter().zip(decoded) {
-            out.push((*idx, Fetched::Plain(plain?)));
+        let decoded = parallel_map(
+            &jobs,
+            PARALLEL_DECODING,
+            "llmfs-decoding",
+            |(idx, c, skip, dst)| {
+                self.decode_fast_into(ino, *idx, c, *skip as usize, &mut dst.lock())
+            },
+        );
+        decoded.into_iter().collect::<FsResult<()>>()?;
+        Ok((fetched, model))
+    }
+
+    /// Decodes fast chunk `idx` into `dst`, its bytes from `skip` on (as many as `dst`
+    /// holds; zeros past the chunk's end are left as `dst` has them): in place when the
+    /// whole chunk falls in `dst`, through a buffer otherwise.
+    fn decode_fast_into(
+        &self,
+        ino: u64,
+        idx: u64,
+        c: &StoredChunk,
+        skip: usize,
+        dst: &mut [u8],
+    ) -> FsResult<()> {
+        let whole = frame::parse_header(&c.frame)
+            .ok()
+            .and_then(|h| usize::try_from(h.plain_len).ok())
+            .filter(|&len| skip == 0 && len <= dst.len());
+        match whole {
+            Some(len) => frame::decode_fast_into(&c.frame, &mut dst[..len])
+                .map_err(|e| self.chunk_error(ino, idx, &e)),
+            None => {
+                let plain = self.decode_chunk(ino, idx, c.ver, &c.frame, Wait::NoModel)?;
+                let part = plain.get(skip..).unwrap_or_default();
+                let n = part.len().min(dst.len());
+                dst[..n].copy_from_slice(&part[..n]);
+                Ok(())
+            }
         }
-        Ok(out)
     }
 
     /// Decodes a chunk fetched from the store (with the model if it needs it), without

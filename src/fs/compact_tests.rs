@@ -603,6 +603,17 @@ fn a_large_read_decodes_on_every_core_in_order_and_a_bad_chunk_fails_it() {
     drop(core);
     let core = core_on(&engine, Duration::ZERO, b"p");
     assert_eq!(read_all(&core, ino), data);
+    // Reads that start and end inside chunks, decoded on every core or not.
+    for (from, len) in [
+        (1000u64, 30 * cs + 77),
+        (cs - 1, 20 * cs),
+        (5, 100),
+        (39 * cs + 3, cs),
+    ] {
+        let got = core.read(ino, from, len as u32, Wait::Model).unwrap();
+        let end = (from + len).min(data.len() as u64);
+        assert_eq!(got, data[from as usize..end as usize], "{from}+{len}");
+    }
 
     for bad in [3u64, 30] {
         let key = keys::chunk(ino, bad);
@@ -636,4 +647,36 @@ fn a_large_read_decodes_on_every_core_in_order_and_a_bad_chunk_fails_it() {
         engine.raw_put(Table::Chunk, &key, &good);
     }
     assert_eq!(read_all(&core, ino), data);
+}
+
+/// A chunk shorter than its place (a file cut inside a chunk, then grown) reads as its
+/// bytes and then zeros, decoded in place or not.
+#[test]
+fn a_short_chunk_inside_a_file_reads_as_zeros_past_its_end() {
+    let engine = MemoryEngine::new();
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    let cs = core.chunk_size();
+    let data = text(40 * cs as usize, 8);
+    let ino = file(&core, "f", &data);
+    let cut = 10 * cs + 100;
+    let set = |size| super::attr::SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
+    core.setattr(&Caller::root(), ino, &set(cut), Wait::Model)
+        .unwrap();
+    core.setattr(&Caller::root(), ino, &set(40 * cs), Wait::Model)
+        .unwrap();
+    core.write(ino, 30 * cs, &data[..cs as usize], false, Wait::Model)
+        .unwrap();
+    core.flush(ino, Wait::Model).unwrap();
+    core.shutdown().unwrap();
+    drop(core);
+    let mut want = data[..cut as usize].to_vec();
+    want.resize(40 * cs as usize, 0);
+    want[30 * cs as usize..31 * cs as usize].copy_from_slice(&data[..cs as usize]);
+    let core = core_on(&engine, Duration::ZERO, b"p");
+    assert_eq!(read_all(&core, ino), want);
+    let got = core.read(ino, 10 * cs + 50, 100, Wait::Model).unwrap();
+    assert_eq!(got, want[(10 * cs + 50) as usize..(10 * cs + 150) as usize]);
 }

@@ -29,7 +29,7 @@
 //! anyway: 4 KiB.
 
 use super::cache::ReadTally;
-use super::chunk::{Fetched, Preloaded, Wait};
+use super::chunk::{Preloaded, Wait};
 use super::perm::{self, R, W};
 use super::policy::Policy;
 use super::{live, Caller, Core, FsError, FsResult, Node};
@@ -222,14 +222,8 @@ impl Core {
                         None => fetch.push(idx),
                     }
                 }
-                let mut missing = Vec::new();
-                for (idx, got) in self.fetch_chunks(ino, &fetch)? {
-                    tally.misses += 1;
-                    match got {
-                        Fetched::Plain(plain) => copy_out(&mut out, offset, idx, cs, &plain),
-                        Fetched::NeedsModel(c) => missing.push((idx, c)),
-                    }
-                }
+                let (fetched, missing) = self.fetch_chunks(ino, &fetch, &mut out, offset)?;
+                tally.misses += fetched;
                 if missing.is_empty() {
                     self.touch_atime(&mut g);
                     self.cache.count(tally);
