@@ -182,23 +182,25 @@ fn xattrs_set_get_list_remove_and_persist() {
     assert!(!g.exists());
 }
 
+/// `sh -c cmd` as nobody (uid and gid 65534, no supplementary groups).
+fn as_nobody(cmd: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .output()
+        .unwrap()
+}
+
 /// Without allow_other only the mounting user (root here) may use the mount; with it,
 /// others may, within the file modes.
 #[test]
 fn allow_other_lets_other_users_in() {
-    let as_nobody = |cmd: &str| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .output()
-            .unwrap()
-    };
     let m = Mount::new();
     fs::write(m.path("public"), b"hello").unwrap();
     sh(&format!("chmod 644 {}", m.path("public").display()));
@@ -264,17 +266,7 @@ fn writes_truncates_and_chowns_drop_setid_bits_and_capabilities() {
     }
 
     let as_nobody = |cmd: &str| {
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .output()
-            .unwrap();
+        let out = as_nobody(cmd);
         assert!(
             out.status.success(),
             "{cmd}: {}",
