@@ -274,21 +274,34 @@ fn writes_truncates_and_chowns_drop_setid_bits_and_capabilities() {
         );
     };
     let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
-    for op in ["write", "truncate"] {
-        let f = m.path(&format!("setid-{op}"));
+    for op in [
+        "write",
+        "truncate",
+        "same-size truncate",
+        "chown to nobody",
+        "chown -1 -1",
+    ] {
+        let f = m.path(&format!("setid-{}", op.replace(' ', "-")));
         fs::write(&f, b"data").unwrap();
         sh(&format!("chmod 0777 {}", f.display()));
         as_nobody(&format!("echo by-nobody >> {}", f.display()));
-        sh(&format!("chmod 06777 {}", f.display()));
+        sh(&format!("chown 65534:65534 {}", f.display()));
+        as_nobody(&format!("chmod 06777 {}", f.display()));
         assert_eq!(mode(&f), 0o6777);
         // Root keeps the bits (CAP_FSETID); anyone else's write or truncate drops both
-        // (set-group-ID with the group's execute bit, as the kernel does).
+        // (set-group-ID with the group's execute bit, as the kernel does), and so does
+        // a chown, even one that names no new owner (as ext4 does).
         sh(&format!("echo by-root >> {}", f.display()));
         assert_eq!(mode(&f), 0o6777, "root's write");
-        match op {
-            "write" => as_nobody(&format!("echo by-nobody >> {}", f.display())),
-            _ => as_nobody(&format!("truncate -s 1 {}", f.display())),
-        }
+        let size = fs::metadata(&f).unwrap().len();
+        let p = f.display();
+        as_nobody(&match op {
+            "write" => format!("echo by-nobody >> {p}"),
+            "truncate" => format!("truncate -s 1 {p}"),
+            "same-size truncate" => format!("truncate -s {size} {p}"),
+            "chown to nobody" => format!("chown nobody {p}"),
+            _ => format!("perl -e 'chown(-1, -1, $ARGV[0]) or die \"$!\"' {p}"),
+        });
         assert_eq!(mode(&f), 0o777, "{op} by nobody");
     }
 }

@@ -36,6 +36,10 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// The change comes through an open handle (ftruncate): access was checked at open.
     pub via_handle: bool,
+    /// Drop the set-user-ID and set-group-ID bits (those of anything but a directory; the
+    /// group's only with its execute bit, as the kernel does): what a chown that names no
+    /// new owner or group asks for.
+    pub drop_setid: bool,
 }
 
 impl Core {
@@ -73,6 +77,10 @@ impl Core {
                     }
                     inode.uid = uid;
                     inode.gid = gid;
+                    inode.ctime = now;
+                }
+                if set.drop_setid && inode.kind() != Kind::Dir {
+                    clear_suid(&mut inode.mode);
                     inode.ctime = now;
                 }
                 if let Some(mode) = set.mode {
@@ -119,7 +127,9 @@ impl Core {
                     if !set.via_handle {
                         perm::check(&g.inode, caller, W)?;
                     }
-                    if !caller.is_root() && size != inode.size {
+                    // As the kernel does, whether or not the size changes (an O_TRUNC
+                    // open of an empty file too).
+                    if !caller.is_root() {
                         clear_suid(&mut inode.mode);
                     }
                     inode.mtime = if set.mtime.is_some() {
@@ -246,6 +256,34 @@ mod tests {
             0o755,
             "chown clears setuid and setgid"
         );
+
+        // A chown that names no owner (the kernel's empty request): a file loses the
+        // bits, a directory keeps them.
+        let drop = SetAttr {
+            drop_setid: true,
+            ..Default::default()
+        };
+        let set_mode = |ino, mode| {
+            let m = SetAttr {
+                mode: Some(mode),
+                ..Default::default()
+            };
+            core.setattr(&root, ino, &m, Wait::Model).unwrap();
+        };
+        set_mode(f.ino, 0o6755);
+        let e = core.setattr(&alice, f.ino, &drop, Wait::Model).unwrap();
+        assert_eq!(e.inode.mode & 0o7777, 0o755);
+        let d = core
+            .create_node(
+                &root,
+                ROOT_INO,
+                b"d",
+                super::super::dir::NewNode::Dir { mode: 0o2755 },
+                false,
+            )
+            .unwrap();
+        let e = core.setattr(&root, d.ino, &drop, Wait::Model).unwrap();
+        assert_eq!(e.inode.mode & 0o7777, 0o2755);
     }
 
     #[test]

@@ -217,8 +217,9 @@ impl Filesystem for FuseFs {
         // two of an append workload. With it the kernel marks a file it found without
         // set-id bits or capabilities (S_NOSEC) and skips that check until a chmod or a
         // `security.*` xattr changes it; the core drops set-id bits itself on write,
-        // truncate and chown (it always has), and the kernel still removes a capability
-        // that a write, truncate or chown finds. An older kernel keeps the getxattr.
+        // truncate and chown (an empty setattr is the kernel's chown that names no new
+        // owner: see `setattr`), and the kernel still removes a capability that a
+        // write, truncate or chown finds. An older kernel keeps the getxattr.
         if config
             .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
             .is_err()
@@ -266,6 +267,13 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // A request that changes nothing: the kernel asks for the set-id bits to go (a
+        // chown naming no new owner or group, or a write that found them set), which
+        // under FUSE_HANDLE_KILLPRIV_V2 it leaves to the filesystem.
+        let drop_setid = [mode, uid, gid].iter().all(Option::is_none)
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none();
         let set = SetAttr {
             mode,
             uid,
@@ -274,6 +282,7 @@ impl Filesystem for FuseFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
             via_handle: fh.is_some(),
+            drop_setid,
         };
         let (caller, ino, blksize) = (caller(req), ino.0, self.core.chunk_size() as u32);
         self.dispatch(
