@@ -3,7 +3,7 @@
 //! store and the mount point may not nest, a full disk gives ENOSPC and `rm` makes room,
 //! allow_other implies the kernel's permission checks, a clean unmount logs no warning.
 
-use crate::harness::{is_mounted, llmfs_bin, pseudo_random, sh, Mount};
+use crate::harness::{is_mounted, llmfs_bin, pseudo_random, sh, text_record, Mount};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -269,6 +269,60 @@ fn a_full_disk_gives_enospc_and_rm_makes_room() {
         again += 1;
     }
     assert_eq!(again, 4);
+    m.stop();
+}
+
+/// SQLite keeps a journal per savepoint (every commit of a group is one); in a temporary
+/// file it went to SQLITE_TMPDIR, TMPDIR or /var/tmp, and a full temporary directory
+/// failed every write of the mount with EIO while the store's own disk had room. The
+/// journals stay in memory now: the temporary directory plays no part.
+#[test]
+fn a_full_temporary_directory_does_not_stop_writes() {
+    let tmp = SmallDisk::new(1);
+    sh(&format!(
+        "dd if=/dev/zero of={}/fill bs=64k 2>/dev/null || true",
+        tmp.dir.path().display()
+    ));
+    let mut m = Mount::unmounted(&[]);
+    let t = tmp.dir.path().display().to_string();
+    m.env = vec![("SQLITE_TMPDIR".into(), t.clone()), ("TMPDIR".into(), t)];
+    m.start();
+    // A commit whose journal outgrows SQLite's 64 KiB in memory (rewriting a file's
+    // stored chunks changes dozens of pages) spilled it into a temporary file.
+    let big = |round: usize| -> String { (0..4000).map(|i| text_record(i * 7 + round)).collect() };
+    for round in 0..3 {
+        for i in 0..4 {
+            fs::write(m.path(&format!("big{i}")), big(round + i)).unwrap();
+        }
+    }
+    for i in 0..200 {
+        fs::write(m.path(&format!("f{i}")), text_record(i)).unwrap();
+    }
+    let mut log = fs::File::create(m.path("log.jsonl")).unwrap();
+    for i in 0..500 {
+        log.write_all(text_record(i).as_bytes()).unwrap();
+        if i % 64 == 0 {
+            log.sync_all().unwrap();
+        }
+    }
+    log.sync_all().unwrap();
+    drop(log);
+    m.stop();
+    m.start();
+    for i in 0..4 {
+        assert_eq!(
+            fs::read_to_string(m.path(&format!("big{i}"))).unwrap(),
+            big(2 + i)
+        );
+    }
+    for i in 0..200 {
+        assert_eq!(
+            fs::read_to_string(m.path(&format!("f{i}"))).unwrap(),
+            text_record(i)
+        );
+    }
+    let want: String = (0..500).map(text_record).collect();
+    assert_eq!(fs::read_to_string(m.path("log.jsonl")).unwrap(), want);
     m.stop();
 }
 

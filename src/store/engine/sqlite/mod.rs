@@ -403,13 +403,18 @@ fn lock_dir(dir: &Path, read_only: bool) -> Result<File, EngineError> {
 
 /// The connection's settings. The WAL is checkpointed every 1,000 pages (8 MiB of 8 KiB
 /// pages, so it reaches about 8 MiB plus one commit between checkpoints) and truncated
-/// back to 4 MiB after each.
+/// back to 4 MiB after each. Temporary files live in memory: each commit of a group is a
+/// savepoint, whose journal (the pages it changes that the group had changed before) went
+/// to a temporary file, a write(2) of 8 KiB per page and commit (measured: 12,673 writes
+/// for 640 appends and `tar -xf` of 792 files, 771 with them in memory); the journal
+/// holds at most the group's changed pages.
 fn configure(c: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
     c.busy_timeout(Duration::from_secs(30))?;
     c.execute_batch(&format!(
         "PRAGMA locking_mode=EXCLUSIVE;
          PRAGMA synchronous=NORMAL;
          PRAGMA cache_size=-{cache_kib};
+         PRAGMA temp_store=MEMORY;
          PRAGMA journal_size_limit=4194304;
          PRAGMA wal_autocheckpoint=1000;"
     ))
@@ -1193,6 +1198,20 @@ mod tests {
     /// The same 300 small commits, each its own transaction, then grouped: one at a time
     /// every commit writes its page to the WAL; grouped, nothing reaches the WAL before
     /// the sync (every commit is readable at once all the same), and then a few pages.
+    /// Savepoint journals stay in memory (a temporary file cost a write per page and
+    /// commit).
+    #[test]
+    fn temporary_files_stay_in_memory() {
+        let (_t, dir) = new_store();
+        let e = open_engine(&dir, false).unwrap();
+        let mode: i64 = e
+            .writer
+            .lock()
+            .query_row("PRAGMA temp_store", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, 2, "temp_store=MEMORY");
+    }
+
     #[test]
     fn commits_in_a_window_share_one_transaction() {
         let mut wal = Vec::new();
