@@ -337,8 +337,8 @@ pub fn decode(frame: &[u8], llm: Option<&mut dyn LlmPayloadDecoder>) -> Result<P
 }
 
 /// Decodes a fast-tier frame (raw or zstd) straight into `out`, which must hold exactly
-/// its plaintext length, and checks its CRC like [`decode`], saving a read the buffer and
-/// copy [`decode`] makes per chunk. An LLM frame is [`FrameError::NeedsModel`], a lost
+/// its plaintext length, and checks its CRC like [`decode`]: a read is spared the buffer
+/// and the copy [`decode`] would cost it per chunk. An LLM frame is [`FrameError::NeedsModel`], a lost
 /// chunk [`FrameError::Lost`]; a frame promising another length is an error before
 /// anything is decoded.
 pub fn decode_fast_into(frame: &[u8], out: &mut [u8]) -> Result<(), FrameError> {
