@@ -170,8 +170,11 @@ fn analyze(dir: &Path) -> Result<Option<(Vec<u8>, wal::WalAnalysis)>, EngineErro
 /// Checks, before a store is opened, that its database holds every durable commit
 /// (`db_stamp` is the stamp SQLite reads with the WAL's intact frames applied) and that
 /// no intact commit of the WAL lies beyond a damaged frame.
-pub fn check(dir: &Path, db_stamp: u64) -> Result<(), EngineError> {
-    let mut findings = Vec::new();
+///
+/// `db_stamp` counts the intent log's records that the open applies, and
+/// `intents_damage` says why the log lost records ([`super::intents`]).
+pub fn check(dir: &Path, db_stamp: u64, intents_damage: Option<String>) -> Result<(), EngineError> {
+    let mut findings: Vec<String> = intents_damage.into_iter().collect();
     let mut rebuildable = false;
     if dir.join(format!("{DB_FILE}.rebuilt")).exists() {
         findings.push(format!(
