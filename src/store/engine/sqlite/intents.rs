@@ -49,9 +49,12 @@ use std::path::{Path, PathBuf};
 pub const INTENTS_FILE: &str = "llmfs.intents";
 /// Records start at multiples of this.
 pub const BLOCK: usize = 4096;
-/// The log's size, written with zeros when it is made: a record is written over blocks
-/// the file already has, so an `fdatasync` writes those blocks and no file metadata.
+/// The log's largest size. It is made with [`LOG_START`] bytes of zeros and grows, by
+/// writing zeros, when a run of records needs more: a record is written over blocks the
+/// file already has, so its `fdatasync` writes those blocks and no file metadata.
 pub const LOG_BYTES: u64 = 1 << 20;
+/// The log's size when it is made: a store that sees few fsyncs stays small on disk.
+pub const LOG_START: u64 = 256 << 10;
 /// The most changes a record takes: a commit that would need more writes the group's
 /// pages instead (as large as the record, they gain nothing from it).
 pub const RECORD_MAX: usize = 256 << 10;
@@ -64,6 +67,8 @@ pub struct IntentLog {
     path: PathBuf,
     /// Where the next record goes.
     next: u64,
+    /// The file's length: blocks written already.
+    len: u64,
     /// The durable stamp of the database this generation of records builds on.
     base: u64,
 }
@@ -79,6 +84,15 @@ impl IntentLog {
     /// Opens the log in `dir` (making it, zero-filled, when it is missing or short) for a
     /// database whose durable stamp is `base`: records are written from the start.
     pub fn open(dir: &Path, base: u64) -> Result<IntentLog, EngineError> {
+        let mut log = IntentLog::open_file(dir, base)?;
+        log.grow(LOG_START)?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(dir))?;
+        Ok(log)
+    }
+
+    fn open_file(dir: &Path, base: u64) -> Result<IntentLog, EngineError> {
         let path = dir.join(INTENTS_FILE);
         let file = File::options()
             .read(true)
@@ -88,23 +102,30 @@ impl IntentLog {
             .open(&path)
             .map_err(io_error(&path))?;
         let len = file.metadata().map_err(io_error(&path))?.len();
-        if len < LOG_BYTES {
-            // Written, not `fallocate`d: a write into an unwritten extent changes the
-            // file's metadata, which the `fdatasync` of every record would then journal.
-            let zeros = vec![0u8; (LOG_BYTES - len) as usize];
-            file.write_all_at(&zeros, len)
-                .and_then(|()| file.sync_all())
-                .map_err(io_error(&path))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_error(dir))?;
-        }
         Ok(IntentLog {
             file,
             path,
             next: 0,
+            len,
             base,
         })
+    }
+
+    /// Makes the file at least `want` bytes long (at most [`LOG_BYTES`]), durably.
+    /// Written, not `fallocate`d: a write into an unwritten extent changes the file's
+    /// metadata, which the `fdatasync` of every record would then journal.
+    fn grow(&mut self, want: u64) -> Result<(), EngineError> {
+        let want = want.min(LOG_BYTES);
+        if self.len >= want {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (want - self.len) as usize];
+        self.file
+            .write_all_at(&zeros, self.len)
+            .and_then(|()| self.file.sync_all())
+            .map_err(io_error(&self.path))?;
+        self.len = want;
+        Ok(())
     }
 
     /// The log starts over for a database whose every commit is on disk, at durable stamp
@@ -129,8 +150,16 @@ impl IntentLog {
     pub fn append(&mut self, stamp: u64, ops: &[RawOp]) -> Result<bool, EngineError> {
         let size = HEADER + changes_len(ops);
         let padded = size.div_ceil(BLOCK) * BLOCK;
-        if size - HEADER > RECORD_MAX || self.next + padded as u64 > LOG_BYTES {
+        let end = self.next + padded as u64;
+        if size - HEADER > RECORD_MAX || end > LOG_BYTES {
             return Ok(false);
+        }
+        if end > self.len {
+            if let Err(e) = self.grow(end.max(self.len * 2)) {
+                // A full device, say: this commit writes the WAL instead.
+                log::debug!("the intent log cannot grow: {e}");
+                return Ok(false);
+            }
         }
         let mut b = Vec::with_capacity(padded);
         b.extend_from_slice(MAGIC);
@@ -348,12 +377,12 @@ mod tests {
     fn records_round_trip_and_a_torn_tail_or_damage_is_told_apart() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = IntentLog::open(dir.path(), 7).unwrap();
-        assert_eq!(
+        let len = || {
             std::fs::metadata(dir.path().join(INTENTS_FILE))
                 .unwrap()
-                .len(),
-            LOG_BYTES
-        );
+                .len()
+        };
+        assert_eq!(len(), LOG_START);
         for s in 8..12 {
             assert!(log.append(s, &ops(s as u8)).unwrap());
         }
@@ -430,6 +459,11 @@ mod tests {
         }
         assert_eq!(n, LOG_BYTES / (RECORD_MAX as u64));
         assert!(!log.append(n + 1, &ops(1)).unwrap());
+        // It grew to hold them, and no further.
+        let len = std::fs::metadata(dir.path().join(INTENTS_FILE))
+            .unwrap()
+            .len();
+        assert_eq!(len, LOG_BYTES);
         assert_eq!(read(dir.path(), 0).unwrap().records.len(), n as usize);
     }
 }
