@@ -49,8 +49,8 @@
 //!   fsync'd when it is written, after which the log starts over. Otherwise (no window, a
 //!   group after one written without an fsync, a record over 256 KiB, a full log) the
 //!   group is written and the WAL fsync'd at once. Measured with an fsync every 64 JSONL
-//!   lines of ~100 B: 7.3 -> 1.5 bytes written to the disk per byte appended, an fsync
-//!   793 -> 294 µs at the median (`scripts/bench-ab.sh`, README). An open applies the
+//!   lines of ~100 B: 7.32 -> 1.53 bytes written to the disk per byte appended, an fsync
+//!   658 -> 569 µs at the median (`scripts/bench-ab.sh`, 3 rounds, README). An open applies the
 //!   records a crash left (a read-only open holds them in a transaction it never commits,
 //!   changing no file).
 //! - `auto_vacuum=INCREMENTAL` (set before the first table): freed pages go to a free
