@@ -1808,4 +1808,74 @@ mod tests {
         );
         assert!(!note.contains("llmfs.intents"), "{note}");
     }
+
+    /// Random commits, durable or not, with the group sometimes written on its own (a
+    /// reclaim step), and a crash at a random point of each of 40 rounds: the store that
+    /// opens holds exactly what it held at the last durable commit or the last group
+    /// written, whichever came later (the open group's commits after it are the ones a
+    /// crash may lose), and an open group's durable commits went to the intent log.
+    #[test]
+    fn crashes_at_random_points_keep_exactly_what_was_made_durable() {
+        let (_t, dir) = new_store();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut model: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
+        let mut kept = model.clone();
+        let mut logged_rounds = 0;
+        for round in 0..40u32 {
+            let e = open_engine(&dir, false).unwrap();
+            let mut state = std::collections::BTreeMap::new();
+            e.scan(Table::Inode, &[], None, &mut |k, v| {
+                let k = u32::from_be_bytes(k.try_into().unwrap());
+                state.insert(k, v.to_vec());
+                true
+            })
+            .unwrap();
+            assert_eq!(state, kept, "round {round}: the store after the crash");
+            model = kept.clone();
+            e.set_commit_window(Duration::from_secs(60));
+            let wal0 = wal_len(&dir);
+            let mut durable_in_group = false;
+            for step in 0..next(30) + 1 {
+                let mut ops = Vec::new();
+                for _ in 0..next(4) + 1 {
+                    let k = next(16) as u32;
+                    if next(4) == 0 {
+                        ops.push(del(k));
+                        model.remove(&k);
+                    } else {
+                        let v = vec![(round + step as u32) as u8; next(3000) as usize + 1];
+                        ops.push(put(k, &v));
+                        model.insert(k, v);
+                    }
+                }
+                let durable = next(3) == 0;
+                e.commit(&ops, durable).unwrap();
+                if durable {
+                    kept = model.clone();
+                    durable_in_group = true;
+                }
+                if next(10) == 0 {
+                    // Writes the group to the WAL, without an fsync: a crash of the
+                    // process keeps it.
+                    e.reclaim().unwrap();
+                    kept = model.clone();
+                    durable_in_group = false;
+                }
+            }
+            if durable_in_group && wal_len(&dir) == wal0 {
+                logged_rounds += 1;
+            }
+            e.crash();
+        }
+        assert!(
+            logged_rounds >= 5,
+            "only {logged_rounds} rounds crashed with logged commits"
+        );
+    }
 }
