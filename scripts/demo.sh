@@ -86,8 +86,9 @@ row "llmfs: 8 KiB database pages the archive added to those in use" "$pages"
 echo
 awk -v p="$llm_plain" -v f="$llm_frames" 'BEGIN { printf "The LLM-coded chunks: %d bytes of text in %d bytes of frames, %.2fx.\n", p, f, p / (f > 0 ? f : 1) }'
 echo "The store directory takes $disk bytes on disk (du), $empty of them before the archive:"
-echo "a new database's pages, which hold small archives in the pages its tables already have"
-echo "(so the pages added can be 0) and are reused, not added to, as an archive grows."
+echo "the intent log that takes fsyncs (llmfs.intents, 256 KiB to 1 MiB), and a new database's"
+echo "pages, which hold small archives in the pages its tables already have (so the pages"
+echo "added can be 0) and are reused, not added to, as an archive grows."
 echo
 echo "\$ llmfs du $mnt/logs"
 "$LLMFS_BIN" du "$mnt/logs"
