@@ -1939,4 +1939,30 @@ mod tests {
             );
         }
     }
+
+    /// A damaged *last* record reads like the torn tail of a crash; if its commit was
+    /// acknowledged, `llmfs.synced` (written after the record's `fdatasync`) names it, and
+    /// the store is refused instead of opening one commit short.
+    #[test]
+    fn a_damaged_last_record_that_was_acknowledged_is_refused() {
+        let (_t, dir) = new_store();
+        let e = open_engine(&dir, false).unwrap();
+        e.set_commit_window(Duration::from_secs(60));
+        for i in 1u32..=3 {
+            e.commit(&[put(i, &[i as u8; 100])], true).unwrap();
+        }
+        e.crash();
+        let path = dir.join(intents::INTENTS_FILE);
+        let mut b = std::fs::read(&path).unwrap();
+        b[2 * intents::BLOCK + 40] ^= 0x10;
+        std::fs::write(&path, &b).unwrap();
+        match open_engine(&dir, true) {
+            Err(EngineError::Journal(d)) => {
+                let f = d.findings.join("; ");
+                assert!(f.contains("fsync'd commits are missing"), "{f}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened without its last acknowledged commit"),
+        }
+    }
 }
