@@ -41,6 +41,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::super::{EngineError, RawOp};
+use super::journal::{io_error, open_or_create};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -73,13 +74,6 @@ pub struct IntentLog {
     base: u64,
 }
 
-fn io_error(path: &Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 impl IntentLog {
     /// Opens the log in `dir` (making it, zero-filled, when it is missing or short) for a
     /// database whose durable stamp is `base`: records are written from the start.
@@ -94,13 +88,7 @@ impl IntentLog {
 
     fn open_file(dir: &Path, base: u64) -> Result<IntentLog, EngineError> {
         let path = dir.join(INTENTS_FILE);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        let file = open_or_create(&path)?;
         let len = file.metadata().map_err(io_error(&path))?.len();
         Ok(IntentLog {
             file,
@@ -138,11 +126,6 @@ impl IntentLog {
     /// The durable stamp of the database this generation builds on.
     pub fn base(&self) -> u64 {
         self.base
-    }
-
-    /// Whether the log holds records of this generation.
-    pub fn is_empty(&self) -> bool {
-        self.next == 0
     }
 
     /// Appends the record of durable commit `stamp`, holding `ops`, and makes it durable.
@@ -187,13 +170,16 @@ fn record_crc(header: &[u8], changes: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// Bytes one change takes in a record.
+pub fn change_len(op: &RawOp) -> usize {
+    match op {
+        RawOp::Put(_, k, v) => 10 + k.len() + v.len(),
+        RawOp::Delete(_, k) => 6 + k.len(),
+    }
+}
+
 fn changes_len(ops: &[RawOp]) -> usize {
-    ops.iter()
-        .map(|o| match o {
-            RawOp::Put(_, k, v) => 10 + k.len() + v.len(),
-            RawOp::Delete(_, k) => 6 + k.len(),
-        })
-        .sum()
+    ops.iter().map(change_len).sum()
 }
 
 fn encode_changes(ops: &[RawOp], b: &mut Vec<u8>) {
@@ -288,28 +274,26 @@ impl Replay {
     }
 }
 
+/// The log in `dir`, whole; `None` when there is none.
+fn read_file(dir: &Path) -> Result<Option<Vec<u8>>, EngineError> {
+    let path = dir.join(INTENTS_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
 /// Reads the log in `dir` for a database at durable stamp `base`. A missing log holds
 /// nothing.
 pub fn read(dir: &Path, base: u64) -> Result<Replay, EngineError> {
-    let path = dir.join(INTENTS_FILE);
-    let log = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Replay::default()),
-        Err(e) => return Err(io_error(&path)(e)),
-    };
-    Ok(scan(&log, base))
+    Ok(read_file(dir)?.map_or_else(Replay::default, |log| scan(&log, base)))
 }
 
 /// The latest generation of records in the log in `dir` (the one its first block
 /// starts), for a database whose stamp is not known (a salvage): its base and records.
 pub fn read_latest(dir: &Path) -> Result<Option<(u64, Replay)>, EngineError> {
-    let path = dir.join(INTENTS_FILE);
-    let log = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(&path)(e)),
-    };
-    Ok(parse(&log, 0).map(|(base, ..)| (base, scan(&log, base))))
+    Ok(read_file(dir)?.and_then(|log| parse(&log, 0).map(|(base, ..)| (base, scan(&log, base)))))
 }
 
 fn scan(log: &[u8], base: u64) -> Replay {

@@ -104,16 +104,7 @@ impl SyncedFile {
     /// stamp the database holds at open, which every later durable commit raises.
     pub fn create(dir: &Path, stamp: u64) -> Result<SyncedFile, EngineError> {
         let path = dir.join(SYNCED_FILE);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|source| EngineError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let file = open_or_create(&path)?;
         let f = SyncedFile { file, path };
         f.record(stamp)?;
         f.file.sync_all().map_err(|source| EngineError::Io {
@@ -139,11 +130,23 @@ impl SyncedFile {
     }
 }
 
-fn io_error(path: &Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
+/// An I/O error on `path`, as the engine reports it.
+pub(super) fn io_error(path: &Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
     move |source| EngineError::Io {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// `path` opened for reading and writing, created when missing, never truncated.
+pub(super) fn open_or_create(path: &Path) -> Result<File, EngineError> {
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_error(path))
 }
 
 /// The WAL of the store in `dir` and its analysis; `None` when there is no WAL or it is

@@ -318,14 +318,14 @@ impl Writer {
     }
 
     /// Records durable commit `stamp` of the open group in the intent log, with every
-    /// change of the group no record holds yet; `Ok(false)` when the group must be
-    /// written instead (the log is off, behind an unsynced WAL, or full).
-    fn log_durable(&mut self, stamp: u64) -> Result<bool, EngineError> {
+    /// change of the group no record holds yet; false when the group must be written
+    /// instead (the log is off, behind an unsynced WAL, or full, or it just failed).
+    fn log_durable(&mut self, stamp: u64) -> bool {
         let Some(g) = self.group.as_mut().filter(|g| g.loggable) else {
-            return Ok(false);
+            return false;
         };
         let Some(log) = self.log.as_mut() else {
-            return Ok(false);
+            return false;
         };
         debug_assert_eq!(log.base(), self.wal_stamp);
         match log.append(stamp, &g.unlogged) {
@@ -333,15 +333,15 @@ impl Writer {
                 g.logged += 1;
                 g.unlogged.clear();
                 g.unlogged_bytes = 0;
-                Ok(true)
+                true
             }
-            Ok(false) => Ok(false),
+            Ok(false) => false,
             Err(e) => {
                 log::warn!(
                     "the intent log failed ({e}): durable commits write the WAL from now on"
                 );
                 self.log = None;
-                Ok(false)
+                false
             }
         }
     }
@@ -451,14 +451,6 @@ fn apply_op(c: &Connection, op: &RawOp) -> rusqlite::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Bytes a change takes in an intent-log record, near enough.
-fn op_bytes(op: &RawOp) -> usize {
-    match op {
-        RawOp::Put(_, k, v) => 10 + k.len() + v.len(),
-        RawOp::Delete(_, k) => 6 + k.len(),
-    }
 }
 
 /// Applies the intent log's records of a database at durable stamp `base` (`replay`,
@@ -1161,7 +1153,7 @@ impl SqliteEngine {
             g.stamp = stamp;
         }
         if g.loggable {
-            g.unlogged_bytes += ops.iter().map(op_bytes).sum::<usize>();
+            g.unlogged_bytes += ops.iter().map(intents::change_len).sum::<usize>();
             if g.unlogged_bytes > intents::RECORD_MAX {
                 g.loggable = false;
                 g.unlogged = Vec::new();
@@ -1171,7 +1163,7 @@ impl SqliteEngine {
         }
         let due = g.since.elapsed() >= window || g.bytes >= GROUP_MAX_BYTES;
         let logged = match stamp {
-            Some(s) if !due && may_log => w.log_durable(s)?,
+            Some(s) if !due && may_log => w.log_durable(s),
             _ => false,
         };
         if (due || durable) && !logged {
@@ -1535,6 +1527,37 @@ mod tests {
         }
     }
 
+    /// A store whose engine made `n` durable commits (key i holds `[i; 100]`) in one open
+    /// group, all in the intent log, then crashed.
+    fn crashed_with_records(n: u32) -> (tempfile::TempDir, PathBuf) {
+        let (t, dir) = new_store();
+        let e = open_engine(&dir, false).unwrap();
+        e.set_commit_window(Duration::from_secs(60));
+        for i in 1..=n {
+            e.commit(&[put(i, &[i as u8; 100])], true).unwrap();
+        }
+        e.crash();
+        (t, dir)
+    }
+
+    /// Flips one bit of the intent log at byte `at`.
+    fn flip_in_log(dir: &Path, at: usize) {
+        let path = dir.join(intents::INTENTS_FILE);
+        let mut b = std::fs::read(&path).unwrap();
+        b[at] ^= 0x10;
+        std::fs::write(&path, &b).unwrap();
+    }
+
+    /// Every key from 1 to `n` reads in `e`.
+    fn assert_keys(e: &SqliteEngine, n: u32) {
+        for i in 1..=n {
+            assert!(
+                e.get(Table::Inode, &i.to_be_bytes()).unwrap().is_some(),
+                "{i}"
+            );
+        }
+    }
+
     fn new_store() -> (tempfile::TempDir, PathBuf) {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("s");
@@ -1743,13 +1766,7 @@ mod tests {
         e.commit(&[put(4, b"four")], true).unwrap();
         assert_eq!(wal_len(&dir), wal1, "the next durable commit");
         e.crash();
-        let e = open_engine(&dir, false).unwrap();
-        for i in 1u32..=4 {
-            assert!(
-                e.get(Table::Inode, &i.to_be_bytes()).unwrap().is_some(),
-                "{i}"
-            );
-        }
+        assert_keys(&open_engine(&dir, false).unwrap(), 4);
     }
 
     /// A record of the intent log damaged with intact ones after it refuses the store,
@@ -1757,17 +1774,8 @@ mod tests {
     /// loss of the rest, and the store opens with exactly those.
     #[test]
     fn a_damaged_intent_log_refuses_the_store_and_the_repair_keeps_what_is_intact() {
-        let (_t, dir) = new_store();
-        let e = open_engine(&dir, false).unwrap();
-        e.set_commit_window(Duration::from_secs(60));
-        for i in 1u32..=3 {
-            e.commit(&[put(i, &[i as u8; 100])], true).unwrap();
-        }
-        e.crash();
-        let path = dir.join(intents::INTENTS_FILE);
-        let mut b = std::fs::read(&path).unwrap();
-        b[intents::BLOCK + 40] ^= 0x10;
-        std::fs::write(&path, &b).unwrap();
+        let (_t, dir) = crashed_with_records(3);
+        flip_in_log(&dir, intents::BLOCK + 40);
         for read_only in [true, false] {
             match open_engine(&dir, read_only) {
                 Err(EngineError::Journal(d)) => {
@@ -1931,13 +1939,7 @@ mod tests {
         e.commit(&[put(3, b"three")], true).unwrap();
         assert_eq!(wal_len(&dir), wal1, "with room again, the log");
         e.crash();
-        let e = open_engine(&dir, false).unwrap();
-        for i in 1u32..=3 {
-            assert!(
-                e.get(Table::Inode, &i.to_be_bytes()).unwrap().is_some(),
-                "{i}"
-            );
-        }
+        assert_keys(&open_engine(&dir, false).unwrap(), 3);
     }
 
     /// A damaged *last* record reads like the torn tail of a crash; if its commit was
@@ -1945,17 +1947,8 @@ mod tests {
     /// the store is refused instead of opening one commit short.
     #[test]
     fn a_damaged_last_record_that_was_acknowledged_is_refused() {
-        let (_t, dir) = new_store();
-        let e = open_engine(&dir, false).unwrap();
-        e.set_commit_window(Duration::from_secs(60));
-        for i in 1u32..=3 {
-            e.commit(&[put(i, &[i as u8; 100])], true).unwrap();
-        }
-        e.crash();
-        let path = dir.join(intents::INTENTS_FILE);
-        let mut b = std::fs::read(&path).unwrap();
-        b[2 * intents::BLOCK + 40] ^= 0x10;
-        std::fs::write(&path, &b).unwrap();
+        let (_t, dir) = crashed_with_records(3);
+        flip_in_log(&dir, 2 * intents::BLOCK + 40);
         match open_engine(&dir, true) {
             Err(EngineError::Journal(d)) => {
                 let f = d.findings.join("; ");
