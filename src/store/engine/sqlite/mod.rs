@@ -16,7 +16,8 @@
 //! | **SQLite 3.54, 8 KiB pages, 64 KiB extents** | **1.59x; 1.11x after idle reclaim** | **1.10-1.11x after idle reclaim** | **1.14x after 0.5 s of idle reclaim** |
 //!
 //! SQLite is the only one that meets the space targets (at most 1.3x steady, 1.5x after
-//! deleting half, an empty store under 1 MiB: 84-140 KiB), and it gives space back in
+//! deleting half, an empty store under 1 MiB: 84-140 KiB, 304 KiB with the intent log
+//! added since), and it gives space back in
 //! steps of tens of milliseconds that block no reader (`incremental_vacuum`), where redb
 //! needs an exclusive `compact()`. Its cost: commits of 30 µs typical (a checkpoint with
 //! two fsyncs every 1,000 WAL pages), where redb's take 20 µs; point reads of 7 µs against
