@@ -11,7 +11,7 @@ use crate::store::ROOT_INO;
 use std::time::{Duration, Instant};
 
 /// LLM-log-like text: words drawn by a fixed generator, so that zstd -19 (the fake
-/// model) beats zstd -3 (the fast tier) on every chunk.
+/// model) beats the fast tier's zstd level on every chunk.
 pub(super) fn text(len: usize, seed: u64) -> Vec<u8> {
     const WORDS: &[&str] = &[
         "the",
