@@ -542,7 +542,28 @@ impl Core {
                 &buf[..len.min(buf.len())]
             })
             .collect();
-        let frames = encode_chunks(&plains, raw);
+        // Frames the helper made ahead for exactly these plaintexts ([`super::ahead`]);
+        // the rest are made now (all of them when stored raw).
+        let mut frames: Vec<Option<Option<Frame>>> = g
+            .dirty
+            .keys()
+            .zip(&plains)
+            .map(|(&idx, plain)| {
+                let ahead = self.ahead.take(ino, idx, plain);
+                (!raw).then_some(ahead.map(Some)).flatten()
+            })
+            .collect();
+        let rest: Vec<&[u8]> = plains
+            .iter()
+            .zip(&frames)
+            .filter(|(_, f)| f.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        let mut made = encode_chunks(&rest, raw).into_iter();
+        for f in frames.iter_mut().filter(|f| f.is_none()) {
+            *f = made.next();
+        }
+        let frames = frames.into_iter().map(|f| f.expect("every chunk framed"));
         let mut written = Vec::with_capacity(plains.len());
         for ((&idx, plain), framed) in g.dirty.keys().zip(plains).zip(frames) {
             match framed {
@@ -645,7 +666,7 @@ pub(super) struct Written(Vec<(u64, u64, usize)>);
 
 /// Chunks framed at once for a commit from this many on are compressed on every core
 /// (a write past the dirty limit frames 2,048 at a time); fewer, on the calling thread.
-const PARALLEL_FRAMING: usize = 64;
+pub(super) const PARALLEL_FRAMING: usize = 64;
 
 /// Fast chunks a read decodes at once from this many on are decoded on every core (a
 /// 128 KiB read request holds 32): decoding is most of a cold read's time, and a read
@@ -711,7 +732,7 @@ pub(super) fn parallel_map<T: Sync, R: Send>(
 
 /// The cores this process may use, asked once: std reads the cgroup's CPU quota from
 /// files to answer, too slow to ask per commit.
-fn cores() -> usize {
+pub(super) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

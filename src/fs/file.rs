@@ -326,6 +326,10 @@ impl Core {
                 self.dirty_chunk(ino, g, idx, false, pre)?;
             }
         }
+        // Whole chunks are framed ahead while the commit that takes them would frame them
+        // on its own thread (fewer than `PARALLEL_FRAMING` dirty), not when stored raw.
+        let ahead = g.policy != Some(super::policy::Policy::None)
+            && g.dirty.len() < super::chunk::PARALLEL_FRAMING;
         let mut pos = 0usize;
         while pos < data.len() {
             let off = offset + pos as u64;
@@ -334,6 +338,10 @@ impl Core {
             let take = (cs as usize - within).min(data.len() - pos);
             let buf = self.dirty_chunk(ino, g, idx, within == 0 && take == cs as usize, pre)?;
             buf[within..within + take].copy_from_slice(&data[pos..pos + take]);
+            if ahead && within + take == cs as usize {
+                // Filled to its end: likely whole when it is committed.
+                self.ahead.offer(ino, idx, buf);
+            }
             self.cache.remove(ino, idx);
             pos += take;
         }
@@ -694,6 +702,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn chunks_framed_ahead_are_used_only_while_unchanged() {
+        // Whole chunks are framed ahead on the helper thread; the close uses those frames,
+        // except for chunk 3, written again after it was framed: what reads back after a
+        // restart over the same store is what was written last.
+        let engine = MemoryEngine::new();
+        let core = Core::with_engine(engine.clone(), CoreConfig::default()).unwrap();
+        let f = new_file(&core, b"f");
+        let mut want = format!("{:?}", (0..10_000).collect::<Vec<_>>()).into_bytes();
+        want.truncate(8 * 4096 + 100);
+        core.write(f, 0, &want, false, Wait::Model).unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while core.ahead.counts().0 < 8 && super::super::chunk::cores() > 1 {
+            assert!(std::time::Instant::now() < end, "{:?}", core.ahead.counts());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        want[3 * 4096 + 7] = b'#';
+        core.write(f, 3 * 4096 + 7, b"#", false, Wait::Model)
+            .unwrap();
+        core.flush(f, Wait::Model).unwrap();
+        if super::super::chunk::cores() > 1 {
+            assert_eq!(core.ahead.counts(), (8, 7), "made 8, used all but chunk 3");
+        }
+        core.shutdown().unwrap();
+        drop(core);
+        let core = Core::with_engine(engine, CoreConfig::default()).unwrap();
+        assert_eq!(core.read(f, 0, 100_000, Wait::Model).unwrap(), want);
     }
 
     #[test]

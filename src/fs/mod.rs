@@ -12,10 +12,12 @@
 //! The rooms: [`dir`], [`rename`], [`attr`] and [`xattr`] (the namespace and metadata),
 //! [`file`](mod@file) (the POSIX file operations) over [`chunk`] (a chunk's life: getting its
 //! plaintext through the cache and version checks, edits, framing for a commit,
-//! swapping in a compacted frame), [`compact`] (which chunks go to the model, when),
+//! swapping in a compacted frame) and [`ahead`] (whole chunks framed on a helper thread
+//! before their commit), [`compact`] (which chunks go to the model, when),
 //! [`policy`] (`user.llmfs.compress`), [`report`] and [`prometheus`] (live figures),
 //! and [`fuse`], the adapter to fuser.
 
+mod ahead;
 pub mod attr;
 pub mod background;
 mod cache;
@@ -204,6 +206,9 @@ pub struct Core {
     logged_errors: Mutex<std::collections::HashSet<(u64, String)>>,
     /// Frames fetched by a FUSE thread for the worker that decodes them ([`chunk::Handoff`]).
     handoff: chunk::Handoff,
+    /// Whole chunks just written, framed on a helper thread before their commit
+    /// ([`ahead`]).
+    ahead: ahead::Ahead,
 }
 
 impl Core {
@@ -251,6 +256,7 @@ impl Core {
             codecs_cache: xattr::CodecsCache::default(),
             logged_errors: Mutex::new(std::collections::HashSet::new()),
             handoff: chunk::Handoff::default(),
+            ahead: ahead::Ahead::default(),
         };
         let orphans = if core.cfg.read_only {
             Vec::new()
@@ -431,6 +437,8 @@ impl Core {
         }
         self.persist_all(true)?;
         self.store.sync()?;
+        let (made, used) = self.ahead.counts();
+        log::debug!("chunks framed ahead of their commit: {made}, of which {used} were used");
         // Give free pages back before leaving (bounded: a huge store finishes while idle
         // next time), and leave the database file self-contained.
         let start = std::time::Instant::now();
