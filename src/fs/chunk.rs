@@ -564,6 +564,12 @@ impl Core {
             *f = made.next();
         }
         let frames = frames.into_iter().map(|f| f.expect("every chunk framed"));
+        // A file none of whose chunks was ever written has none to replace.
+        let of = if file.data_ver == 0 {
+            crate::store::Chunks::NoneYet
+        } else {
+            crate::store::Chunks::Any
+        };
         let mut written = Vec::with_capacity(plains.len());
         for ((&idx, plain), framed) in g.dirty.keys().zip(plains).zip(frames) {
             match framed {
@@ -572,7 +578,9 @@ impl Core {
                     written.push((idx, 0, 0));
                 }
                 Some(framed) => {
-                    let ver = self.store.write_chunk(t, ino, file, idx, &framed, now)?;
+                    let ver = self
+                        .store
+                        .write_chunk_of(t, ino, file, idx, &framed, now, of)?;
                     written.push((idx, ver, plain.len()));
                 }
             }

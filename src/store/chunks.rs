@@ -10,6 +10,18 @@ use crate::frame::Frame;
 use crate::store::{During, StoreOp};
 use std::sync::atomic::Ordering;
 
+/// What a writer knows of a file's chunks in the store, for [`Store::write_chunk_of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunks {
+    /// Anything: each chunk written is looked up (hot, in an extent, pending) to be
+    /// replaced and its bytes freed.
+    Any,
+    /// None: no chunk of the file was ever written (its `data_ver` was 0 when the
+    /// transaction began; inode numbers are never reused), so there is nothing to look
+    /// up. A new file's close writes its chunks without three look-ups each.
+    NoneYet,
+}
+
 impl Store {
     /// Chunk `index` of `ino`: its version and frame, wherever it lives.
     pub fn chunk(&self, ino: u64, index: u64) -> Result<Option<StoredChunk>, StoreError> {
@@ -163,8 +175,30 @@ impl Store {
         frame: &Frame,
         written: Time,
     ) -> Result<u64, StoreError> {
+        self.write_chunk_of(txn, ino, file, index, frame, written, Chunks::Any)
+    }
+
+    /// [`Store::write_chunk`], where `of` may say that the file has no chunk in the
+    /// store at all (nothing to look up).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_chunk_of(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        file: &mut Inode,
+        index: u64,
+        frame: &Frame,
+        written: Time,
+        of: Chunks,
+    ) -> Result<u64, StoreError> {
         let ver = file.data_ver + 1;
-        let freed = self.put_chunk(txn, ino, index, ver, frame, written)?;
+        let freed = match of {
+            Chunks::Any => self.put_chunk(txn, ino, index, ver, frame, written)?,
+            Chunks::NoneYet => {
+                self.put_new_chunk(txn, ino, index, ver, frame, written);
+                0
+            }
+        };
         file.data_ver = ver;
         file.shift_stored(frame.len() as u64, freed);
         Ok(ver)
@@ -376,7 +410,37 @@ impl Store {
                 _ => 0,
             },
         };
-        if self.get(Some(txn), Table::Pending, &key)?.is_none() {
+        let new = self.get(Some(txn), Table::Pending, &key)?.is_none();
+        self.put_hot(txn, key, ver, frame, written, new);
+        Ok(freed)
+    }
+
+    /// [`Store::put_chunk`] of a chunk that is nowhere yet: not hot, in no extent, not
+    /// pending (its file has no chunk in the store).
+    fn put_new_chunk(
+        &self,
+        txn: &mut Txn,
+        ino: u64,
+        index: u64,
+        ver: u64,
+        frame: &[u8],
+        written: Time,
+    ) {
+        self.put_hot(txn, keys::chunk(ino, index), ver, frame, written, true);
+    }
+
+    /// Puts hot chunk `key` and its pending record; `new` when no pending record of it
+    /// existed (the count of pending chunks grows).
+    fn put_hot(
+        &self,
+        txn: &mut Txn,
+        key: Vec<u8>,
+        ver: u64,
+        frame: &[u8],
+        written: Time,
+        new: bool,
+    ) {
+        if new {
             txn.pending_delta += 1;
         }
         txn.put(Table::Chunk, key.clone(), HotChunk::encode(ver, frame));
@@ -385,7 +449,6 @@ impl Store {
             written: written.secs,
         };
         txn.put(Table::Pending, key, pending.encode());
-        Ok(freed)
     }
 
     /// Chunks waiting for the compactor, from (ino, index) on, at most `limit`.

@@ -28,6 +28,7 @@ pub mod stats;
 pub mod txn;
 
 mod chunks;
+pub use chunks::Chunks;
 mod namespace;
 mod open;
 mod view;

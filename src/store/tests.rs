@@ -508,3 +508,55 @@ fn a_chunk_stored_twice_reads_as_the_entry_its_point_lookup_names() {
         assert_eq!(from_range.frame, c.frame, "chunk {i}");
     }
 }
+
+#[test]
+fn a_new_files_chunks_written_without_look_ups_are_the_same_records() {
+    // Two new files, the same chunks: one written with the look-ups, one without (no
+    // chunk of it can exist). The records, the file's record and the pending count
+    // agree; a file that has chunks is never written that way by the filesystem.
+    let (e, s) = store();
+    let now = Time::now();
+    let mut files = Vec::new();
+    for (ino, of) in [(5, Chunks::Any), (6, Chunks::NoneYet)] {
+        let mut t = Txn::new();
+        let mut file = super::records::Inode::new(libc::S_IFREG | 0o644, 0, 0, now);
+        for index in [0, 1, 7] {
+            let f: crate::frame::Frame = frame(index, 1, 900).into();
+            s.write_chunk_of(&mut t, ino, &mut file, index, &f, now, of)
+                .unwrap();
+        }
+        t.put_inode(ino, &file);
+        s.commit(t).unwrap();
+        files.push(file);
+    }
+    assert_eq!(files[0].encode(), files[1].encode());
+    assert_eq!((files[0].data_ver, files[0].stored), (3, 3 * 900));
+    for table in [Table::Chunk, Table::Pending] {
+        let of = |ino: u64| -> Vec<Option<Vec<u8>>> {
+            [0, 1, 7]
+                .iter()
+                .map(|&i| {
+                    e.raw_get(table, &keys::chunk(ino, i))
+                        .map(|v| v[..].to_vec())
+                })
+                .collect()
+        };
+        let (a, b) = (of(5), of(6));
+        assert!(a.iter().all(Option::is_some), "{table:?}");
+        // Sealed records name their key: compare the unsealed values.
+        let unseal = |ino: u64, v: &[Option<Vec<u8>>]| -> Vec<Vec<u8>> {
+            [0u64, 1, 7]
+                .iter()
+                .zip(v)
+                .map(|(&i, r)| {
+                    seal::unseal(table, &keys::chunk(ino, i), r.as_ref().unwrap())
+                        .unwrap()
+                        .to_vec()
+                })
+                .collect()
+        };
+        assert_eq!(unseal(5, &a), unseal(6, &b), "{table:?}");
+    }
+    assert_eq!(s.count_pending(), 6);
+    check_invariants(&e, &s);
+}
