@@ -564,14 +564,22 @@ impl Core {
             *f = made.next();
         }
         let frames = frames.into_iter().map(|f| f.expect("every chunk framed"));
-        // A file none of whose chunks was ever written has none to replace.
-        let of = if file.data_ver == 0 {
-            crate::store::Chunks::NoneYet
+        // Chunks past the end of the file as the store holds it have nothing to replace
+        // (a truncate drops the chunks past its cut in its own commit): none of a file
+        // whose chunks were never written, none past the saved size of another.
+        let first_new = if file.data_ver == 0 {
+            0
         } else {
-            crate::store::Chunks::Any
+            let saved = self.store.inode(ino)?.map_or(u64::MAX, |i| i.size);
+            saved.div_ceil(cs)
         };
         let mut written = Vec::with_capacity(plains.len());
         for ((&idx, plain), framed) in g.dirty.keys().zip(plains).zip(frames) {
+            let of = if idx >= first_new {
+                crate::store::Chunks::NoneYet
+            } else {
+                crate::store::Chunks::Any
+            };
             match framed {
                 None => {
                     self.store.drop_chunks(t, ino, file, idx, idx + 1)?;

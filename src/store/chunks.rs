@@ -16,9 +16,11 @@ pub enum Chunks {
     /// Anything: each chunk written is looked up (hot, in an extent, pending) to be
     /// replaced and its bytes freed.
     Any,
-    /// None: no chunk of the file was ever written (its `data_ver` was 0 when the
-    /// transaction began; inode numbers are never reused), so there is nothing to look
-    /// up. A new file's close writes its chunks without three look-ups each.
+    /// None at this index: no chunk of the file was ever written (its `data_ver` is 0;
+    /// inode numbers are never reused), or the index is past the file's end as the
+    /// store holds it (a truncate drops the chunks past its cut in the same commit), so
+    /// there is nothing to look up. A new file's close and a sequential writer's commits
+    /// write their chunks without three look-ups each (one a range scan).
     NoneYet,
 }
 
@@ -178,8 +180,8 @@ impl Store {
         self.write_chunk_of(txn, ino, file, index, frame, written, Chunks::Any)
     }
 
-    /// [`Store::write_chunk`], where `of` may say that the file has no chunk in the
-    /// store at all (nothing to look up).
+    /// [`Store::write_chunk`], where `of` may say that the store holds no chunk at
+    /// `index` (nothing to look up).
     #[allow(clippy::too_many_arguments)]
     pub fn write_chunk_of(
         &self,
