@@ -19,7 +19,7 @@
 //! here decides what is stored, only when the compression runs. Everything is best
 //! effort and bounded: no helper on one core, and a chunk is not offered while the
 //! helper is [`QUEUE`] chunks behind or [`MAX_HELD`] chunks are queued or prepared
-//! (about 16 MiB at most, plaintext and frames); entries nobody took (a file deleted
+//! (about 8 MiB at most, plaintext and frames); entries nobody took (a file deleted
 //! before its close) are dropped after [`STALE`] when room is needed.
 
 use super::chunk::{cores, encode_chunk};
@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 
 /// Chunks offered and not yet framed by the helper, at most.
 const QUEUE: usize = 1024;
-/// Chunks queued or prepared at once, at most: a sequential writer persists 2,048-2,304
-/// chunks at a time (the 8 MiB dirty limit of a file).
-const MAX_HELD: usize = 2560;
+/// Chunks queued or prepared at once, at most: a file offers fewer than 64 before its
+/// commit takes them, so this is many files written at once.
+const MAX_HELD: usize = 1024;
 /// A prepared frame nobody took for this long goes when room is needed.
 const STALE: Duration = Duration::from_secs(5);
 
