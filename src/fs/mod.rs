@@ -12,7 +12,7 @@
 //! The rooms: [`dir`], [`rename`], [`attr`] and [`xattr`] (the namespace and metadata),
 //! [`file`](mod@file) (the POSIX file operations) over [`chunk`] (a chunk's life: getting its
 //! plaintext through the cache and version checks, edits, framing for a commit,
-//! swapping in a compacted frame) and [`ahead`] (whole chunks framed on a helper thread
+//! swapping in a compacted frame) and `ahead` (whole chunks framed on a helper thread
 //! before their commit), [`compact`] (which chunks go to the model, when),
 //! [`policy`] (`user.llmfs.compress`), [`report`] and [`prometheus`] (live figures),
 //! and [`fuse`], the adapter to fuser.
