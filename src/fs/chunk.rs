@@ -544,26 +544,22 @@ impl Core {
             .collect();
         // Frames the helper made ahead for exactly these plaintexts ([`super::ahead`]);
         // the rest are made now (all of them when stored raw).
-        let mut frames: Vec<Option<Option<Frame>>> = g
+        let ahead: Vec<Option<Frame>> = g
             .dirty
             .keys()
             .zip(&plains)
-            .map(|(&idx, plain)| {
-                let ahead = self.ahead.take(ino, idx, plain);
-                (!raw).then_some(ahead.map(Some)).flatten()
-            })
+            .map(|(&idx, plain)| self.ahead.take(ino, idx, plain).filter(|_| !raw))
             .collect();
         let rest: Vec<&[u8]> = plains
             .iter()
-            .zip(&frames)
-            .filter(|(_, f)| f.is_none())
+            .zip(&ahead)
+            .filter(|(_, a)| a.is_none())
             .map(|(p, _)| *p)
             .collect();
         let mut made = encode_chunks(&rest, raw).into_iter();
-        for f in frames.iter_mut().filter(|f| f.is_none()) {
-            *f = made.next();
-        }
-        let frames = frames.into_iter().map(|f| f.expect("every chunk framed"));
+        let frames = ahead
+            .into_iter()
+            .map(|a| a.or_else(|| made.next().flatten()));
         // Chunks past the end of the file as the store holds it have nothing to replace
         // (a truncate drops the chunks past its cut in its own commit): none of a file
         // whose chunks were never written, none past the saved size of another.
@@ -588,7 +584,7 @@ impl Core {
                 Some(framed) => {
                     let ver = self
                         .store
-                        .write_chunk_of(t, ino, file, idx, &framed, now, of)?;
+                        .write_chunk(t, ino, file, idx, &framed, now, of)?;
                     written.push((idx, ver, plain.len()));
                 }
             }

@@ -20,7 +20,7 @@
 
 use super::{live, Core, FsResult, Node};
 use crate::frame::Codec;
-use crate::store::Txn;
+use crate::store::{Chunks, Txn};
 
 /// The attribute's name.
 pub const ATTR: &[u8] = b"user.llmfs.compress";
@@ -123,8 +123,15 @@ impl Core {
                 let Some(c) = self.store.chunk(ino, index)? else {
                     continue;
                 };
-                self.store
-                    .write_chunk(&mut t, ino, &mut inode, index, &c.frame, now)?;
+                self.store.write_chunk(
+                    &mut t,
+                    ino,
+                    &mut inode,
+                    index,
+                    &c.frame,
+                    now,
+                    Chunks::Any,
+                )?;
                 self.cache.remove(ino, index);
             }
             t.put_inode(ino, &inode);

@@ -10,7 +10,7 @@ use crate::frame::Frame;
 use crate::store::{During, StoreOp};
 use std::sync::atomic::Ordering;
 
-/// What a writer knows of a file's chunks in the store, for [`Store::write_chunk_of`].
+/// What a writer knows of a file's chunks in the store, for [`Store::write_chunk`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Chunks {
     /// Anything: each chunk written is looked up (hot, in an extent, pending) to be
@@ -167,23 +167,10 @@ impl Store {
     /// Adds to `txn` the new content `frame` of chunk `index` of `ino`: a hot chunk
     /// waiting for the compactor since `written`, under the file's next content version
     /// (`file.data_ver` moves to it), with `file.stored` moved by the bytes it adds and
-    /// those of the frame it replaces. Returns the chunk's version.
-    pub fn write_chunk(
-        &self,
-        txn: &mut Txn,
-        ino: u64,
-        file: &mut Inode,
-        index: u64,
-        frame: &Frame,
-        written: Time,
-    ) -> Result<u64, StoreError> {
-        self.write_chunk_of(txn, ino, file, index, frame, written, Chunks::Any)
-    }
-
-    /// [`Store::write_chunk`], where `of` may say that the store holds no chunk at
-    /// `index` (nothing to look up).
+    /// those of the frame it replaces, which is looked up unless `of` says the store holds
+    /// no chunk at `index`. Returns the chunk's version.
     #[allow(clippy::too_many_arguments)]
-    pub fn write_chunk_of(
+    pub fn write_chunk(
         &self,
         txn: &mut Txn,
         ino: u64,

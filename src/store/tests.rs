@@ -522,7 +522,7 @@ fn a_new_files_chunks_written_without_look_ups_are_the_same_records() {
         let mut file = super::records::Inode::new(libc::S_IFREG | 0o644, 0, 0, now);
         for index in [0, 1, 7] {
             let f: crate::frame::Frame = frame(index, 1, 900).into();
-            s.write_chunk_of(&mut t, ino, &mut file, index, &f, now, of)
+            s.write_chunk(&mut t, ino, &mut file, index, &f, now, of)
                 .unwrap();
         }
         t.put_inode(ino, &file);

@@ -215,6 +215,7 @@ fn rewrite_chunk(s: &Store, t: &mut Txn, ino: u64, index: u64, framed: &[u8]) {
         index,
         &framed.to_vec().into(),
         Time::now(),
+        crate::store::Chunks::Any,
     )
     .unwrap();
     t.put_inode(ino, &rec);
