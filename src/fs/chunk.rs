@@ -562,12 +562,19 @@ impl Core {
             .map(|a| a.or_else(|| made.next().flatten()));
         // Chunks past the end of the file as the store holds it have nothing to replace
         // (a truncate drops the chunks past its cut in its own commit): none of a file
-        // whose chunks were never written, none past the saved size of another.
+        // whose chunks were never written, none past the saved size of another. When more
+        // than a few chunks lie below the saved size (a file allocated or truncated up
+        // before it is written, as fio does), past the last chunk the store holds either.
         let first_new = if file.data_ver == 0 {
             0
         } else {
             let saved = self.store.inode(ino)?.map_or(u64::MAX, |i| i.size);
-            saved.div_ceil(cs)
+            let saved = saved.div_ceil(cs);
+            if g.dirty.range(..saved).nth(LOOKED_UP_FREELY).is_some() {
+                saved.min(self.store.chunk_end(ino)?)
+            } else {
+                saved
+            }
         };
         let mut written = Vec::with_capacity(plains.len());
         for ((&idx, plain), framed) in g.dirty.keys().zip(plains).zip(frames) {
@@ -687,6 +694,11 @@ const PARALLEL_DECODING: usize = 16;
 
 /// The frames of `plains` for a commit, in order: stored raw when `raw`, else the fast
 /// tier's; `None` for a chunk of zeros (not stored).
+/// Chunks below the saved size that a commit looks up one by one before it asks the
+/// store where the file's chunks end ([`crate::store::Store::chunk_end`], three reads):
+/// the last partial chunk of an append is one.
+const LOOKED_UP_FREELY: usize = 3;
+
 pub(super) fn encode_chunks(plains: &[&[u8]], raw: bool) -> Vec<Option<Frame>> {
     let one = |plain: &&[u8]| {
         if plain.iter().all(|&x| x == 0) {

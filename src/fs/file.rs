@@ -724,7 +724,7 @@ mod tests {
             want[off..off + data.len()].copy_from_slice(data);
         };
         type Step<'a> = &'a dyn Fn(&Core, &mut Vec<u8>);
-        let steps: [Step; 6] = [
+        let steps: [Step; 8] = [
             &|c, w| put(c, 0, &pattern(3 * 4096, 1), w),
             &|c, w| put(c, 4096 + 10, &pattern(4 * 4096, 2), w),
             &|c, w| {
@@ -739,6 +739,17 @@ mod tests {
                 w.resize(40 * 4096, 0);
             },
             &|c, w| put(c, 20 * 4096 + 5, &pattern(30 * 4096, 4), w),
+            // Below the saved size and past the last stored chunk (51): chunks 60-69
+            // are new, the store says so.
+            &|c, w| {
+                c.setattr(&Caller::root(), f, &size(80 * 4096), Wait::Model)
+                    .unwrap();
+                w.resize(80 * 4096, 0);
+                put(c, 60 * 4096, &pattern(10 * 4096, 5), w);
+            },
+            // Over stored chunks (20-51) and holes below the last one (10-19), and new
+            // ones again (70-74).
+            &|c, w| put(c, 10 * 4096 + 7, &pattern(64 * 4096, 6), w),
         ];
         for (i, step) in steps.iter().enumerate() {
             step(&core, &mut want);
@@ -756,7 +767,7 @@ mod tests {
                 "step {i}: {:?}",
                 report.problems
             );
-            for idx in 0..64 {
+            for idx in 0..96 {
                 core.cache.remove(f, idx);
             }
             assert_eq!(

@@ -72,6 +72,33 @@ impl Store {
         }
     }
 
+    /// One past the greatest chunk index of `ino` in the store, wherever the chunk lives
+    /// (hot, settled in an extent, or pending): no chunk of the file exists at or past it,
+    /// so a writer may write those with [`Chunks::NoneYet`]. Three reads of the last
+    /// record of each table. Tighter than the file's saved size, which a `fallocate` or
+    /// a truncate upward raise with no chunk behind them (fio allocates its file first:
+    /// every chunk of its writes after the first commit was looked up three times).
+    pub fn chunk_end(&self, ino: u64) -> Result<u64, StoreError> {
+        let (low, high) = (keys::chunk(ino, 0), keys::chunk(ino, u64::MAX));
+        let past = |key: &[u8]| -> Result<u64, StoreError> {
+            keys::chunk_of(key)
+                .map(|(_, index)| index.saturating_add(1))
+                .ok_or_else(|| StoreError::Corrupt(format!("chunk key of inode {ino} malformed")))
+        };
+        let mut end = 0;
+        for table in [Table::Chunk, Table::Pending] {
+            if let Some((key, _)) = self.floor(None, table, &low, &high)? {
+                end = end.max(past(&key)?);
+            }
+        }
+        if let Some((_, v)) = self.extent_floor(None, ino, u64::MAX)? {
+            if let Some(&(last, _, _)) = Extent::summary(&v)?.last() {
+                end = end.max(last.saturating_add(1));
+            }
+        }
+        Ok(end)
+    }
+
     /// The extent of `ino` with the greatest first index <= `index`.
     pub(super) fn extent_floor(
         &self,

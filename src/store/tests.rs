@@ -560,3 +560,42 @@ fn a_new_files_chunks_written_without_look_ups_are_the_same_records() {
     assert_eq!(s.count_pending(), 6);
     check_invariants(&e, &s);
 }
+
+#[test]
+fn chunk_end_is_one_past_the_last_chunk_wherever_it_lives() {
+    // Hot chunks with their pending records, a chunk settled into an extent, and the
+    // last chunk dropped: the end follows the greatest index the store holds, in any of
+    // the three tables, and never counts a dropped one.
+    let (e, s) = store();
+    let now = Time::now();
+    let mut file = super::records::Inode::new(libc::S_IFREG | 0o644, 0, 0, now);
+    assert_eq!(s.chunk_end(9).unwrap(), 0);
+    let mut t = Txn::new();
+    for index in [2, 5] {
+        let f: crate::frame::Frame = frame(index, 1, 900).into();
+        s.write_chunk(&mut t, 9, &mut file, index, &f, now, Chunks::NoneYet)
+            .unwrap();
+    }
+    t.put_inode(9, &file);
+    s.commit(t).unwrap();
+    assert_eq!(s.chunk_end(9).unwrap(), 6);
+    // Another file's chunks do not count.
+    assert_eq!(s.chunk_end(8).unwrap(), 0);
+    assert_eq!(s.chunk_end(10).unwrap(), 0);
+    // Chunk 5 settled: it lives in an extent now, with no hot record or pending one.
+    let ver = file.data_ver;
+    let mut t = Txn::new();
+    s.settle_file_chunk(&mut t, 9, &mut file, 5, ver, frame(5, 1, 300).into())
+        .unwrap();
+    t.put_inode(9, &file);
+    s.commit(t).unwrap();
+    assert!(e.raw_get(Table::Chunk, &keys::chunk(9, 5)).is_none());
+    assert!(e.raw_get(Table::Pending, &keys::chunk(9, 5)).is_none());
+    assert_eq!(s.chunk_end(9).unwrap(), 6);
+    let mut t = Txn::new();
+    s.drop_chunks(&mut t, 9, &mut file, 3, u64::MAX).unwrap();
+    t.put_inode(9, &file);
+    s.commit(t).unwrap();
+    assert_eq!(s.chunk_end(9).unwrap(), 3);
+    check_invariants(&e, &s);
+}
