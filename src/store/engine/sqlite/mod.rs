@@ -636,12 +636,12 @@ fn lock_dir(dir: &Path, read_only: bool) -> Result<File, EngineError> {
 
 /// The connection's settings. The WAL is checkpointed every 1,000 pages (8 MiB of 8 KiB
 /// pages, so it reaches about 8 MiB plus one commit between checkpoints) and truncated
-/// back to 4 MiB after each; the daemon's connection checkpoints at 500 pages on the
-/// group committer instead ([`Writer::after_commit`]), with the same bound. Temporary files live in memory: each commit of a group is a
-/// savepoint, whose journal (the pages it changes that the group had changed before) went
-/// to a temporary file, a write(2) of 8 KiB per page and commit (measured: 12,673 writes
-/// for 640 appends and `tar -xf` of 792 files, 771 with them in memory); the journal
-/// holds at most the group's changed pages.
+/// back to 4 MiB after each; the daemon's connection checkpoints from 500 pages on, on the
+/// group committer ([`Writer::after_commit`]), with the same bound. Temporary files live
+/// in memory: each commit of a group is a savepoint, whose journal (the pages it changes
+/// that the group had changed before) went to a temporary file, a write(2) of 8 KiB per
+/// page and commit (measured: 12,673 writes for 640 appends and `tar -xf` of 792 files,
+/// 771 with them in memory); the journal holds at most the group's changed pages.
 fn configure(c: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
     c.busy_timeout(Duration::from_secs(30))?;
     c.execute_batch(&format!(
