@@ -692,13 +692,13 @@ pub(super) const PARALLEL_FRAMING: usize = 64;
 /// request is served by one thread.
 const PARALLEL_DECODING: usize = 16;
 
-/// The frames of `plains` for a commit, in order: stored raw when `raw`, else the fast
-/// tier's; `None` for a chunk of zeros (not stored).
 /// Chunks below the saved size that a commit looks up one by one before it asks the
 /// store where the file's chunks end ([`crate::store::Store::chunk_end`], three reads):
 /// the last partial chunk of an append is one.
 const LOOKED_UP_FREELY: usize = 3;
 
+/// The frames of `plains` for a commit, in order: stored raw when `raw`, else the fast
+/// tier's; `None` for a chunk of zeros (not stored).
 pub(super) fn encode_chunks(plains: &[&[u8]], raw: bool) -> Vec<Option<Frame>> {
     let one = |plain: &&[u8]| {
         if plain.iter().all(|&x| x == 0) {
