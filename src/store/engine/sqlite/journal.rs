@@ -150,8 +150,9 @@ pub(super) fn open_or_create(path: &Path) -> Result<File, EngineError> {
 }
 
 /// The WAL of the store in `dir` and its analysis; `None` when there is no WAL or it is
-/// empty. The log is read whole: it is folded into the database every 1,000 pages, so
-/// it holds a few MiB (one commit of the whole dirty limit at most, 64 MiB by default).
+/// empty. The log is read whole: it is folded into the database at 500 pages, at 1,000 at
+/// the latest, so it holds a few MiB (one commit of the whole dirty limit at most, 64 MiB
+/// by default).
 fn analyze(dir: &Path) -> Result<Option<(Vec<u8>, wal::WalAnalysis)>, EngineError> {
     let path = dir.join(format!("{DB_FILE}-wal"));
     let bytes = match std::fs::read(&path) {

@@ -19,8 +19,8 @@
 //! deleting half, an empty store under 1 MiB: 84-140 KiB, 304 KiB with the intent log
 //! added since), and it gives space back in
 //! steps of tens of milliseconds that block no reader (`incremental_vacuum`), where redb
-//! needs an exclusive `compact()`. Its cost: commits of 30 µs typical (a checkpoint with
-//! two fsyncs every 1,000 WAL pages), where redb's take 20 µs; point reads of 7 µs against
+//! needs an exclusive `compact()`. Its cost: commits of 30 µs typical (in that bench, a
+//! checkpoint with two fsyncs every 1,000 WAL pages), where redb's take 20 µs; point reads of 7 µs against
 //! 2 µs. It is maintained, releases often (3.54.1, 2026-10), and has no known open
 //! deadlock or corruption bug; `rusqlite` builds it from source (`bundled`). The settings
 //! and why are below. Two facts that shaped the layout: small values waste
